@@ -1,0 +1,5 @@
+"""Allow ``python -m onion_gateway``."""
+
+from onion_gateway.cli import main
+
+main()

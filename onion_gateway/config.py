@@ -1,0 +1,290 @@
+"""Settings for onion-gateway: defaults in one place, one TOML loader, errors as dotted paths.
+
+The config file (``examples/onion-gateway.toml`` documents every key) has one table per command::
+
+    [serve]
+    tcp_table = ["127.0.0.1:6013"]
+    socketmap = ["127.0.0.1:6014"]
+    dns_servers = ["127.0.0.1:53"]
+    ...
+
+Command-line flags override the file: the CLI passes them as a mapping to :func:`serve_settings`,
+layered over the file's ``[serve]`` table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from onion_gateway.errors import ConfigError
+
+DEFAULT_TCP_TABLE = "127.0.0.1:6013"     # postfix-onion-transport's port, kept for drop-in use
+DEFAULT_SOCKETMAP = "127.0.0.1:6014"
+DEFAULT_DNS_PORT = 53
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """Where a listener binds: a TCP ``host:port`` or a unix socket ``unix:PATH``.
+
+    :param host: IP address for TCP (``None`` for unix).
+    :param port: TCP port, 0 for "any free port" (tests); ``None`` for unix.
+    :param path: the socket path for unix listeners, else ``None``.
+    """
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        """True for a unix-domain socket listener."""
+        return self.path is not None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
+
+
+def parse_listen_address(text: str, where: str = "address") -> ListenAddress:
+    """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``.
+
+    :param text: the address as written by the user.
+    :param where: the dotted setting name, for the error message.
+    :returns: a :class:`ListenAddress`.
+    :raises ConfigError: if the host is not an IP address, the port is not 0-65535, or the path is empty.
+    """
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ConfigError(f"{where}: unix socket path is empty in {text!r}")
+        return ListenAddress(path=path)
+    host, port = _split_host_port(text, where, default_port=None)
+    return ListenAddress(host=host, port=port)
+
+
+def parse_dns_server(text: str, where: str = "dns_servers") -> tuple[str, int]:
+    """Parse a DNS server as ``IP``, ``IP:PORT``, ``[IPV6]:PORT`` or a bare IPv6 address.
+
+    :returns: ``(ip, port)``; the port defaults to 53.
+    :raises ConfigError: if the host is not an IP address (dnspython needs addresses) or the port is bad.
+    """
+    try:
+        return str(ipaddress.ip_address(text)), DEFAULT_DNS_PORT
+    except ValueError:
+        pass
+    return _split_host_port(text, where, default_port=DEFAULT_DNS_PORT)
+
+
+def _split_host_port(text: str, where: str, default_port: int | None) -> tuple[str, int]:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+        if not sep or (rest and port_text is None):
+            raise ConfigError(f"{where}: expected [IPV6]:PORT, got {text!r}")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, None
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(f"{where}: expected HOST:PORT or unix:PATH, got {text!r}")
+        port = default_port
+    else:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(f"{where}: bad port in {text!r}")
+        port = int(port_text)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ConfigError(f"{where}: {host!r} is not an IP address (in {text!r})") from None
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Everything ``serve`` and ``lookup`` need. Field names are the ``[serve]`` keys of the config file.
+
+    :param tcp_table: tcp_table(5) listeners.
+    :param socketmap: socketmap_table(5) listeners.
+    :param dns_servers: ``(ip, port)`` resolvers to ask; empty means the system resolver (resolv.conf).
+    :param service: the SRV service label: ``_<service>._tcp.<domain>``.
+    :param transport: the Postfix transport (master.cf service name) put in front of the nexthops.
+    :param exclude_domains: domains never routed to an onion (no DNS query for them).
+    :param exclude_domains_file: a file of more such domains, one per line (re-read on SIGHUP).
+    :param exclude_subdomains: also exclude subdomains of excluded domains.
+    :param static_map: a file in onionmx ``tor_transport`` form (``domain  smtptor:[x.onion]:25``),
+        answered before DNS (re-read on SIGHUP).
+    :param static_routes: the same as a TOML table ``domain = "value"``.
+    :param dns_timeout_seconds: the whole budget of one SRV lookup (seconds); past it: temporary failure.
+    :param max_nexthops: the most onion nexthops put in one answer.
+    :param socketmap_names: socketmap NAMEs accepted; empty accepts any name.
+    :param idle_timeout_seconds: close a client connection idle this long (seconds).
+    :param max_connections: connections served at once; more are closed at accept.
+    :param tcp_max_request_bytes: the longest tcp_table request line (bytes).
+    :param socketmap_max_request_bytes: the largest socketmap netstring (bytes, at most 10,000).
+    """
+
+    tcp_table: tuple[ListenAddress, ...] = (parse_listen_address(DEFAULT_TCP_TABLE),)
+    socketmap: tuple[ListenAddress, ...] = (parse_listen_address(DEFAULT_SOCKETMAP),)
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    service: str = "onion-mx"
+    transport: str = "smtptor"
+    exclude_domains: frozenset[str] = field(default_factory=frozenset)
+    exclude_domains_file: Path | None = None
+    exclude_subdomains: bool = False
+    static_map: Path | None = None
+    static_routes: Mapping[str, str] = field(default_factory=dict)
+    dns_timeout_seconds: float = 10.0
+    max_nexthops: int = 10
+    socketmap_names: frozenset[str] = field(default_factory=frozenset)
+    idle_timeout_seconds: float = 300.0
+    max_connections: int = 1000
+    tcp_max_request_bytes: int = 4096
+    socketmap_max_request_bytes: int = 10_000
+
+
+_SERVE_KEYS = frozenset(f.name for f in fields(ServeSettings))
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file.
+
+    :param path: the file.
+    :returns: the parsed document as nested dicts.
+    :raises ConfigError: if the file cannot be read or is not valid TOML (the message names the file).
+    """
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def serve_settings(file_table: Mapping[str, Any] | None = None,
+                   overrides: Mapping[str, Any] | None = None,
+                   base_dir: Path | None = None) -> ServeSettings:
+    """Build :class:`ServeSettings` from the config file's ``[serve]`` table and command-line overrides.
+
+    :param file_table: the ``[serve]`` table of the config file (or ``None``).
+    :param overrides: values from the command line, same keys; ``None`` values are ignored.
+    :param base_dir: directory that relative file paths in the config file are taken from.
+    :returns: validated, frozen settings.
+    :raises ConfigError: on an unknown key or a bad value, naming it as ``serve.<key>``.
+    """
+    merged: dict[str, Any] = {}
+    for source in (file_table or {}), (overrides or {}):
+        for key, value in source.items():
+            if key not in _SERVE_KEYS:
+                raise ConfigError(f"serve.{key}: unknown setting")
+            if value is not None:
+                merged[key] = value
+    kwargs: dict[str, Any] = {}
+    for key, value in merged.items():
+        kwargs[key] = _convert(key, value, base_dir)
+    return ServeSettings(**kwargs)
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    raise ConfigError(f"serve.{key}: expected a string or a list of strings")
+
+
+def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
+    where = f"serve.{key}"
+    if key in ("tcp_table", "socketmap"):
+        return tuple(parse_listen_address(str(v), where) for v in _as_list(key, value))
+    if key == "dns_servers":
+        return tuple(parse_dns_server(str(v), where) for v in _as_list(key, value))
+    if key in ("exclude_domains", "socketmap_names"):
+        items: list[str] = []
+        for v in _as_list(key, value):
+            items.extend(p for p in str(v).replace(",", " ").split() if p)
+        return frozenset(i.lower().rstrip(".") for i in items) if key == "exclude_domains" else frozenset(items)
+    if key in ("exclude_domains_file", "static_map"):
+        path = Path(str(value))
+        return path if path.is_absolute() or base_dir is None else base_dir / path
+    if key == "static_routes":
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: expected a table of domain = \"transport:nexthop\"")
+        return dict(value)
+    if key in ("service", "transport"):
+        if not isinstance(value, str) or not value or any(c.isspace() or c in ":[]" for c in value):
+            raise ConfigError(f"{where}: expected a name without spaces, ':' or brackets, got {value!r}")
+        return value
+    if key == "exclude_subdomains":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
+    if key in ("dns_timeout_seconds", "idle_timeout_seconds"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number of seconds, got {value!r}") from None
+        if not 0 < number <= 3600:
+            raise ConfigError(f"{where}: must be between 0 and 3600 seconds, got {number}")
+        if key == "dns_timeout_seconds" and number >= 100:
+            raise ConfigError(f"{where}: must stay under Postfix's 100 s table timeout, got {number}")
+        return number
+    if key in ("max_nexthops", "max_connections", "tcp_max_request_bytes", "socketmap_max_request_bytes"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: expected a positive whole number, got {value!r}")
+        if key == "socketmap_max_request_bytes" and value > 10_000:
+            raise ConfigError(f"{where}: socketmap_table(5) requests are at most 10000 bytes")
+        return value
+    raise ConfigError(f"{where}: unknown setting")  # pragma: no cover - guarded by _SERVE_KEYS
+
+
+def read_domain_list(path: Path) -> frozenset[str]:
+    """Read a file of domains, one or more per line, ``#`` starting a comment.
+
+    :returns: the lower-cased domains without trailing dots.
+    :raises ConfigError: if the file cannot be read.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read domain list {path}: {exc}") from exc
+    return frozenset(_domains_in(text.splitlines()))
+
+
+def _domains_in(lines: Iterable[str]) -> Iterable[str]:
+    for line in lines:
+        for word in line.split("#", 1)[0].split():
+            yield word.lower().rstrip(".")
+
+
+def read_static_map(path: Path) -> dict[str, str]:
+    """Read a static map in onionmx ``tor_transport`` form: ``KEY  VALUE`` per line, ``#`` comments.
+
+    Example line: ``example.org   smtptor:[abc...xyz.onion]:25``. A KEY starting with ``.`` matches
+    subdomains, as in transport(5).
+
+    :returns: ``{key: value}`` with keys lower-cased and without trailing dots.
+    :raises ConfigError: if the file cannot be read or a line has no value (with the line number).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read static map {path}: {exc}") from exc
+    table: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        parts = content.split(None, 1)
+        if len(parts) != 2:
+            raise ConfigError(f"{path}:{number}: expected 'domain  transport:nexthop', got {content!r}")
+        table[parts[0].lower().rstrip(".")] = parts[1].strip()
+    return table

@@ -1,0 +1,8 @@
+"""The Postfix lookup-table daemon behind ``onion-gateway serve`` and ``onion-gateway lookup``.
+
+- :mod:`.result`  -- :class:`LookupResult` and :class:`Outcome`, the value every layer passes on.
+- :mod:`.codec`   -- sans-IO wire codecs for tcp_table(5) and socketmap_table(5).
+- :mod:`.dns`     -- the SRV query (dnspython) with DNS outcomes as values, not exceptions.
+- :mod:`.routing` -- recipient key -> transport-map answer (exclusions, static map, onion names, SRV).
+- :mod:`.server`  -- asyncio listeners (TCP and unix sockets) that own the connections.
+"""

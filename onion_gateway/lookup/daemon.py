@@ -1,0 +1,120 @@
+"""Wiring for ``serve`` and ``lookup``: settings -> router -> listeners, plus signals.
+
+- :func:`load_routing_table` reads the exclusion file and static map (again on SIGHUP).
+- :func:`build_router` makes the :class:`~onion_gateway.lookup.routing.Router` for a settings object.
+- :func:`run_daemon` binds the listeners, logs one ``ready`` line, and serves until SIGTERM/SIGINT
+  (graceful: stop accepting, drain pending lookups, exit) -- a second SIGTERM cuts the drain short.
+  SIGHUP reloads the exclusion list and static map; a broken file keeps the old table and logs why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from onion_gateway.config import ServeSettings, read_domain_list, read_static_map
+from onion_gateway.errors import ConfigError
+from onion_gateway.lookup.dns import SrvResolver
+from onion_gateway.lookup.routing import Router, RoutingTable, build_routing_table
+from onion_gateway.lookup.server import Limits, MapProtocol, MapServer
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_SECONDS = 10.0
+
+
+def load_routing_table(settings: ServeSettings) -> RoutingTable:
+    """Read the exclusion list and the static map named in *settings*.
+
+    :returns: a fresh :class:`RoutingTable`.
+    :raises ConfigError: if a file cannot be read or holds an invalid domain or route.
+    """
+    file_domains = read_domain_list(settings.exclude_domains_file) if settings.exclude_domains_file else frozenset()
+    routes = dict(read_static_map(settings.static_map)) if settings.static_map else {}
+    routes.update(settings.static_routes)
+    try:
+        return build_routing_table(settings.exclude_domains, file_domains, settings.exclude_subdomains, routes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def build_router(settings: ServeSettings) -> Router:
+    """Make the router for *settings* (resolver, routing table, transport).
+
+    :raises ConfigError: if the routing files are bad or no resolver can be configured.
+    """
+    try:
+        resolver = SrvResolver(settings.dns_servers, settings.dns_timeout_seconds)
+    except Exception as exc:  # dnspython: NoResolverConfiguration and friends
+        raise ConfigError(f"serve.dns_servers: no usable resolver ({exc}); give --dns-server") from exc
+    return Router(resolver, load_routing_table(settings), service=settings.service,
+                  transport=settings.transport, max_nexthops=settings.max_nexthops)
+
+
+def build_server(settings: ServeSettings, router: Router) -> MapServer:
+    """Make the (unstarted) :class:`MapServer` with the listeners and limits of *settings*."""
+    limits = Limits(max_connections=settings.max_connections,
+                    idle_timeout_seconds=settings.idle_timeout_seconds,
+                    tcp_max_request_bytes=settings.tcp_max_request_bytes,
+                    socketmap_max_request_bytes=settings.socketmap_max_request_bytes,
+                    socketmap_names=settings.socketmap_names)
+    return MapServer(router, settings.tcp_table, settings.socketmap, limits)
+
+
+async def run_daemon(settings: ServeSettings,
+                     on_ready: Callable[[list[tuple[MapProtocol, str]]], None] | None = None) -> int:
+    """Serve lookups until SIGTERM or SIGINT.
+
+    :param settings: validated :class:`ServeSettings`.
+    :param on_ready: called once with the bound listeners when every listener accepts.
+    :returns: the number of connections whose lookups were cut off at shutdown (0 after a clean drain).
+    :raises ConfigError: on bad routing files or resolver setup.
+    :raises OSError: if a listener cannot be bound.
+    """
+    router = build_router(settings)
+    server = build_server(settings, router)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    forced = asyncio.Event()
+
+    def on_term() -> None:
+        if stopping.is_set():
+            log.warning("second termination signal: not waiting for pending lookups")
+            forced.set()
+        stopping.set()
+
+    def on_hup() -> None:
+        try:
+            router.reload(load_routing_table(settings))
+        except ConfigError as exc:
+            log.error("reload failed, keeping the previous exclusions and static map: %s", exc)
+            return
+        log.info("reloaded: %d excluded domains, %d static routes",
+                 len(router.table.exclude_domains), len(router.table.static_routes))
+
+    bound = await server.start()
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_hup if signum == signal.SIGHUP else on_term)
+    try:
+        log.info("ready: %s", ", ".join(f"{kind.value} on {addr}" for kind, addr in bound))
+        if on_ready is not None:
+            on_ready(bound)
+        await stopping.wait()
+        log.info("stopping: no new connections; draining pending lookups (up to %g s)", DRAIN_TIMEOUT_SECONDS)
+        stop = asyncio.ensure_future(server.stop(DRAIN_TIMEOUT_SECONDS))
+        forced_wait = asyncio.ensure_future(forced.wait())
+        await asyncio.wait({stop, forced_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.done():
+            forced_wait.cancel()
+            cut = stop.result()
+        else:
+            stop.cancel()
+            cut = server.connection_count
+        log.info("stopped: %d connections had lookups cut off", cut)
+        return cut
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,86 @@
+"""Run ``onion-gateway serve`` as a real subprocess on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.procs import free_port
+
+
+@dataclass
+class ServeProcess:
+    """An ``onion-gateway serve`` process with a tcp_table and a socketmap listener.
+
+    :param args: extra command-line arguments (``--dns-server`` etc.).
+    """
+
+    args: list[str] = field(default_factory=list)
+    tcp_port: int = 0
+    socketmap_port: int = 0
+    proc: subprocess.Popen | None = None
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    @property
+    def tcp_map(self) -> str:
+        return f"tcp:127.0.0.1:{self.tcp_port}"
+
+    @property
+    def socketmap(self) -> str:
+        return f"socketmap:inet:127.0.0.1:{self.socketmap_port}:onion"
+
+    def start(self, timeout_seconds: float = 15.0) -> "ServeProcess":
+        self.tcp_port = self.tcp_port or free_port()
+        self.socketmap_port = self.socketmap_port or free_port()
+        cmd = [sys.executable, "-m", "onion_gateway", "serve",
+               "--tcp-table", f"127.0.0.1:{self.tcp_port}", "--socketmap", f"127.0.0.1:{self.socketmap_port}",
+               *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                     cwd=Path(__file__).resolve().parents[2])
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if " ready: " in line:
+                    ready.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout_seconds
+        while not ready.is_set():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("onion-gateway serve did not become ready:\n" + self.log())
+            ready.wait(0.05)
+        return self
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(2)
+        return self.proc.returncode
