@@ -1,0 +1,108 @@
+"""The one seam to Postfix's own tools: postconf, postfix check, postmap (subprocess lives here only).
+
+Every function takes the Postfix configuration directory (``None`` = the default instance,
+``/etc/postfix``) and raises :class:`~onion_gateway.errors.PostfixError` with the command and its
+stderr when Postfix says no. Nothing here edits main.cf or master.cf by hand: changes go through
+``postconf -e`` / ``-M`` / ``-P`` (postconf(1)).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from onion_gateway.errors import PostfixError
+
+COMMAND_TIMEOUT_SECONDS = 60
+
+
+def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    if shutil.which(argv[0]) is None:
+        raise PostfixError(f"{argv[0]} not found: is Postfix installed?")
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired as exc:
+        raise PostfixError(f"{' '.join(argv)} did not finish in {COMMAND_TIMEOUT_SECONDS} s") from exc
+    if check and done.returncode != 0:
+        raise PostfixError(f"{' '.join(argv)} failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+def _c(config_dir: Path | None) -> list[str]:
+    return ["-c", str(config_dir)] if config_dir is not None else []
+
+
+def postconf(config_dir: Path | None, *args: str) -> str:
+    """Run ``postconf [-c DIR] ARGS`` and return its stdout.
+
+    :raises PostfixError: if postconf is missing or exits non-zero.
+    """
+    return _run(["postconf", *_c(config_dir), *args]).stdout
+
+
+def get_parameters(config_dir: Path | None, names: Sequence[str], *, expand: bool = True,
+                   defaults: bool = False, overrides: Sequence[str] = ()) -> dict[str, str]:
+    """Read main.cf parameters as Postfix sees them.
+
+    :param config_dir: the configuration directory, ``None`` for the default.
+    :param names: parameter names.
+    :param expand: expand ``$name`` references (``postconf -x``).
+    :param defaults: read the compiled-in defaults instead (``postconf -d``).
+    :param overrides: ``name=value`` strings applied first (``postconf -o``), e.g. a master.cf service's
+        ``-o`` options, to compute a service's effective settings.
+    :returns: ``{name: value}``.
+    :raises PostfixError: on an unknown parameter or a postconf failure.
+    """
+    args = []
+    if expand:
+        args.append("-x")
+    if defaults:
+        args.append("-d")
+    for item in overrides:
+        args += ["-o", item]
+    out = postconf(config_dir, *args, *names)
+    values: dict[str, str] = {}
+    for line in out.splitlines():
+        name, sep, value = line.partition(" = ")
+        if not sep and line.endswith(" ="):
+            name, value = line[:-2], ""
+        values[name.strip()] = value
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise PostfixError(f"postconf did not report {missing}")
+    return values
+
+
+def get_parameter(config_dir: Path | None, name: str, **kwargs) -> str:
+    """One parameter's value; see :func:`get_parameters` for the keyword arguments."""
+    return get_parameters(config_dir, [name], **kwargs)[name]
+
+
+def mail_version(config_dir: Path | None = None) -> tuple[int, ...]:
+    """Postfix's version as a tuple, e.g. ``(3, 7, 11)`` (from ``postconf -h mail_version``)."""
+    text = postconf(config_dir, "-h", "mail_version").strip()
+    match = re.match(r"(\d+(?:\.\d+)*)", text)
+    if not match:
+        raise PostfixError(f"cannot parse mail_version {text!r}")
+    return tuple(int(p) for p in match.group(1).split("."))
+
+
+def check(config_dir: Path | None) -> None:
+    """Run ``postfix [-c DIR] check``.
+
+    :raises PostfixError: with Postfix's complaint if the configuration is not sound.
+    """
+    _run(["postfix", *_c(config_dir), "check"])
+
+
+def postmap_query(key: str, table: str, config_dir: Path | None = None) -> tuple[int, str, str]:
+    """Run ``postmap [-c DIR] -q KEY TABLE``.
+
+    :returns: ``(exit code, stdout, stderr)``; exit 0 found, 1 not found or error (see stderr for
+        ``query error``).
+    """
+    done = _run(["postmap", *_c(config_dir), "-q", key, table], check=False)
+    return done.returncode, done.stdout, done.stderr
