@@ -16,7 +16,7 @@ non-printable bytes; replies at most 4096 bytes including the newline::
 socketmap_table(5), netstrings ``LEN:DATA,`` where DATA is ``NAME SPACE KEY``; requests at most 10,000
 bytes, replies at most 100,000::
 
-    22:onion alice@example.com,      ->  26:OK smtptor:[x.onion]:25,  /  9:NOTFOUND ,
+    23:onion alice@example.com,      ->  23:OK smtptor:[x.onion]:25,  /  9:NOTFOUND ,
                                           16:TEMP DNS timeout,        /  15:PERM bad request,
 """
 

@@ -27,7 +27,6 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.nameserver
-import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
@@ -170,13 +169,13 @@ def _all_authenticated(responses) -> bool:
 
 
 def _failure_detail(exc: dns.resolver.NoNameservers) -> str:
-    errors = exc.kwargs.get("errors") or []
-    for _server, _tcp, _port, err, *_ in errors:
-        if isinstance(err, dns.message.Message):
-            return f"DNS server answered {dns.rcode.to_text(err.rcode())}"
-        if err:
-            text = str(err)
-            if "answered" in text:
-                return "DNS server answered " + text.rsplit("answered", 1)[1].strip()
+    """Say what the servers answered: dnspython keeps (server, tcp, port, error, response) per try."""
+    for error in exc.kwargs.get("errors") or []:
+        what = error[3]
+        if isinstance(what, str):                       # an rcode name such as "SERVFAIL" or "REFUSED"
+            return f"DNS server answered {what}"
+        if isinstance(what, OSError):
+            return f"DNS network error: {what.strerror or what}"
+        if what is not None:
+            return f"DNS error: {type(what).__name__}"
     return "DNS servers failed"
-

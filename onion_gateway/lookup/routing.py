@@ -125,8 +125,8 @@ def order_targets(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvR
     """Order SRV records as RFC 2782 says a client must try them.
 
     Priorities ascending; within a priority, repeatedly pick a record at random with probability
-    proportional to its weight (weight-0 records placed first in the running sum, so they are
-    picked only rarely unless all weights are 0).
+    proportional to its weight (weight-0 records placed first in the running sum, so each has a
+    1/(sum+1) chance, "a very small chance", unless all weights are 0).
 
     :param records: the usable records.
     :param rng: the random source (a seeded one in tests).
@@ -137,7 +137,9 @@ def order_targets(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvR
         group = sorted((r for r in records if r.priority == priority), key=lambda r: r.weight != 0)
         while group:
             total = sum(r.weight for r in group)
-            pick = rng.randint(0, total)
+            # RFC 2782 draws from [0, total]; 0 selects the leading weight-0 record. Without weight-0
+            # records draw from [1, total] so each record's share is exactly weight/total.
+            pick = rng.randint(0 if group[0].weight == 0 else 1, total)
             running = 0
             for index, record in enumerate(group):
                 running += record.weight

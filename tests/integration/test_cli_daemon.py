@@ -1,0 +1,115 @@
+"""The command line and the daemon's lifecycle: lookup exit codes, config errors, SIGHUP, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.daemon import ServeProcess
+from tests.support.onions import ONION_A, ONION_B, V2_ONION
+from tests.support.procs import public_tempdir, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onion_gateway", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("key, code, stdout", [
+    ("alice@single.example.test", 0, f"smtptor:[{ONION_A}]:25\n"),
+    ("alice@nosuch.example.test", 1, ""),
+    ("alice@servfail.test", 75, ""),
+])
+def test_lookup_exit_codes(dns_server, key, code, stdout):
+    result = cli("lookup", key, "--dns-server", dns_server.address, "--dns-timeout", "2")
+    assert (result.returncode, result.stdout) == (code, stdout), result.stderr
+
+
+def test_lookup_with_dns_server_down_is_a_temporary_failure():
+    from tests.support.procs import free_port
+    result = cli("lookup", "a@example.org", "--dns-server", f"127.0.0.1:{free_port()}", "--dns-timeout", "1")
+    assert result.returncode == 75
+    assert "temporary failure" in result.stderr
+
+
+def test_lookup_uses_the_config_file_and_flags_override_it(dns_server):
+    work = public_tempdir("og-cfg-")
+    config = work / "og.toml"
+    config.write_text(f'[serve]\ndns_servers = ["{dns_server.address}"]\ntransport = "viator"\n')
+    assert cli("lookup", "a@single.example.test", "--config", str(config)).stdout == f"viator:[{ONION_A}]:25\n"
+    result = cli("lookup", "a@single.example.test", "--config", str(config), "--transport", "smtptor")
+    assert result.stdout == f"smtptor:[{ONION_A}]:25\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--tcp-table", "localhost:6013"], "serve.tcp_table: 'localhost' is not an IP address"),
+    (["serve", "--socketmap", "127.0.0.1:99999"], "serve.socketmap: bad port"),
+    (["lookup", "x", "--dns-server", "ns.example"], "serve.dns_servers: 'ns.example' is not an IP address"),
+    (["lookup", "x", "--dns-timeout", "200"], "serve.dns_timeout_seconds: must"),
+])
+def test_bad_settings_exit_78_with_the_setting_named(args, message):
+    result = cli(*args)
+    assert result.returncode == 78
+    assert message in result.stderr
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tmp_path / "og.toml"
+    config.write_text("[serve]\ndns_timeout = 3\n")
+    result = cli("lookup", "x@y.example", "--config", str(config))
+    assert (result.returncode, "serve.dns_timeout: unknown setting" in result.stderr) == (78, True)
+
+
+def test_listener_that_cannot_bind_exits_71():
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", "--tcp-table", f"127.0.0.1:{port}", "--socketmap", "127.0.0.1:0",
+                     "--dns-server", "127.0.0.1")
+    assert result.returncode == 71
+    assert "cannot listen" in result.stderr
+
+
+def postmap(key: str, table: str) -> str:
+    return subprocess.run(["postmap", "-q", key, table], capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def test_sighup_reloads_exclusions_and_static_map_and_keeps_them_when_broken(dns_server):
+    work = public_tempdir("og-hup-")
+    excluded, static = work / "exclude", work / "tor_transport"
+    excluded.write_text("# none yet\n")
+    static.write_text(f"pinned.example.test  smtptor:[{ONION_B}]:25\n")
+    daemon = ServeProcess(["--dns-server", dns_server.address, "--exclude-domains-file", str(excluded),
+                           "--static-map", str(static)]).start()
+    try:
+        assert postmap("a@single.example.test", daemon.tcp_map) == f"smtptor:[{ONION_A}]:25"
+        assert postmap("a@pinned.example.test", daemon.tcp_map) == f"smtptor:[{ONION_B}]:25"
+        excluded.write_text("single.example.test\n")
+        static.write_text("")
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded: 1 excluded domains, 0 static routes" in daemon.log(), 5, "reload log line")
+        assert postmap("a@single.example.test", daemon.tcp_map) == ""
+        assert postmap("a@pinned.example.test", daemon.tcp_map) == ""
+        static.write_text(f"broken.example.test  smtptor:[{V2_ONION}]:25\n")      # a v2 onion: refused
+        excluded.write_text("")
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed, keeping the previous" in daemon.log(), 5, "reload failure log line")
+        assert postmap("a@single.example.test", daemon.tcp_map) == ""          # old exclusions still in force
+        assert daemon.proc.poll() is None
+    finally:
+        code = daemon.stop()
+    assert code == 0
+
+
+def test_sigterm_stops_gracefully_with_exit_0(dns_server):
+    daemon = ServeProcess(["--dns-server", dns_server.address]).start()
+    assert postmap("a@single.example.test", daemon.socketmap) == f"smtptor:[{ONION_A}]:25"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(15) == 0
+    assert "stopped: 0 connections had lookups cut off" in daemon.log()

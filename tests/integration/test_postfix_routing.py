@@ -1,0 +1,108 @@
+"""A real Postfix instance routes mail by the daemon's answers (transport_maps over tcp: and socketmap:).
+
+The test instance's ``smtptor`` transport is a pipe(8) that records Postfix's ``$nexthop`` and exits
+75 (temporary failure): it proves which transport and nexthop Postfix chose, and nothing is ever
+resolved or sent -- no onion name reaches a resolver, no byte leaves loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import smtplib
+
+import pytest
+
+from tests.conftest import require
+from tests.support.daemon import ServeProcess
+from tests.support.dnsserver import Dnsmasq, SrvEntry
+from tests.support.onions import ONION_A, ONION_B
+from tests.support.postfix import new_instance
+from tests.support.procs import public_tempdir, tail, wait_for
+
+pytestmark = pytest.mark.integration
+
+SMTPTOR_PIPE = """\
+smtptor   unix  -       n       n       -       -       pipe
+  flags=q user=nobody argv={script} ${{nexthop}} ${{recipient}}
+"""
+
+
+@pytest.fixture(scope="module")
+def routing_lab():
+    """dnsmasq + serve + a Postfix instance whose transport_maps asks the daemon (module-wide)."""
+    require("postfix", "dnsmasq")
+    work = public_tempdir("og-route-")
+    dns = Dnsmasq(work / "dns", local_zones=["rx.test"], srv=[
+        SrvEntry("rx.test", ONION_A), SrvEntry("rx2.test", ONION_B, port=2525)]).start()
+    # tx.test is the instance's own domain: excluded, as a postmaster must (sender lookups come too)
+    daemon = ServeProcess(["--dns-server", dns.address, "--dns-timeout", "2", "--exclude-domains", "tx.test"]).start()
+    record = work / "smtptor.record"
+    record.touch()
+    os.chmod(record, 0o666)
+    script = work / "smtptor.sh"
+    script.write_text(f'#!/bin/sh\necho "$1 $2" >> {record}\nexit 75\n')
+    os.chmod(script, 0o755)
+    pf = new_instance(hostname="tx.lab.test", domains=["tx.test"],
+                      main_extra={"transport_maps": f"tcp:127.0.0.1:{daemon.tcp_port}"},
+                      master_extra=SMTPTOR_PIPE.format(script=script)).start()
+    yield dns, daemon, pf, record
+    pf.stop()
+    daemon.stop()
+    dns.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def send(pf, rcpt: str) -> None:
+    with pf.smtp() as client:
+        client.sendmail("bob@tx.test", [rcpt], f"From: bob@tx.test\r\nTo: {rcpt}\r\nSubject: t\r\n\r\nhello\r\n")
+
+
+def diagnostics(pf, daemon):
+    return lambda: f"--- maillog\n{tail(pf.maillog)}\n--- daemon\n{daemon.log()[-3000:]}"
+
+
+@pytest.mark.parametrize("table", ["tcp", "socketmap"])
+def test_mail_for_a_domain_with_srv_takes_the_smtptor_transport_with_the_onion_nexthop(routing_lab, table):
+    dns, daemon, pf, record = routing_lab
+    maps = f"tcp:127.0.0.1:{daemon.tcp_port}" if table == "tcp" else \
+        f"socketmap:inet:127.0.0.1:{daemon.socketmap_port}:onion"
+    pf.postconf("-e", f"transport_maps = {maps}")
+    pf.reload()
+    rcpt = f"alice+{table}@rx.test"
+    send(pf, rcpt)
+    wait_for(lambda: rcpt in record.read_text(), 30, "smtptor pipe to be called", diagnostics(pf, daemon))
+    assert f"[{ONION_A}]:25 {rcpt}" in record.read_text().splitlines()
+    wait_for(lambda: f"to=<{rcpt}>, relay=smtptor" in pf.log_text(), 10, "smtptor delivery attempt in maillog",
+             diagnostics(pf, daemon))
+
+
+def test_mail_for_a_domain_without_srv_takes_the_normal_transport(routing_lab):
+    dns, daemon, pf, record = routing_lab
+    send(pf, "carol@nosrv.rx.test")
+    # the normal transport is the dead loopback relayhost: deferred, never via smtptor
+    wait_for(lambda: "to=<carol@nosrv.rx.test>, relay=none" in pf.log_text()
+             or f"to=<carol@nosrv.rx.test>, relay=127.0.0.1[127.0.0.1]:{pf.dead_relay_port}" in pf.log_text(),
+             30, "normal-transport attempt", diagnostics(pf, daemon))
+    assert "carol@nosrv.rx.test" not in record.read_text()
+
+
+def test_with_dns_down_rcpt_gets_a_temporary_failure_not_a_clearnet_route(routing_lab):
+    dns, daemon, pf, record = routing_lab
+    dns.stop_server()
+    try:
+        pf.reload()            # trivial-rewrite may keep earlier answers (LAB-NOTES §2)
+        with pf.smtp() as client:
+            client.mail("bob@tx.test")
+            code, text = client.rcpt("dave@rx2.test")
+        assert code == 451, (code, text)
+        assert b"4.3.0" in text and b"Temporary lookup failure" in text
+        assert "dave@rx2.test" not in record.read_text()
+        assert "SRV lookup for rx2.test failed" in daemon.log()
+    finally:
+        dns.start()
+        pf.reload()
+    with pf.smtp() as client:             # and the same recipient routes over the onion again
+        client.mail("bob@tx.test")
+        assert client.rcpt("dave@rx2.test")[0] == 250
+        client.rset()
