@@ -31,6 +31,7 @@ from onion_gateway.lookup.routing import Router
 log = logging.getLogger(__name__)
 
 MAX_PIPELINED_REQUESTS = 128       # requests queued on one connection before we stop reading from it
+FINAL_LINGER_SECONDS = 1.0         # after a framing error: time between our EOF and the close
 
 
 class MapProtocol(enum.Enum):
@@ -177,10 +178,22 @@ class MapConnection(asyncio.Protocol):
             self._transport.write(self._encode(result))
 
     def _finish(self) -> None:
-        if self._transport is not None:
-            if self._final_reply:
-                self._transport.write(self._final_reply)
-            self._transport.close()
+        """Send the framing-error reply, half-close, and close a moment later.
+
+        Closing at once while the peer's bytes sit unread makes the kernel send RST, which can destroy
+        replies still in flight to the peer; so shut down our side (EOF after the last reply), keep
+        discarding input, and close after FINAL_LINGER_SECONDS.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        if self._final_reply:
+            transport.write(self._final_reply)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._server.loop.call_later(FINAL_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
 
     # -- used by the server ----------------------------------------------------------------------
     @property
