@@ -85,6 +85,11 @@ def main() -> None:
               help="tcp_table(5) listener, HOST:PORT or unix:PATH (repeatable; default 127.0.0.1:6013).")
 @click.option("--socketmap", "socketmap", multiple=True, metavar="ADDR",
               help="socketmap_table(5) listener, HOST:PORT or unix:PATH (repeatable; default 127.0.0.1:6014).")
+@click.option("--user", default=None, help="Drop privileges to this user once the listeners are bound.")
+@click.option("--group", default=None, help="... and to this group (default: the user's primary group).")
+@click.option("--unix-socket-mode", default=None, metavar="OCTAL",
+              help="Mode of unix-socket listeners (default 0660).")
+@click.option("--unix-socket-group", default=None, help="Group of unix-socket listeners (e.g. postfix).")
 @resolver_options
 def serve(config_file, log_level, **overrides) -> None:
     """Answer Postfix transport_maps lookups from _onion-mx._tcp SRV records."""
@@ -99,6 +104,8 @@ def serve(config_file, log_level, **overrides) -> None:
         asyncio.run(run_daemon(settings))
     except ConfigError as exc:
         _fail(EXIT_CONFIG, str(exc))
+    except PermissionError as exc:
+        _fail(EXIT_OSERR, f"cannot drop privileges: {exc}")
     except OSError as exc:
         _fail(EXIT_OSERR, f"cannot listen: {exc}")
 

@@ -126,9 +126,15 @@ class ServeSettings:
     :param max_nexthops: the most onion nexthops put in one answer.
     :param socketmap_names: socketmap NAMEs accepted; empty accepts any name.
     :param idle_timeout_seconds: close a client connection idle this long (seconds).
+    :param request_deadline_seconds: a request must arrive whole within this time of its first byte
+        (seconds); a slower sender gets a protocol error and its connection is closed.
     :param max_connections: connections served at once; more are closed at accept.
     :param tcp_max_request_bytes: the longest tcp_table request line (bytes).
     :param socketmap_max_request_bytes: the largest socketmap netstring (bytes, at most 10,000).
+    :param unix_socket_mode: permission bits of unix-socket listeners (e.g. ``0o660``).
+    :param unix_socket_group: group that owns unix-socket listeners (``postfix``), or ``None``.
+    :param user: drop privileges to this user after binding (non-systemd starts as root), or ``None``.
+    :param group: ... and to this group (default: the user's primary group).
     """
 
     tcp_table: tuple[ListenAddress, ...] = (parse_listen_address(DEFAULT_TCP_TABLE),)
@@ -145,9 +151,14 @@ class ServeSettings:
     max_nexthops: int = 10
     socketmap_names: frozenset[str] = field(default_factory=frozenset)
     idle_timeout_seconds: float = 300.0
+    request_deadline_seconds: float = 10.0
     max_connections: int = 1000
     tcp_max_request_bytes: int = 4096
     socketmap_max_request_bytes: int = 10_000
+    unix_socket_mode: int = 0o660
+    unix_socket_group: str | None = None
+    user: str | None = None
+    group: str | None = None
 
 
 _SERVE_KEYS = frozenset(f.name for f in fields(ServeSettings))
@@ -219,6 +230,19 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f"{where}: expected a table of domain = \"transport:nexthop\"")
         return dict(value)
+    if key == "unix_socket_mode":
+        text = str(value)
+        try:
+            mode = int(text, 8) if isinstance(value, str) else int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an octal mode such as \"0660\", got {value!r}") from None
+        if not 0 <= mode <= 0o777:
+            raise ConfigError(f"{where}: mode out of range: {value!r}")
+        return mode
+    if key in ("unix_socket_group", "user", "group"):
+        if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
+            raise ConfigError(f"{where}: expected a user or group name, got {value!r}")
+        return value
     if key in ("service", "transport"):
         if not isinstance(value, str) or not value or any(c.isspace() or c in ":[]" for c in value):
             raise ConfigError(f"{where}: expected a name without spaces, ':' or brackets, got {value!r}")
@@ -227,7 +251,7 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false")
         return value
-    if key in ("dns_timeout_seconds", "idle_timeout_seconds"):
+    if key in ("dns_timeout_seconds", "idle_timeout_seconds", "request_deadline_seconds"):
         try:
             number = float(value)
         except (TypeError, ValueError):

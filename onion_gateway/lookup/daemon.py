@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
+import os
+import pwd
 import signal
 from collections.abc import Callable
 
@@ -53,14 +56,47 @@ def build_router(settings: ServeSettings) -> Router:
                   transport=settings.transport, max_nexthops=settings.max_nexthops)
 
 
+def _group_id(name: str, where: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"{where}: no such group {name!r}") from None
+
+
+def drop_privileges(user: str, group: str | None) -> tuple[int, int]:
+    """Switch the process to *user* (and *group*, default the user's primary group) for good.
+
+    Called after the listeners are bound, so a root start can bind and then run unprivileged.
+
+    :returns: the ``(uid, gid)`` now in force.
+    :raises ConfigError: if the user or group does not exist.
+    :raises PermissionError: if the process may not switch (not root).
+    """
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"serve.user: no such user {user!r}") from None
+    gid = _group_id(group, "serve.group") if group else entry.pw_gid
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(entry.pw_uid)
+    return entry.pw_uid, gid
+
+
 def build_server(settings: ServeSettings, router: Router) -> MapServer:
-    """Make the (unstarted) :class:`MapServer` with the listeners and limits of *settings*."""
+    """Make the (unstarted) :class:`MapServer` with the listeners and limits of *settings*.
+
+    :raises ConfigError: if ``unix_socket_group`` names no group.
+    """
     limits = Limits(max_connections=settings.max_connections,
                     idle_timeout_seconds=settings.idle_timeout_seconds,
+                    request_deadline_seconds=settings.request_deadline_seconds,
                     tcp_max_request_bytes=settings.tcp_max_request_bytes,
                     socketmap_max_request_bytes=settings.socketmap_max_request_bytes,
                     socketmap_names=settings.socketmap_names)
-    return MapServer(router, settings.tcp_table, settings.socketmap, limits)
+    gid = _group_id(settings.unix_socket_group, "serve.unix_socket_group") if settings.unix_socket_group else None
+    return MapServer(router, settings.tcp_table, settings.socketmap, limits,
+                     unix_socket_mode=settings.unix_socket_mode, unix_socket_gid=gid)
 
 
 async def run_daemon(settings: ServeSettings,
@@ -95,6 +131,13 @@ async def run_daemon(settings: ServeSettings,
                  len(router.table.exclude_domains), len(router.table.static_routes))
 
     bound = await server.start()
+    if settings.user:
+        try:
+            uid, gid = drop_privileges(settings.user, settings.group)
+        except BaseException:
+            await server.stop(0)
+            raise
+        log.info("running as uid %d gid %d", uid, gid)
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for signum in handled:
         loop.add_signal_handler(signum, on_hup if signum == signal.SIGHUP else on_term)

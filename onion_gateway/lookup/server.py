@@ -50,10 +50,13 @@ class Limits:
     :param tcp_max_request_bytes: the longest tcp_table request line (bytes).
     :param socketmap_max_request_bytes: the largest socketmap netstring payload (bytes).
     :param socketmap_names: accepted socketmap NAMEs; empty accepts any.
+    :param request_deadline_seconds: a request whose first byte arrived this long ago and is still
+        incomplete (a slow or stuck sender) gets a protocol error and its connection is closed.
     """
 
     max_connections: int = 1000
     idle_timeout_seconds: float = 300.0
+    request_deadline_seconds: float = 10.0
     tcp_max_request_bytes: int = 4096
     socketmap_max_request_bytes: int = 10_000
     socketmap_names: frozenset[str] = frozenset()
@@ -88,6 +91,7 @@ class MapConnection(asyncio.Protocol):
         self._final_reply: bytes | None = None
         self._paused = False
         self.last_activity = 0.0
+        self.partial_since: float | None = None     # loop time when an incomplete request began
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,7 +109,7 @@ class MapConnection(asyncio.Protocol):
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self._server.loop.time()
+        now = self.last_activity = self._server.loop.time()
         if self._final_reply is not None:
             return                      # framing is lost; everything after it is ignored
         decoder = self._decoder
@@ -114,14 +118,25 @@ class MapConnection(asyncio.Protocol):
             try:
                 item = decoder.next_request()
             except FramingError as exc:
-                log.warning("%s protocol error, closing connection: %s", self._kind.value, exc)
-                self._final_reply = self._encode_framing(str(exc))
-                if not self._queue:
-                    self._finish()
+                self.fail_framing(str(exc))
                 return
             if item is None:
-                return
+                break
             self._accept(item)
+        if not decoder.buffered_bytes:
+            self.partial_since = None
+        elif self.partial_since is None:
+            self.partial_since = now
+
+    def fail_framing(self, reason: str) -> None:
+        """Answer *reason* as a protocol error after the pending replies, then close the connection."""
+        if self._final_reply is not None:
+            return
+        log.warning("%s protocol error, closing connection: %s", self._kind.value, reason)
+        self._final_reply = self._encode_framing(reason)
+        self.partial_since = None
+        if not self._queue:
+            self._finish()
 
     # -- request handling ------------------------------------------------------------------------
     def _accept(self, item: codec.Request | codec.Malformed) -> None:
@@ -215,15 +230,18 @@ class MapServer:
     :param socketmap: addresses for socketmap_table(5) listeners.
     :param limits: per-connection :class:`Limits`.
     :param unix_socket_mode: permission bits for unix listeners (Postfix must be able to connect).
+    :param unix_socket_gid: group id given to unix listeners, or ``None`` to keep the creator's.
     """
 
     def __init__(self, router: Router, tcp_table: Iterable[ListenAddress], socketmap: Iterable[ListenAddress],
-                 limits: Limits = Limits(), unix_socket_mode: int = 0o666) -> None:
+                 limits: Limits = Limits(), unix_socket_mode: int = 0o660,
+                 unix_socket_gid: int | None = None) -> None:
         self.router = router
         self.limits = limits
         self._wanted = [(MapProtocol.TCP_TABLE, a) for a in tcp_table] + \
                        [(MapProtocol.SOCKETMAP, a) for a in socketmap]
         self._unix_socket_mode = unix_socket_mode
+        self._unix_socket_gid = unix_socket_gid
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[MapConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -245,6 +263,8 @@ class MapServer:
                     assert address.path is not None
                     _remove_stale_socket(address.path)
                     server = await self.loop.create_unix_server(factory, address.path)
+                    if self._unix_socket_gid is not None:
+                        os.chown(address.path, -1, self._unix_socket_gid)
                     os.chmod(address.path, self._unix_socket_mode)
                     self.bound.append((kind, f"unix:{address.path}"))
                 else:
@@ -281,14 +301,19 @@ class MapServer:
         return len(self._connections)
 
     async def _sweep_idle(self) -> None:
+        """Close idle connections and fail requests that take too long to arrive (one timer for all)."""
         idle = self.limits.idle_timeout_seconds
-        interval = max(0.05, min(idle / 4, 5.0))
+        deadline_seconds = self.limits.request_deadline_seconds
+        interval = max(0.05, min(idle / 4, deadline_seconds / 4, 5.0))
         while True:
             await asyncio.sleep(interval)
-            deadline = self.loop.time() - idle
-            for connection in [c for c in self._connections if not c.busy and c.last_activity < deadline]:
-                log.debug("closing idle connection")
-                connection.close()
+            now = self.loop.time()
+            for connection in list(self._connections):
+                if connection.partial_since is not None and connection.partial_since < now - deadline_seconds:
+                    connection.fail_framing(f"request not complete within {deadline_seconds:g} s")
+                elif not connection.busy and connection.last_activity < now - idle:
+                    log.debug("closing idle connection")
+                    connection.close()
 
     async def _close_listeners(self) -> None:
         for server in self._servers:

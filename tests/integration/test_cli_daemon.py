@@ -113,3 +113,28 @@ def test_sigterm_stops_gracefully_with_exit_0(dns_server):
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(15) == 0
     assert "stopped: 0 connections had lookups cut off" in daemon.log()
+
+
+def test_privileges_are_dropped_after_binding_and_the_unix_socket_gets_mode_and_group(dns_server):
+    import grp
+    import os
+    import pwd
+    import stat
+
+    work = public_tempdir("og-priv-")
+    sock = work / "map.sock"
+    daemon = ServeProcess(["--dns-server", dns_server.address, "--socketmap", f"unix:{sock}",
+                           "--unix-socket-mode", "0660", "--unix-socket-group", "postfix",
+                           "--user", "nobody", "--group", "nogroup"]).start()
+    try:
+        status = open(f"/proc/{daemon.proc.pid}/status").read()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(pwd.getpwnam("nobody").pw_uid)] * 4
+        info = os.stat(sock)
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        assert info.st_gid == grp.getgrnam("postfix").gr_gid
+        result = subprocess.run(["postmap", "-q", "a@single.example.test", f"socketmap:unix:{sock}:onion"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.stdout.strip() == f"smtptor:[{ONION_A}]:25"
+    finally:
+        daemon.stop()

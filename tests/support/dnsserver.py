@@ -9,8 +9,8 @@ Nothing listens beyond 127.0.0.1 and no query leaves the machine (``no-resolv``)
 from __future__ import annotations
 
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -150,3 +150,54 @@ class Dnsmasq:
             self._upstream.terminate()
             self._upstream.wait(5)
         self._upstream = None
+
+
+SLOW_DNS = r'''
+import socket, sys, threading, time
+import dns.message, dns.rdatatype, dns.rrset
+port, delay, target = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", port))
+print("ready", flush=True)
+def answer(data, addr):
+    try:
+        q = dns.message.from_wire(data)
+    except Exception:
+        return
+    time.sleep(delay)
+    r = dns.message.make_response(q)
+    name = q.question[0].name
+    r.answer.append(dns.rrset.from_text(name, 0, "IN", "SRV", f"10 5 25 {target}."))
+    s.sendto(r.to_wire(), addr)
+while True:
+    data, addr = s.recvfrom(4096)
+    threading.Thread(target=answer, args=(data, addr), daemon=True).start()
+'''
+
+
+class SlowDns:
+    """A DNS server on 127.0.0.1 that answers every query with one SRV record after *delay_seconds*.
+
+    Real UDP and real DNS messages; the delay is the fault no stock server produces on demand.
+    """
+
+    def __init__(self, delay_seconds: float, target: str) -> None:
+        self.delay_seconds = delay_seconds
+        self.target = target
+        self.port = free_port(socket.SOCK_DGRAM)
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "SlowDns":
+        self._proc = subprocess.Popen([sys.executable, "-c", SLOW_DNS, str(self.port), str(self.delay_seconds),
+                                       self.target], stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None and self._proc.stdout.readline().strip() == "ready"
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(5)
