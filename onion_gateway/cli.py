@@ -47,6 +47,12 @@ def resolver_options(func):
                      help="Static map 'domain  smtptor:[x.onion]:25' answered before DNS (re-read on SIGHUP)."),
         click.option("--dns-timeout", "dns_timeout_seconds", type=float, default=None, metavar="SECONDS",
                      help="Budget for one SRV lookup; past it the answer is a temporary failure (default 10)."),
+        click.option("--require-dnssec/--no-require-dnssec", default=None,
+                     help="Use SRV answers only when the resolver authenticated them (AD bit)."),
+        click.option("--postfix-config-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Postfix config dir whose own domains are never routed to an onion (default /etc/postfix)."),
+        click.option("--own-onion", "own_onions", multiple=True, metavar="ADDR.onion",
+                     help="This gateway's own onion address (repeatable): never routed to."),
         click.option("--log-level", default="info", show_default=True,
                      type=click.Choice(["debug", "info", "warning", "error"])),
     ]

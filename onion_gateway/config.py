@@ -133,6 +133,11 @@ class ServeSettings:
     :param socketmap_max_request_bytes: the largest socketmap netstring (bytes, at most 10,000).
     :param unix_socket_mode: permission bits of unix-socket listeners (e.g. ``0o660``).
     :param unix_socket_group: group that owns unix-socket listeners (``postfix``), or ``None``.
+    :param exclude_postfix_domains: also exclude the domains Postfix itself serves (mydestination,
+        virtual_mailbox_domains, virtual_alias_domains, relay_domains), read at start and on SIGHUP.
+    :param postfix_config_dir: the Postfix configuration directory to read them from (``None``: default).
+    :param own_onions: this gateway's own onion addresses; never routed to (mail would loop back).
+    :param require_dnssec: use SRV answers only when the resolver marked them authenticated (AD bit).
     :param user: drop privileges to this user after binding (non-systemd starts as root), or ``None``.
     :param group: ... and to this group (default: the user's primary group).
     """
@@ -155,6 +160,10 @@ class ServeSettings:
     max_connections: int = 1000
     tcp_max_request_bytes: int = 4096
     socketmap_max_request_bytes: int = 10_000
+    exclude_postfix_domains: bool = True
+    postfix_config_dir: Path | None = None
+    own_onions: frozenset[str] = field(default_factory=frozenset)
+    require_dnssec: bool = False
     unix_socket_mode: int = 0o660
     unix_socket_group: str | None = None
     user: str | None = None
@@ -218,12 +227,20 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         return tuple(parse_listen_address(str(v), where) for v in _as_list(key, value))
     if key == "dns_servers":
         return tuple(parse_dns_server(str(v), where) for v in _as_list(key, value))
+    if key == "own_onions":
+        from onion_gateway.onion import OnionCheck, check_onion, normalize_onion
+        onions = []
+        for v in _as_list(key, value):
+            if check_onion(str(v)) is not OnionCheck.VALID:
+                raise ConfigError(f"{where}: {v!r} is not a valid v3 onion address")
+            onions.append(normalize_onion(str(v)))
+        return frozenset(onions)
     if key in ("exclude_domains", "socketmap_names"):
         items: list[str] = []
         for v in _as_list(key, value):
             items.extend(p for p in str(v).replace(",", " ").split() if p)
         return frozenset(i.lower().rstrip(".") for i in items) if key == "exclude_domains" else frozenset(items)
-    if key in ("exclude_domains_file", "static_map"):
+    if key in ("exclude_domains_file", "static_map", "postfix_config_dir"):
         path = Path(str(value))
         return path if path.is_absolute() or base_dir is None else base_dir / path
     if key == "static_routes":
@@ -247,7 +264,7 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         if not isinstance(value, str) or not value or any(c.isspace() or c in ":[]" for c in value):
             raise ConfigError(f"{where}: expected a name without spaces, ':' or brackets, got {value!r}")
         return value
-    if key == "exclude_subdomains":
+    if key in ("exclude_subdomains", "exclude_postfix_domains", "require_dnssec"):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false")
         return value

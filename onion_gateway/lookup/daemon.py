@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 
 from onion_gateway.config import ServeSettings, read_domain_list, read_static_map
-from onion_gateway.errors import ConfigError
+from onion_gateway.errors import ConfigError, PostfixError
 from onion_gateway.lookup.dns import SrvResolver
 from onion_gateway.lookup.routing import Router, RoutingTable, build_routing_table
 from onion_gateway.lookup.server import Limits, MapProtocol, MapServer
@@ -28,8 +28,30 @@ log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_SECONDS = 10.0
 
 
+def postfix_own_domains(settings: ServeSettings) -> frozenset[str]:
+    """The domains Postfix serves itself (see :func:`onion_gateway.postfix.own_domains`).
+
+    :returns: the domains; empty (with a warning) when Postfix cannot be asked, or when
+        ``exclude_postfix_domains`` is off.
+    """
+    if not settings.exclude_postfix_domains:
+        return frozenset()
+    from onion_gateway.postfix import own_domains
+
+    try:
+        domains, unlisted = own_domains(settings.postfix_config_dir)
+    except PostfixError as exc:
+        log.warning("cannot read Postfix's own domains, only configured exclusions apply: %s", exc)
+        return frozenset()
+    for table in unlisted:
+        log.warning("cannot list the domains in %s: add them to exclude_domains", table)
+    return frozenset(d for d in domains if d and not d.startswith("$"))
+
+
 def load_routing_table(settings: ServeSettings) -> RoutingTable:
-    """Read the exclusion list and the static map named in *settings*.
+    """Read the exclusion list, Postfix's own domains and the static map named in *settings*.
+
+    Own onion addresses (``own_onions``) are excluded too: routing to ourselves would loop the mail.
 
     :returns: a fresh :class:`RoutingTable`.
     :raises ConfigError: if a file cannot be read or holds an invalid domain or route.
@@ -37,8 +59,9 @@ def load_routing_table(settings: ServeSettings) -> RoutingTable:
     file_domains = read_domain_list(settings.exclude_domains_file) if settings.exclude_domains_file else frozenset()
     routes = dict(read_static_map(settings.static_map)) if settings.static_map else {}
     routes.update(settings.static_routes)
+    excluded = settings.exclude_domains | settings.own_onions | postfix_own_domains(settings)
     try:
-        return build_routing_table(settings.exclude_domains, file_domains, settings.exclude_subdomains, routes)
+        return build_routing_table(excluded, file_domains, settings.exclude_subdomains, routes)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -53,7 +76,8 @@ def build_router(settings: ServeSettings) -> Router:
     except Exception as exc:  # dnspython: NoResolverConfiguration and friends
         raise ConfigError(f"serve.dns_servers: no usable resolver ({exc}); give --dns-server") from exc
     return Router(resolver, load_routing_table(settings), service=settings.service,
-                  transport=settings.transport, max_nexthops=settings.max_nexthops)
+                  transport=settings.transport, max_nexthops=settings.max_nexthops,
+                  require_dnssec=settings.require_dnssec)
 
 
 def _group_id(name: str, where: str) -> int:

@@ -157,17 +157,20 @@ class Router:
     :param service: SRV service label (``onion-mx`` -> ``_onion-mx._tcp.<domain>``).
     :param transport: master.cf transport name put before the nexthops (``smtptor``).
     :param max_nexthops: at most this many nexthops per answer.
+    :param require_dnssec: use an SRV answer only if the resolver authenticated it (AD bit, RFC 4035
+        §3.2.3); an unsigned answer is ignored (not found), a bogus one is the resolver's SERVFAIL.
     :param rng: random source for RFC 2782 weighting.
     """
 
     def __init__(self, resolver: SrvResolver, table: RoutingTable, *, service: str = "onion-mx",
-                 transport: str = "smtptor", max_nexthops: int = 10,
+                 transport: str = "smtptor", max_nexthops: int = 10, require_dnssec: bool = False,
                  rng: random.Random | None = None) -> None:
         self.resolver = resolver
         self.table = table
         self.service = service
         self.transport = transport
         self.max_nexthops = max_nexthops
+        self.require_dnssec = require_dnssec
         self._rng = rng or random.Random()
         self._service_prefix = dns.name.Name([b"_" + service.encode("ascii"), b"_tcp"])
 
@@ -219,6 +222,9 @@ class Router:
             return LookupResult.temp_fail(answer.detail or "DNS failure")
         if status is not DnsStatus.ANSWER:
             return LookupResult.not_found(answer.detail or status.value)
+        if self.require_dnssec and not answer.authenticated:
+            log.warning("ignoring SRV for %s: not authenticated by DNSSEC (require_dnssec)", domain)
+            return LookupResult.not_found("SRV answer not DNSSEC-authenticated")
         usable: list[SrvRecord] = []
         seen: set[tuple[str, int]] = set()
         for record in answer.records:
