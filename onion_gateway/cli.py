@@ -141,3 +141,9 @@ def lookup(key, config_file, log_level, **overrides) -> None:
         sys.exit(EXIT_NOT_FOUND)
     click.echo(f"temporary failure: {result.value}", err=True)
     sys.exit(EXIT_TEMPFAIL)
+
+
+from onion_gateway.cli_trust import check_map, pins  # noqa: E402  (commands defined beside the group)
+
+main.add_command(pins)
+main.add_command(check_map)

@@ -138,6 +138,10 @@ class ServeSettings:
     :param postfix_config_dir: the Postfix configuration directory to read them from (``None``: default).
     :param own_onions: this gateway's own onion addresses; never routed to (mail would loop back).
     :param require_dnssec: use SRV answers only when the resolver marked them authenticated (AD bit).
+    :param pins_file: JSON state file of onion pins (``None``: pins kept in memory only).
+    :param pinning: ``"off"``, ``"warn"`` (log and follow a changed onion set) or ``"strict"`` (hold it
+        as a temporary failure until ``pins accept``).
+    :param strict_pinning_domains: domains pinned strictly whatever ``pinning`` says.
     :param user: drop privileges to this user after binding (non-systemd starts as root), or ``None``.
     :param group: ... and to this group (default: the user's primary group).
     """
@@ -164,6 +168,9 @@ class ServeSettings:
     postfix_config_dir: Path | None = None
     own_onions: frozenset[str] = field(default_factory=frozenset)
     require_dnssec: bool = False
+    pins_file: Path | None = None
+    pinning: str = "warn"
+    strict_pinning_domains: frozenset[str] = field(default_factory=frozenset)
     unix_socket_mode: int = 0o660
     unix_socket_group: str | None = None
     user: str | None = None
@@ -235,12 +242,16 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
                 raise ConfigError(f"{where}: {v!r} is not a valid v3 onion address")
             onions.append(normalize_onion(str(v)))
         return frozenset(onions)
-    if key in ("exclude_domains", "socketmap_names"):
+    if key == "pinning":
+        if value not in ("off", "warn", "strict"):
+            raise ConfigError(f"{where}: expected \"off\", \"warn\" or \"strict\", got {value!r}")
+        return value
+    if key in ("exclude_domains", "socketmap_names", "strict_pinning_domains"):
         items: list[str] = []
         for v in _as_list(key, value):
             items.extend(p for p in str(v).replace(",", " ").split() if p)
-        return frozenset(i.lower().rstrip(".") for i in items) if key == "exclude_domains" else frozenset(items)
-    if key in ("exclude_domains_file", "static_map", "postfix_config_dir"):
+        return frozenset(items) if key == "socketmap_names" else frozenset(i.lower().rstrip(".") for i in items)
+    if key in ("exclude_domains_file", "static_map", "postfix_config_dir", "pins_file"):
         path = Path(str(value))
         return path if path.is_absolute() or base_dir is None else base_dir / path
     if key == "static_routes":

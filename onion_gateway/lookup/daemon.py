@@ -20,6 +20,7 @@ from collections.abc import Callable
 from onion_gateway.config import ServeSettings, read_domain_list, read_static_map
 from onion_gateway.errors import ConfigError, PostfixError
 from onion_gateway.lookup.dns import SrvResolver
+from onion_gateway.lookup.pins import PinStore
 from onion_gateway.lookup.routing import Router, RoutingTable, build_routing_table
 from onion_gateway.lookup.server import Limits, MapProtocol, MapServer
 
@@ -75,9 +76,13 @@ def build_router(settings: ServeSettings) -> Router:
         resolver = SrvResolver(settings.dns_servers, settings.dns_timeout_seconds)
     except Exception as exc:  # dnspython: NoResolverConfiguration and friends
         raise ConfigError(f"serve.dns_servers: no usable resolver ({exc}); give --dns-server") from exc
+    pins = None
+    if settings.pinning != "off":
+        pins = PinStore(settings.pins_file, strict=settings.pinning == "strict",
+                        strict_domains=settings.strict_pinning_domains)
     return Router(resolver, load_routing_table(settings), service=settings.service,
                   transport=settings.transport, max_nexthops=settings.max_nexthops,
-                  require_dnssec=settings.require_dnssec)
+                  require_dnssec=settings.require_dnssec, pins=pins)
 
 
 def _group_id(name: str, where: str) -> int:

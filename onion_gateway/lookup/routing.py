@@ -30,6 +30,7 @@ import dns.exception
 import dns.name
 
 from onion_gateway.lookup.dns import DnsStatus, SrvAnswer, SrvRecord, SrvResolver
+from onion_gateway.lookup.pins import PinStore, PinVerdict
 from onion_gateway.lookup.result import LookupResult
 from onion_gateway.onion import OnionCheck, check_onion
 
@@ -121,6 +122,36 @@ def domain_of_key(key: str) -> str | None:
     return domain
 
 
+def usable_targets(domain: str, records: Sequence[SrvRecord]) -> list[SrvRecord]:
+    """Keep the SRV records whose target is a valid v3 onion, each (target, port) once.
+
+    Refused targets (v2 onions, clearnet names, bad checksums) are logged at warning with *domain*;
+    the target ``.`` ("decidedly not available", RFC 2782) at info.
+
+    :param domain: the domain the records belong to (for the log).
+    :param records: the SRV records of its answer.
+    :returns: the usable records, in answer order.
+    """
+    usable: list[SrvRecord] = []
+    seen: set[tuple[str, int]] = set()
+    for record in records:
+        verdict = check_onion(record.target) if record.target != "." else None
+        if verdict is OnionCheck.VALID:
+            if (record.target, record.port) not in seen:
+                seen.add((record.target, record.port))
+                usable.append(record)
+        elif verdict is None:
+            log.info("SRV for %s has target '.': service decidedly not available (RFC 2782)", domain)
+        else:
+            log.warning("refusing SRV target %s for %s: %s", record.target, domain, verdict.value)
+    return usable
+
+
+def onions_in_route(value: str) -> list[str]:
+    """The bracketed ``.onion`` hosts of a transport-map value (``smtptor:[a.onion]:25, [b.onion]:25``)."""
+    return [h for h in _BRACKETED_HOST.findall(value) if h.lower().endswith(".onion")]
+
+
 def order_targets(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvRecord]:
     """Order SRV records as RFC 2782 says a client must try them.
 
@@ -159,18 +190,20 @@ class Router:
     :param max_nexthops: at most this many nexthops per answer.
     :param require_dnssec: use an SRV answer only if the resolver authenticated it (AD bit, RFC 4035
         §3.2.3); an unsigned answer is ignored (not found), a bogus one is the resolver's SERVFAIL.
+    :param pins: the :class:`PinStore` that notices onion-set changes, or ``None`` for no pinning.
     :param rng: random source for RFC 2782 weighting.
     """
 
     def __init__(self, resolver: SrvResolver, table: RoutingTable, *, service: str = "onion-mx",
                  transport: str = "smtptor", max_nexthops: int = 10, require_dnssec: bool = False,
-                 rng: random.Random | None = None) -> None:
+                 pins: PinStore | None = None, rng: random.Random | None = None) -> None:
         self.resolver = resolver
         self.table = table
         self.service = service
         self.transport = transport
         self.max_nexthops = max_nexthops
         self.require_dnssec = require_dnssec
+        self.pins = pins
         self._rng = rng or random.Random()
         self._service_prefix = dns.name.Name([b"_" + service.encode("ascii"), b"_tcp"])
 
@@ -225,20 +258,11 @@ class Router:
         if self.require_dnssec and not answer.authenticated:
             log.warning("ignoring SRV for %s: not authenticated by DNSSEC (require_dnssec)", domain)
             return LookupResult.not_found("SRV answer not DNSSEC-authenticated")
-        usable: list[SrvRecord] = []
-        seen: set[tuple[str, int]] = set()
-        for record in answer.records:
-            verdict = check_onion(record.target) if record.target != "." else None
-            if verdict is OnionCheck.VALID:
-                if (record.target, record.port) not in seen:
-                    seen.add((record.target, record.port))
-                    usable.append(record)
-            elif verdict is None:
-                log.info("SRV for %s has target '.': service decidedly not available (RFC 2782)", domain)
-            else:
-                log.warning("refusing SRV target %s for %s: %s", record.target, domain, verdict.value)
+        usable = usable_targets(domain, answer.records)
         if not usable:
             return LookupResult.not_found("no usable onion target")
+        if self.pins is not None and self.pins.check(domain, (r.target for r in usable)) is PinVerdict.HELD:
+            return LookupResult.temp_fail(f"onion set of {domain} changed: held until 'onion-gateway pins accept'")
         ordered = order_targets(usable, self._rng)[: self.max_nexthops]
         return LookupResult.found(
             f"{self.transport}:" + ", ".join(f"[{r.target}]:{r.port}" for r in ordered))
@@ -295,8 +319,8 @@ def build_routing_table(exclude_domains: frozenset[str], exclude_file_domains: f
         transport, colon, nexthops = value.partition(":")
         if not colon or not transport:
             raise ValueError(f"static map value for {key!r} is not 'transport:nexthop': {value!r}")
-        for host in _BRACKETED_HOST.findall(nexthops):
-            if host.lower().endswith(".onion") and check_onion(host) is not OnionCheck.VALID:
+        for host in onions_in_route(nexthops):
+            if check_onion(host) is not OnionCheck.VALID:
                 raise ValueError(f"static map value for {key!r} names a bad onion ({check_onion(host).value}): {host}")
         routes[("." if dot else "") + normal] = value
     return RoutingTable(frozenset(excluded), exclude_subdomains, routes)

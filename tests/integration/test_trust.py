@@ -88,3 +88,61 @@ def test_own_onion_is_never_routed_to():
         assert postmap(f"a@{ONION_A}", daemon.tcp_map).stdout.strip() == f"smtptor:[{ONION_A}]:25"
     finally:
         daemon.stop()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    import sys
+    return subprocess.run([sys.executable, "-m", "onion_gateway", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["warn", "strict"])
+def test_changed_srv_target_warns_and_strict_mode_holds_it_until_accepted(mode):
+    require("dnsmasq")
+    work = public_tempdir("og-pins-")
+    pins_file = work / "pins.json"
+    config = work / "og.toml"
+    dns = Dnsmasq(work / "dns", local_zones=["moved.test"], srv=[SrvEntry("moved.test", ONION_A)]).start()
+    config.write_text(f'[serve]\ndns_servers = ["{dns.address}"]\npins_file = "{pins_file}"\npinning = "{mode}"\n')
+    daemon = ServeProcess(["--config", str(config)]).start()
+    try:
+        assert postmap("a@moved.test", daemon.socketmap).stdout.strip() == f"smtptor:[{ONION_A}]:25"
+        dns.restart([SrvEntry("moved.test", ONION_B)])
+        second = postmap("a@moved.test", daemon.socketmap)
+        assert f"onion set of moved.test changed: pinned {ONION_A}, SRV now says {ONION_B}" in daemon.log()
+        if mode == "warn":
+            assert second.stdout.strip() == f"smtptor:[{ONION_B}]:25"
+            assert "PENDING" not in cli("pins", "list", "--pins-file", str(pins_file)).stdout
+            return
+        assert second.returncode == 1 and "query error" in second.stderr        # temporary failure
+        listed = cli("pins", "list", "--pins-file", str(pins_file)).stdout
+        assert f"moved.test  {ONION_A}  PENDING {ONION_B}" in listed
+        accepted = cli("pins", "accept", "--pins-file", str(pins_file), "moved.test")
+        assert accepted.returncode == 0, accepted.stderr
+        assert postmap("a@moved.test", daemon.socketmap).stdout.strip() == f"smtptor:[{ONION_B}]:25"
+        assert cli("pins", "accept", "--pins-file", str(pins_file), "moved.test").returncode == 1
+    finally:
+        daemon.stop()
+        dns.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_check_map_reports_each_kind_of_difference(dns_server):
+    from tests.support.onions import V2_ONION, bad_checksum
+    work = public_tempdir("og-map-")
+    static = work / "tor_transport"
+    static.write_text("\n".join([
+        f"single.example.test    smtptor:[{ONION_A}]:25",          # SRV publishes the same: not needed
+        f"multi.example.test     smtptor:[{ONION_C}]:25",          # SRV disagrees
+        f"legacy.example.test    smtptor:[{V2_ONION}]:25",         # v2
+        f"typo.example.test      smtptor:[{bad_checksum(ONION_A)}]:25",
+        f"nosrv.example.test     smtptor:[{ONION_B}]:25",          # no SRV: the entry is what routes it
+        f".sub.example.test      smtptor:[{ONION_B}]:25",
+        ""]))
+    result = cli("check-map", str(static), "--dns-server", dns_server.address)
+    lines = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines()}
+    assert lines == {"single.example.test": "srv_published", "multi.example.test": "srv_disagrees",
+                     "legacy.example.test": "invalid_onion", "typo.example.test": "invalid_onion",
+                     "nosrv.example.test": "no_srv", ".sub.example.test": "parent_entry"}
+    assert result.returncode == 1
+    static.write_text(f"nosrv.example.test  smtptor:[{ONION_B}]:25\n")
+    assert cli("check-map", str(static), "--dns-server", dns_server.address).returncode == 0
