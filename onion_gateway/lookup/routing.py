@@ -20,6 +20,7 @@ never retries with the parent domain itself (see LAB-NOTES §3).
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import re
@@ -168,6 +169,8 @@ class Router:
         self.max_nexthops = max_nexthops
         self._rng = rng or random.Random()
         self._service_prefix = dns.name.Name([b"_" + service.encode("ascii"), b"_tcp"])
+        # onion names refused, by OnionCheck value (v2_onion, clearnet, bad_checksum, ...): for metrics
+        self.refusals: collections.Counter[str] = collections.Counter()
 
     def reload(self, table: RoutingTable) -> None:
         """Swap in a new :class:`RoutingTable` (exclusions, static map) atomically."""
@@ -197,6 +200,7 @@ class Router:
                 return LookupResult.found(f"{self.transport}:[{domain}]:{ONION_SMTP_PORT}")
             log.warning("recipient domain %s is not a valid v3 onion address (%s): bouncing",
                         domain, verdict.value)
+            self.refusals[verdict.value] += 1
             return LookupResult.found(_INVALID_ONION_ROUTE)
         return domain
 
@@ -229,6 +233,7 @@ class Router:
                 log.info("SRV for %s has target '.': service decidedly not available (RFC 2782)", domain)
             else:
                 log.warning("refusing SRV target %s for %s: %s", record.target, domain, verdict.value)
+                self.refusals[verdict.value] += 1
         if not usable:
             return LookupResult.not_found("no usable onion target")
         ordered = order_targets(usable, self._rng)[: self.max_nexthops]
@@ -252,12 +257,20 @@ class Router:
         :param domain: a domain as returned by :meth:`route_without_dns` (normalized A-label).
         :returns: ``FOUND``, ``NOT_FOUND`` or ``TEMP_FAIL``.
         """
+        return (await self.resolve_domain(domain))[0]
+
+    async def resolve_domain(self, domain: str) -> tuple[LookupResult, SrvAnswer | None]:
+        """Like :meth:`lookup_domain`, also returning the DNS answer (its TTL is what a cache needs).
+
+        :param domain: a normalized A-label domain.
+        :returns: ``(result, answer)``; *answer* is ``None`` when no query was sent (name too long).
+        """
         try:
             qname = self.srv_name(domain)
         except dns.exception.DNSException:
-            return LookupResult.not_found("domain name too long for an SRV query")
+            return LookupResult.not_found("domain name too long for an SRV query"), None
         answer = await self.resolver.query(qname)
-        return self.route_from_answer(domain, answer)
+        return self.route_from_answer(domain, answer), answer
 
 
 def build_routing_table(exclude_domains: frozenset[str], exclude_file_domains: frozenset[str],
