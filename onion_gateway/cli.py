@@ -96,18 +96,26 @@ def main() -> None:
 @click.option("--unix-socket-mode", default=None, metavar="OCTAL",
               help="Mode of unix-socket listeners (default 0660).")
 @click.option("--unix-socket-group", default=None, help="Group of unix-socket listeners (e.g. postfix).")
+@click.option("--metrics-address", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics and /healthz here (default: off).")
+@click.option("--cache-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="sqlite file keeping the route cache across restarts (default: none).")
+@click.option("--cache-max-entries", type=int, default=None, metavar="N",
+              help="Domains kept in the route cache, LRU beyond (default 100000; 0 = no cache).")
+@click.option("--cache-min-ttl", "cache_min_ttl_seconds", type=float, default=None, metavar="SECONDS",
+              help="Cache every answer at least this long (default 30).")
+@click.option("--cache-serve-stale", "cache_serve_stale_seconds", type=float, default=None, metavar="SECONDS",
+              help="On DNS failure, answer entries expired at most this long ago (RFC 8767; default 0 = off).")
 @resolver_options
 def serve(config_file, log_level, **overrides) -> None:
     """Answer Postfix transport_maps lookups from _onion-mx._tcp SRV records."""
-    import asyncio
-
     from onion_gateway.errors import ConfigError
-    from onion_gateway.lookup.daemon import run_daemon
+    from onion_gateway.lookup.daemon import run
 
     _configure_logging(log_level)
     try:
         settings = _settings(config_file, overrides)
-        asyncio.run(run_daemon(settings))
+        run(settings)
     except ConfigError as exc:
         _fail(EXIT_CONFIG, str(exc))
     except PermissionError as exc:

@@ -144,6 +144,17 @@ class ServeSettings:
     :param strict_pinning_domains: domains pinned strictly whatever ``pinning`` says.
     :param user: drop privileges to this user after binding (non-systemd starts as root), or ``None``.
     :param group: ... and to this group (default: the user's primary group).
+    :param cache_max_entries: domains kept in the route cache (LRU beyond it); 0 disables the cache.
+    :param cache_min_ttl_seconds: the shortest time any answer is cached (seconds; raises low DNS TTLs).
+    :param cache_max_ttl_seconds: the longest time a found route is cached (seconds).
+    :param cache_negative_max_ttl_seconds: the longest time a "no onion route" answer is cached (seconds).
+    :param cache_temp_fail_ttl_seconds: how long a DNS failure is cached (seconds); 0 = not cached.
+    :param cache_prefetch: refresh entries in use during the last 10 % of their TTL.
+    :param cache_serve_stale_seconds: answer an entry up to this long after expiry when DNS fails
+        (seconds, RFC 8767); 0 = off.
+    :param cache_file: sqlite file the cache is saved to and loaded from at start; ``None`` = no persistence.
+    :param cache_save_interval_seconds: how often a changed cache is saved while running (seconds).
+    :param metrics_address: ``host:port`` for ``/metrics`` and ``/healthz``; ``None`` = no endpoint.
     """
 
     tcp_table: tuple[ListenAddress, ...] = (parse_listen_address(DEFAULT_TCP_TABLE),)
@@ -175,9 +186,29 @@ class ServeSettings:
     unix_socket_group: str | None = None
     user: str | None = None
     group: str | None = None
+    cache_max_entries: int = 100_000
+    cache_min_ttl_seconds: float = 30.0
+    cache_max_ttl_seconds: float = 3600.0
+    cache_negative_max_ttl_seconds: float = 900.0
+    cache_temp_fail_ttl_seconds: float = 0.0
+    cache_prefetch: bool = True
+    cache_serve_stale_seconds: float = 0.0
+    cache_file: Path | None = None
+    cache_save_interval_seconds: float = 300.0
+    metrics_address: ListenAddress | None = None
 
 
 _SERVE_KEYS = frozenset(f.name for f in fields(ServeSettings))
+_DAY_SECONDS = 86_400.0
+# cache durations: (lowest, highest) accepted value in seconds
+_CACHE_SECONDS = {
+    "cache_min_ttl_seconds": (0.0, _DAY_SECONDS),
+    "cache_max_ttl_seconds": (0.0, 7 * _DAY_SECONDS),
+    "cache_negative_max_ttl_seconds": (0.0, 7 * _DAY_SECONDS),
+    "cache_temp_fail_ttl_seconds": (0.0, 300.0),
+    "cache_serve_stale_seconds": (0.0, 7 * _DAY_SECONDS),
+    "cache_save_interval_seconds": (1.0, _DAY_SECONDS),
+}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -217,7 +248,11 @@ def serve_settings(file_table: Mapping[str, Any] | None = None,
     kwargs: dict[str, Any] = {}
     for key, value in merged.items():
         kwargs[key] = _convert(key, value, base_dir)
-    return ServeSettings(**kwargs)
+    settings = ServeSettings(**kwargs)
+    if settings.cache_min_ttl_seconds > min(settings.cache_max_ttl_seconds, settings.cache_negative_max_ttl_seconds):
+        raise ConfigError("serve.cache_min_ttl_seconds: must not exceed cache_max_ttl_seconds or "
+                          "cache_negative_max_ttl_seconds")
+    return settings
 
 
 def _as_list(key: str, value: Any) -> list[Any]:
@@ -251,7 +286,25 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         for v in _as_list(key, value):
             items.extend(p for p in str(v).replace(",", " ").split() if p)
         return frozenset(items) if key == "socketmap_names" else frozenset(i.lower().rstrip(".") for i in items)
-    if key in ("exclude_domains_file", "static_map", "postfix_config_dir", "pins_file"):
+    if key == "metrics_address":
+        address = parse_listen_address(str(value), where)
+        if address.is_unix:
+            raise ConfigError(f"{where}: expected HOST:PORT (HTTP), got {value!r}")
+        return address
+    if key in _CACHE_SECONDS:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number of seconds, got {value!r}") from None
+        low, high = _CACHE_SECONDS[key]
+        if isinstance(value, bool) or not low <= number <= high:
+            raise ConfigError(f"{where}: must be between {low:g} and {high:g} seconds, got {value!r}")
+        return number
+    if key == "cache_max_entries":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000_000:
+            raise ConfigError(f"{where}: expected a whole number from 0 (off) to 10000000, got {value!r}")
+        return value
+    if key in ("exclude_domains_file", "static_map", "postfix_config_dir", "pins_file", "cache_file"):
         path = Path(str(value))
         return path if path.is_absolute() or base_dir is None else base_dir / path
     if key == "static_routes":
@@ -275,7 +328,7 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         if not isinstance(value, str) or not value or any(c.isspace() or c in ":[]" for c in value):
             raise ConfigError(f"{where}: expected a name without spaces, ':' or brackets, got {value!r}")
         return value
-    if key in ("exclude_subdomains", "exclude_postfix_domains", "require_dnssec"):
+    if key in ("exclude_subdomains", "exclude_postfix_domains", "require_dnssec", "cache_prefetch"):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false")
         return value

@@ -54,6 +54,7 @@ class Malformed:
 
 # Bytes tcp_table(5) wants percent-encoded: '%', whitespace and every non-printable or non-ASCII byte.
 _TCP_SAFE = frozenset(range(0x21, 0x7F)) - {ord("%")}
+_TCP_SAFE_BYTES = bytes(sorted(_TCP_SAFE))    # for bytes.translate: deleting these leaves the unsafe ones
 _REASON_MAX_CHARS = 200
 
 
@@ -64,7 +65,7 @@ def percent_encode(text: str) -> bytes:
     :returns: ASCII bytes in which ``%``, whitespace, control and non-ASCII bytes are ``%XX``.
     """
     raw = text.encode("utf-8")
-    if all(b in _TCP_SAFE for b in raw):
+    if not raw.translate(None, _TCP_SAFE_BYTES):     # C-speed "every byte is safe" (the common case)
         return raw
     out = bytearray()
     for b in raw:

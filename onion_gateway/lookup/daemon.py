@@ -5,6 +5,11 @@
 - :func:`run_daemon` binds the listeners, logs one ``ready`` line, and serves until SIGTERM/SIGINT
   (graceful: stop accepting, drain pending lookups, exit) -- a second SIGTERM cuts the drain short.
   SIGHUP reloads the exclusion list and static map; a broken file keeps the old table and logs why.
+  With a cache file, the cache is loaded before the listeners bind, saved every
+  ``cache_save_interval_seconds`` when it changed, and saved once more at shutdown.
+  With a metrics address, ``/metrics`` and ``/healthz`` are served (see :mod:`.metrics`).
+- :func:`run` is the blocking entry point for the CLI: it runs :func:`run_daemon` on uvloop when
+  uvloop is installed (the ``fast`` extra), else on the standard asyncio loop.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from collections.abc import Callable
 
 from onion_gateway.config import ServeSettings, read_domain_list, read_static_map
 from onion_gateway.errors import ConfigError, PostfixError
+from onion_gateway.lookup.cache import CachePolicy, RouteCache
 from onion_gateway.lookup.dns import SrvResolver
+from onion_gateway.lookup.metrics import MetricsServer, Sources
 from onion_gateway.lookup.pins import PinStore
 from onion_gateway.lookup.routing import Router, RoutingTable, build_routing_table
 from onion_gateway.lookup.server import Limits, MapProtocol, MapServer
@@ -112,9 +119,27 @@ def drop_privileges(user: str, group: str | None) -> tuple[int, int]:
     return entry.pw_uid, gid
 
 
-def build_server(settings: ServeSettings, router: Router) -> MapServer:
+def build_cache(settings: ServeSettings, router: Router) -> RouteCache:
+    """Make the (empty) :class:`RouteCache` for *settings* in front of *router*."""
+    return RouteCache(router, CachePolicy(
+        max_entries=settings.cache_max_entries,
+        min_ttl_seconds=settings.cache_min_ttl_seconds,
+        max_ttl_seconds=settings.cache_max_ttl_seconds,
+        negative_max_ttl_seconds=settings.cache_negative_max_ttl_seconds,
+        temp_fail_ttl_seconds=settings.cache_temp_fail_ttl_seconds,
+        prefetch=settings.cache_prefetch,
+        serve_stale_seconds=settings.cache_serve_stale_seconds))
+
+
+def cache_fingerprint(settings: ServeSettings) -> str:
+    """The settings a cached answer depends on; a cache file saved under others is not loaded."""
+    return f"service={settings.service} transport={settings.transport} max_nexthops={settings.max_nexthops}"
+
+
+def build_server(settings: ServeSettings, router: Router, cache: RouteCache | None = None) -> MapServer:
     """Make the (unstarted) :class:`MapServer` with the listeners and limits of *settings*.
 
+    :param cache: the route cache to answer from; ``None`` asks DNS for every request.
     :raises ConfigError: if ``unix_socket_group`` names no group.
     """
     limits = Limits(max_connections=settings.max_connections,
@@ -125,7 +150,44 @@ def build_server(settings: ServeSettings, router: Router) -> MapServer:
                     socketmap_names=settings.socketmap_names)
     gid = _group_id(settings.unix_socket_group, "serve.unix_socket_group") if settings.unix_socket_group else None
     return MapServer(router, settings.tcp_table, settings.socketmap, limits,
-                     unix_socket_mode=settings.unix_socket_mode, unix_socket_gid=gid)
+                     unix_socket_mode=settings.unix_socket_mode, unix_socket_gid=gid, cache=cache)
+
+
+def run(settings: ServeSettings) -> int:
+    """Run :func:`run_daemon` to completion on uvloop if it is installed, else on asyncio's loop.
+
+    :returns: what :func:`run_daemon` returns.
+    :raises ConfigError: on bad routing files, resolver or metrics setup.
+    :raises OSError: if a listener cannot be bound.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run_daemon(settings))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run_daemon(settings))
+
+
+async def _save_cache(cache: RouteCache, settings: ServeSettings) -> None:
+    from onion_gateway.lookup.persist import save_rows
+
+    assert settings.cache_file is not None
+    rows = cache.export()          # snapshot on the loop thread; the sqlite work runs in a thread
+    cache.changed = False
+    try:
+        await asyncio.to_thread(save_rows, rows, settings.cache_file, cache_fingerprint(settings))
+    except Exception as exc:       # OSError, sqlite3.Error: the daemon keeps serving
+        cache.changed = True
+        log.warning("cannot save the cache to %s: %s", settings.cache_file, exc)
+        return
+    log.debug("saved %d cache entries to %s", len(rows), settings.cache_file)
+
+
+async def _save_periodically(cache: RouteCache, settings: ServeSettings) -> None:
+    while True:
+        await asyncio.sleep(settings.cache_save_interval_seconds)
+        if cache.changed:
+            await _save_cache(cache, settings)
 
 
 async def run_daemon(settings: ServeSettings,
@@ -139,7 +201,13 @@ async def run_daemon(settings: ServeSettings,
     :raises OSError: if a listener cannot be bound.
     """
     router = build_router(settings)
-    server = build_server(settings, router)
+    cache = build_cache(settings, router)
+    if settings.cache_file is not None:
+        from onion_gateway.lookup.persist import load_cache
+
+        loaded = load_cache(cache, settings.cache_file, cache_fingerprint(settings))
+        log.info("loaded %d cache entries from %s", loaded, settings.cache_file)
+    server = build_server(settings, router, cache)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     forced = asyncio.Event()
@@ -159,19 +227,35 @@ async def run_daemon(settings: ServeSettings,
         log.info("reloaded: %d excluded domains, %d static routes",
                  len(router.table.exclude_domains), len(router.table.static_routes))
 
-    bound = await server.start()
+    metrics: MetricsServer | None = None
+    if settings.metrics_address is not None:
+        address = settings.metrics_address
+        metrics = MetricsServer(address.host or "127.0.0.1", address.port or 0, server.stats, Sources(
+            connections_open=lambda: server.connection_count, cache_entries=lambda: len(cache),
+            refusals=lambda: dict(router.refusals), healthy=lambda: not stopping.is_set()))
+        await metrics.start()
+    try:
+        bound = await server.start()
+    except BaseException:
+        if metrics is not None:
+            await metrics.stop()
+        raise
+    saver = loop.create_task(_save_periodically(cache, settings)) if settings.cache_file is not None else None
     if settings.user:
         try:
             uid, gid = drop_privileges(settings.user, settings.group)
         except BaseException:
             await server.stop(0)
+            if metrics is not None:
+                await metrics.stop()
             raise
         log.info("running as uid %d gid %d", uid, gid)
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for signum in handled:
         loop.add_signal_handler(signum, on_hup if signum == signal.SIGHUP else on_term)
     try:
-        log.info("ready: %s", ", ".join(f"{kind.value} on {addr}" for kind, addr in bound))
+        extra = f", metrics on http://{metrics.bound}/metrics" if metrics is not None else ""
+        log.info("ready: %s%s", ", ".join(f"{kind.value} on {addr}" for kind, addr in bound), extra)
         if on_ready is not None:
             on_ready(bound)
         await stopping.wait()
@@ -190,3 +274,8 @@ async def run_daemon(settings: ServeSettings,
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
+        if saver is not None:
+            saver.cancel()
+            await _save_cache(cache, settings)
+        if metrics is not None:
+            await metrics.stop()

@@ -20,6 +20,7 @@ never retries with the parent domain itself (see LAB-NOTES §3).
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import re
@@ -37,7 +38,8 @@ from onion_gateway.onion import OnionCheck, check_onion
 log = logging.getLogger(__name__)
 
 ONION_SMTP_PORT = 25
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")    # one fullmatch instead of one match per label
 _BRACKETED_HOST = re.compile(r"\[([^\]]*)\]")
 _INVALID_ONION_ROUTE = "error:5.1.2 Bad destination system address: not a valid v3 onion address"
 
@@ -100,8 +102,7 @@ def normalize_domain(domain: str) -> str | None:
     domain = domain.lower()
     if len(domain) > 253:
         return None
-    labels = domain.split(".")
-    if not all(_LABEL.match(label) for label in labels):
+    if _HOST_NAME.fullmatch(domain) is None:
         return None
     return domain
 
@@ -122,7 +123,8 @@ def domain_of_key(key: str) -> str | None:
     return domain
 
 
-def usable_targets(domain: str, records: Sequence[SrvRecord]) -> list[SrvRecord]:
+def usable_targets(domain: str, records: Sequence[SrvRecord],
+                   refusals: "collections.Counter[str] | None" = None) -> list[SrvRecord]:
     """Keep the SRV records whose target is a valid v3 onion, each (target, port) once.
 
     Refused targets (v2 onions, clearnet names, bad checksums) are logged at warning with *domain*;
@@ -130,6 +132,7 @@ def usable_targets(domain: str, records: Sequence[SrvRecord]) -> list[SrvRecord]
 
     :param domain: the domain the records belong to (for the log).
     :param records: the SRV records of its answer.
+    :param refusals: a counter incremented per refused target by its :class:`OnionCheck` value (metrics).
     :returns: the usable records, in answer order.
     """
     usable: list[SrvRecord] = []
@@ -144,6 +147,8 @@ def usable_targets(domain: str, records: Sequence[SrvRecord]) -> list[SrvRecord]
             log.info("SRV for %s has target '.': service decidedly not available (RFC 2782)", domain)
         else:
             log.warning("refusing SRV target %s for %s: %s", record.target, domain, verdict.value)
+            if refusals is not None:
+                refusals[verdict.value] += 1
     return usable
 
 
@@ -206,6 +211,8 @@ class Router:
         self.pins = pins
         self._rng = rng or random.Random()
         self._service_prefix = dns.name.Name([b"_" + service.encode("ascii"), b"_tcp"])
+        # onion names refused, by OnionCheck value (v2_onion, clearnet, bad_checksum, ...): for metrics
+        self.refusals: collections.Counter[str] = collections.Counter()
 
     def reload(self, table: RoutingTable) -> None:
         """Swap in a new :class:`RoutingTable` (exclusions, static map) atomically."""
@@ -235,6 +242,7 @@ class Router:
                 return LookupResult.found(f"{self.transport}:[{domain}]:{ONION_SMTP_PORT}")
             log.warning("recipient domain %s is not a valid v3 onion address (%s): bouncing",
                         domain, verdict.value)
+            self.refusals[verdict.value] += 1
             return LookupResult.found(_INVALID_ONION_ROUTE)
         return domain
 
@@ -258,7 +266,7 @@ class Router:
         if self.require_dnssec and not answer.authenticated:
             log.warning("ignoring SRV for %s: not authenticated by DNSSEC (require_dnssec)", domain)
             return LookupResult.not_found("SRV answer not DNSSEC-authenticated")
-        usable = usable_targets(domain, answer.records)
+        usable = usable_targets(domain, answer.records, self.refusals)
         if not usable:
             return LookupResult.not_found("no usable onion target")
         if self.pins is not None and self.pins.check(domain, (r.target for r in usable)) is PinVerdict.HELD:
@@ -284,12 +292,20 @@ class Router:
         :param domain: a domain as returned by :meth:`route_without_dns` (normalized A-label).
         :returns: ``FOUND``, ``NOT_FOUND`` or ``TEMP_FAIL``.
         """
+        return (await self.resolve_domain(domain))[0]
+
+    async def resolve_domain(self, domain: str) -> tuple[LookupResult, SrvAnswer | None]:
+        """Like :meth:`lookup_domain`, also returning the DNS answer (its TTL is what a cache needs).
+
+        :param domain: a normalized A-label domain.
+        :returns: ``(result, answer)``; *answer* is ``None`` when no query was sent (name too long).
+        """
         try:
             qname = self.srv_name(domain)
         except dns.exception.DNSException:
-            return LookupResult.not_found("domain name too long for an SRV query")
+            return LookupResult.not_found("domain name too long for an SRV query"), None
         answer = await self.resolver.query(qname)
-        return self.route_from_answer(domain, answer)
+        return self.route_from_answer(domain, answer), answer
 
 
 def build_routing_table(exclude_domains: frozenset[str], exclude_file_domains: frozenset[str],

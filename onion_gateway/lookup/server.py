@@ -1,9 +1,9 @@
 """asyncio listeners for the lookup daemon: they own sockets and connections, nothing else.
 
 One :class:`MapConnection` per client connection (asyncio Protocol, no streams: the per-request path
-is a decoder call, a routing call and one ``write``). Requests are answered in the order they
-arrived, also when pipelined; requests that need DNS are handed to one worker task per connection,
-the others are answered at once when nothing is pending ahead of them.
+is a decoder call, a routing call, a cache lookup and one ``write``). Requests are answered in the
+order they arrived, also when pipelined; requests that need DNS are handed to one worker task per
+connection, the others (cache hits included) are answered at once when nothing is pending ahead of them.
 
 Lifecycle (:class:`MapServer`): ``start()`` binds every listener and returns once all accept;
 ``stop()`` stops accepting, lets pending lookups finish within a drain timeout, then closes every
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from onion_gateway.config import ListenAddress
 from onion_gateway.errors import FramingError
 from onion_gateway.lookup import codec
+from onion_gateway.lookup.cache import RouteCache
+from onion_gateway.lookup.metrics import Stats
 from onion_gateway.lookup.result import LookupResult, Outcome
 from onion_gateway.lookup.routing import Router
 
@@ -72,7 +74,9 @@ class MapConnection(asyncio.Protocol):
     def __init__(self, server: "MapServer", kind: MapProtocol) -> None:
         self._server = server
         self._router = server.router
+        self._cache = server.cache
         self._kind = kind
+        self._counts = server.stats.lookups[kind.value]   # [found, not_found, temp, error]
         limits = server.limits
         if kind is MapProtocol.TCP_TABLE:
             self._decoder = codec.TcpTableDecoder(limits.tcp_max_request_bytes)
@@ -148,6 +152,8 @@ class MapConnection(asyncio.Protocol):
             result = LookupResult.error(f"unknown map name {item.map_name}")
         else:
             result = self._router.route_without_dns(item.key)
+            if result.__class__ is str and self._cache is not None:
+                result = self._cache.get(result) or result      # a hit is answered without a task
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s get %r -> %s", self._kind.value, item.key,
                           result if isinstance(result, str) else result.outcome.value)
@@ -163,12 +169,12 @@ class MapConnection(asyncio.Protocol):
 
     async def _drain(self) -> None:
         queue = self._queue
-        router = self._router
+        lookup_domain = self._router.lookup_domain if self._cache is None else self._cache.lookup
         while queue:
             head = queue[0]
             if isinstance(head, str):
                 try:
-                    result = await router.lookup_domain(head)
+                    result = await lookup_domain(head)
                 except asyncio.CancelledError:
                     raise
                 except Exception:   # a bug must not take the connection's other requests down
@@ -187,7 +193,14 @@ class MapConnection(asyncio.Protocol):
             self._finish()
 
     def _write(self, result: LookupResult) -> None:
-        if result.outcome is Outcome.TEMP_FAIL or result.outcome is Outcome.ERROR:
+        outcome = result.outcome
+        counts = self._counts
+        if outcome is Outcome.FOUND:
+            counts[0] += 1
+        elif outcome is Outcome.NOT_FOUND:
+            counts[1] += 1
+        else:
+            counts[2 if outcome is Outcome.TEMP_FAIL else 3] += 1
             self._server.note_failure()
         if self._transport is not None:
             self._transport.write(self._encode(result))
@@ -231,13 +244,17 @@ class MapServer:
     :param limits: per-connection :class:`Limits`.
     :param unix_socket_mode: permission bits for unix listeners (Postfix must be able to connect).
     :param unix_socket_gid: group id given to unix listeners, or ``None`` to keep the creator's.
+    :param cache: the :class:`RouteCache` answering DNS-backed domains; ``None`` asks DNS every time.
+    :param stats: the counters to update (the cache's, or a fresh :class:`Stats`).
     """
 
     def __init__(self, router: Router, tcp_table: Iterable[ListenAddress], socketmap: Iterable[ListenAddress],
-                 limits: Limits = Limits(), unix_socket_mode: int = 0o660,
-                 unix_socket_gid: int | None = None) -> None:
+                 limits: Limits = Limits(), unix_socket_mode: int = 0o660, unix_socket_gid: int | None = None,
+                 cache: RouteCache | None = None, stats: Stats | None = None) -> None:
         self.router = router
         self.limits = limits
+        self.cache = cache
+        self.stats = stats if stats is not None else (cache.stats if cache is not None else Stats())
         self._wanted = [(MapProtocol.TCP_TABLE, a) for a in tcp_table] + \
                        [(MapProtocol.SOCKETMAP, a) for a in socketmap]
         self._unix_socket_mode = unix_socket_mode

@@ -102,7 +102,8 @@ def test_changed_srv_target_warns_and_strict_mode_holds_it_until_accepted(mode):
     pins_file = work / "pins.json"
     config = work / "og.toml"
     dns = Dnsmasq(work / "dns", local_zones=["moved.test"], srv=[SrvEntry("moved.test", ONION_A)]).start()
-    config.write_text(f'[serve]\ndns_servers = ["{dns.address}"]\npins_file = "{pins_file}"\npinning = "{mode}"\n')
+    config.write_text(f'[serve]\ndns_servers = ["{dns.address}"]\npins_file = "{pins_file}"\npinning = "{mode}"\n'
+                      'cache_max_entries = 0\n')      # every lookup asks DNS: the change is seen at once
     daemon = ServeProcess(["--config", str(config)]).start()
     try:
         assert postmap("a@moved.test", daemon.socketmap).stdout.strip() == f"smtptor:[{ONION_A}]:25"

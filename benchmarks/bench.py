@@ -1,0 +1,577 @@
+"""Side-by-side benchmark of Postfix lookup-table daemons on one loopback DNS fixture.
+
+Servers (each started fresh for every run, on loopback, in one private network namespace):
+
+- ``onion-gateway``  this tree's ``onion-gateway serve`` (tcp_table and socketmap), uvloop if installed.
+- ``og-before``      the same daemon at an older git ref (``--baseline-ref``, default: none), for
+                     before/after numbers of the per-request path.
+- ``onionrouter``    PyPI onionrouter (tcp_table; a process per connection, no cache).
+- ``mta-sts``        PyPI postfix-mta-sts-resolver (socketmap, internal LRU cache, uvloop).
+- ``constant``       benchmarks/constant_server.py: one canned reply, the ceiling.
+
+DNS fixture: dnsmasq on 127.0.0.1:53 answering ``bench.test``: 100 hot domains (SRV to a v3 onion,
+plus an MTA-STS TXT record and an HTTPS policy for mta-sts), ``--cold-domains`` cold domains with
+SRV records, and nothing else (NXDOMAIN). Scenarios:
+
+- ``hits``      100 hot domains, cycled, after one warm-up pass (answers come from a cache, if any).
+- ``cold``      ``--cold-domains`` distinct domains, each asked once by a freshly started server.
+- ``notfound``  100 NXDOMAIN domains, cycled, after one warm-up pass.
+- ``nodns``     (onion-gateway rows only) an excluded domain: the per-request path without DNS.
+
+Isolation: the script re-executes itself under ``unshare --net --mount`` (root): the namespace has only
+``lo``, /etc/resolv.conf is bind-mounted to ``nameserver 127.0.0.1`` (c-ares in mta-sts reads it), so no
+query or connection can leave the machine. Every run is bounded by a request count and a time limit.
+
+    sudo .venv/bin/python benchmarks/bench.py --peers-venv /tmp/og-bench-peers \\
+        --baseline-ref main --output /tmp/bench.md
+
+The peers are not project dependencies: install them into a separate venv first::
+
+    python3 -m venv /tmp/og-bench-peers
+    /tmp/og-bench-peers/bin/pip install onionrouter postfix-mta-sts-resolver uvloop
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+from loadgen import LoadResult, run_load, run_sync  # noqa: E402
+
+from onion_gateway.onion import onion_from_public_key  # noqa: E402
+
+ZONE = "bench.test"
+HOT = [f"hot{i}.{ZONE}" for i in range(100)]
+NOTFOUND = [f"nf{i}.{ZONE}" for i in range(100)]
+EXCLUDED = f"own.{ZONE}"
+CONCURRENCY = (1, 8, 64)
+MTA_STS_POLICY = b"version: STSv1\nmode: enforce\nmx: mx.bench.test\nmax_age: 86400\n"
+
+
+def onion_for(seed: str) -> str:
+    return onion_from_public_key(hashlib.sha256(seed.encode()).digest())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- isolation -----------------------------------------------------------------------------------
+def enter_namespace() -> None:
+    """Re-run this script inside a fresh network + mount namespace (only lo)."""
+    if os.environ.get("OG_BENCH_NETNS") == "1":
+        return
+    if os.geteuid() != 0:
+        sys.exit("bench.py: run as root (it creates a private network namespace with unshare)")
+    env = {**os.environ, "OG_BENCH_NETNS": "1"}
+    os.execvpe("unshare", ["unshare", "--net", "--mount", "--propagation", "private",
+                           sys.executable, *sys.argv], env)
+
+
+def setup_namespace(workdir: Path) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    interfaces = [name for _, name in socket.if_nameindex()]
+    assert interfaces == ["lo"], f"network namespace has more than lo: {interfaces}"
+    resolv = workdir / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+
+
+# -- DNS and HTTPS fixture -----------------------------------------------------------------------
+def start_dnsmasq(workdir: Path, cold: list[str]) -> subprocess.Popen:
+    lines = ["port=53", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts", "no-poll",
+             f"local=/{ZONE}/", "local-ttl=300", "user=root", f"pid-file={workdir / 'dnsmasq.pid'}",
+             "dns-forward-max=1000", "cache-size=0"]
+    for domain in HOT:
+        lines.append(f"srv-host=_onion-mx._tcp.{domain},{onion_for(domain)},25,10,5")
+        lines.append(f'txt-record=_mta-sts.{domain},"v=STSv1; id=1"')
+        lines.append(f"host-record=mta-sts.{domain},127.0.0.1")
+    for domain in cold:
+        lines.append(f"srv-host=_onion-mx._tcp.{domain},{onion_for(domain)},25,10,5")
+    conf = workdir / "dnsmasq.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen(["dnsmasq", "-k", "-C", str(conf)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", 53), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("dnsmasq did not start")
+
+
+def make_certificate(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for every mta-sts.<hot domain> name."""
+    ca_key, ca_pem = workdir / "ca.key", workdir / "ca.pem"
+    key, csr, pem, ext = workdir / "srv.key", workdir / "srv.csr", workdir / "srv.pem", workdir / "ext.cnf"
+    quiet = {"check": True, "capture_output": True}
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key,
+                    "-out", ca_pem, "-days", "2", "-subj", "/CN=og-bench-ca"], **quiet)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                    "-subj", f"/CN=mta-sts.{ZONE}"], **quiet)
+    ext.write_text("subjectAltName=" + ",".join(f"DNS:mta-sts.{d}" for d in HOT) + "\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial",
+                    "-out", pem, "-days", "2", "-extfile", ext], **quiet)
+    return ca_pem, pem, key
+
+
+def start_policy_server(cert: Path, key: Path) -> http.server.HTTPServer:
+    """HTTPS on 127.0.0.1:443 serving the MTA-STS policy (RFC 8461 §3.3) for mta-sts's warm-up."""
+    class Policy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/.well-known/mta-sts.txt":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(MTA_STS_POLICY)))
+            self.end_headers()
+            self.wfile.write(MTA_STS_POLICY)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 443), Policy)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+# -- process measurements ------------------------------------------------------------------------
+def process_tree(pid: int) -> list[int]:
+    """*pid* and all its descendants (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of *pid*'s process tree, all threads (nanoseconds, from /proc/*/task/*/schedstat)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{p}/task/{task}/schedstat") as fh:
+                    total += int(fh.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of *pid*'s process tree (KiB): RSS that counts forked children fairly."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# -- the servers ---------------------------------------------------------------------------------
+@dataclass
+class Server:
+    """One server under test: how to start it and which protocols/key forms it speaks."""
+
+    name: str
+    protocols: tuple[str, ...]
+    key_form: str = "address"          # "address" (user@domain, transport_maps) or "domain" (tls policy maps)
+    map_name: str = "onion"
+    proc: subprocess.Popen | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    ready_seconds: float = 0.0
+
+    def command(self, workdir: Path) -> tuple[list[str], dict[str, str], Path | None]:
+        raise NotImplementedError
+
+    def probe(self, protocol: str) -> str:
+        return "*"
+
+    def key(self, domain: str) -> str:
+        return f"user@{domain}" if self.key_form == "address" else domain
+
+    def start(self, workdir: Path, log: Path) -> None:
+        self.ports = {p: free_port() for p in self.protocols}
+        argv, env, cwd = self.command(workdir)
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, stdout=log.open("ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        protocol = self.protocols[0]
+        deadline = started + 20
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {log}")
+            if _probe(protocol, self.ports[protocol], self.probe(protocol), self.map_name):
+                self.ready_seconds = time.perf_counter() - started
+                return
+            time.sleep(0.002)
+        raise RuntimeError(f"{self.name} not ready after 20 s: see {log}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+
+def _probe(protocol: str, port: int, key: str, map_name: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            if protocol == "tcp_table":
+                s.sendall(b"get " + key.encode() + b"\n")
+            else:
+                payload = f"{map_name} {key}".encode()
+                s.sendall(b"%d:%s," % (len(payload), payload))
+            return bool(s.recv(4096))
+    except OSError:
+        return False
+
+
+class OnionGateway(Server):
+    def __init__(self, name: str = "onion-gateway", source: Path | None = None, extra: list[str] | None = None):
+        super().__init__(name, ("tcp_table", "socketmap"))
+        self.source = source
+        self.extra = extra or []
+
+    def command(self, workdir):
+        argv = [sys.executable, "-m", "onion_gateway", "serve",
+                "--tcp-table", f"127.0.0.1:{self.ports['tcp_table']}",
+                "--socketmap", f"127.0.0.1:{self.ports['socketmap']}",
+                "--dns-server", "127.0.0.1:53", "--exclude-domains", EXCLUDED, "--log-level", "warning",
+                *self.extra]
+        env = {"PYTHONPATH": str(self.source)} if self.source else {}
+        return argv, env, self.source or ROOT
+
+
+class OnionRouter(Server):
+    def __init__(self, venv: Path):
+        super().__init__("onionrouter", ("tcp_table",))
+        self.venv = venv
+
+    def command(self, workdir):
+        confdir = workdir / "onionrouter"
+        (confdir / "mappings").mkdir(parents=True, exist_ok=True)
+        (confdir / "onionrouter.ini").write_text(
+            "[RESOLVER]\nresolver_ip: 127.0.0.1\nresolver_port: 53\ntcp: False\n\n"
+            f"[DOMAIN]\nhostname: myself.{ZONE}\n\n[DNS]\nsrv_record: _onion-mx._tcp.\n\n"
+            f"[REROUTE]\nonion_transport: smtptor\n\n[IGNORED]\ndomains: {EXCLUDED}\n")
+        # one static mapping, else onionrouter re-reads its mapping files on every request
+        (confdir / "mappings" / "static.yml").write_text(f'"smtptor:[{onion_for("static")}]:25":\n'
+                                                          f"  - static.{ZONE}\n")
+        argv = [str(self.venv / "bin" / "onionrouter"), "--config", str(confdir / "onionrouter.ini"),
+                "--mappings", str(confdir / "mappings"), "--host", "127.0.0.1",
+                "--port", str(self.ports["tcp_table"])]
+        return argv, {}, None
+
+    def probe(self, protocol):
+        return "*"
+
+
+class MtaSts(Server):
+    def __init__(self, venv: Path, ca: Path):
+        super().__init__("mta-sts", ("socketmap",), key_form="domain", map_name="postfix")
+        self.venv = venv
+        self.ca = ca
+
+    def command(self, workdir):
+        conf = workdir / "mta-sts.yml"
+        conf.write_text(f"host: 127.0.0.1\nport: {self.ports['socketmap']}\nreuse_port: true\n"
+                        "shutdown_timeout: 2\ncache_grace: 3600\n"
+                        "cache:\n  type: internal\n  options:\n    cache_size: 10000\n"
+                        "default_zone:\n  strict_testing: false\n  timeout: 4\n")
+        argv = [str(self.venv / "bin" / "mta-sts-daemon"), "-c", str(conf), "-v", "warn"]
+        return argv, {"SSL_CERT_FILE": str(self.ca)}, None
+
+    def probe(self, protocol):
+        return ".probe"          # parent-domain form: answered NOTFOUND without a lookup
+
+
+class Constant(Server):
+    def __init__(self):
+        super().__init__("constant", ("tcp_table", "socketmap"))
+
+    def command(self, workdir):
+        return [sys.executable, str(ROOT / "benchmarks" / "constant_server.py"),
+                "--tcp-table", f"127.0.0.1:{self.ports['tcp_table']}",
+                "--socketmap", f"127.0.0.1:{self.ports['socketmap']}"], {}, None
+
+
+# -- runs ----------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    server: str
+    protocol: str
+    scenario: str
+    concurrency: int
+    rate: float
+    p50_us: float
+    p99_us: float
+    cpu_us_per_request: float
+    pss_mib: float
+    ready_seconds: float
+    replies: dict[str, int]
+    errors: int
+
+
+def measure(server: Server, protocol: str, scenario: str, concurrency: int, keys: list[str], cycle: bool,
+            max_requests: int, max_seconds: float, warm: bool) -> Row:
+    port = server.ports[protocol]
+    if warm:   # one pass over the key set on one connection: fills whatever cache the server has
+        run_sync(run_load(protocol, "127.0.0.1", port, keys, concurrency=1, max_requests=len(keys),
+                             max_seconds=30, cycle=False, map_name=server.map_name))
+    samples: dict[str, int] = {}
+    pid = server.proc.pid
+
+    def before():
+        samples["cpu0"] = cpu_ns(pid)
+
+    def after():
+        samples["cpu1"] = cpu_ns(pid)
+        samples["pss"] = pss_kib(pid)
+
+    result: LoadResult = run_sync(run_load(
+        protocol, "127.0.0.1", port, keys, concurrency=concurrency, max_requests=max_requests,
+        max_seconds=max_seconds, cycle=cycle, map_name=server.map_name, on_connected=before, on_finished=after))
+    cpu = (samples.get("cpu1", 0) - samples.get("cpu0", 0)) / 1000 / max(1, result.requests)
+    return Row(server.name, protocol, scenario, concurrency, result.rate, result.percentile_us(50),
+               result.percentile_us(99), cpu, samples.get("pss", 0) / 1024, server.ready_seconds,
+               result.replies, result.errors)
+
+
+def run_matrix(servers: list[Server], cold: list[str], args, workdir: Path, log: Path) -> list[Row]:
+    rows: list[Row] = []
+    scenarios = [("hits", HOT, True, True), ("notfound", NOTFOUND, True, True), ("cold", None, False, False),
+                 ("nodns", [EXCLUDED], True, False)]
+    for scenario, domains, cycle, warm in scenarios:
+        for server in servers:
+            if scenario == "nodns" and not isinstance(server, OnionGateway):
+                continue
+            for protocol in server.protocols:
+                for concurrency in CONCURRENCY:
+                    # every run starts a fresh server, so its cache (if any) is empty: the cold set is
+                    # the same for all servers and misses every time
+                    keyset = cold[:args.cold_requests] if scenario == "cold" else domains
+                    keys = [server.key(d) for d in keyset]
+                    limit = len(keys) if scenario == "cold" else args.requests
+                    seconds = args.cold_seconds if scenario == "cold" else args.seconds
+                    server.start(workdir, log)
+                    try:
+                        row = measure(server, protocol, scenario, concurrency, keys, cycle, limit, seconds, warm)
+                    finally:
+                        server.stop()
+                    rows.append(row)
+                    print(json.dumps(row.__dict__), flush=True)
+    return rows
+
+
+def memory_with_cache(entries: int, workdir: Path, log: Path) -> dict[str, float]:
+    """Start onion-gateway with a saved cache of *entries* domains; report ready time and RSS."""
+    from onion_gateway.config import serve_settings
+    from onion_gateway.lookup.daemon import cache_fingerprint
+    from onion_gateway.lookup.persist import save_rows
+
+    settings = serve_settings({"exclude_domains": [EXCLUDED]})
+    now = time.time()
+    rows = [(f"d{i}.{ZONE}", "found", f"smtptor:[{onion_for(str(i))}]:25", 3600.0, now + 3600, now + 3600)
+            for i in range(entries)]
+    path = workdir / "cache-100k.sqlite"
+    save_rows(rows, path, cache_fingerprint(settings))
+    server = OnionGateway(extra=["--cache-file", str(path)])
+    empty = OnionGateway()
+    try:
+        empty.start(workdir, log)
+        empty_rss = rss_kib(empty.proc.pid) / 1024
+        empty_ready = empty.ready_seconds
+    finally:
+        empty.stop()
+    try:
+        server.start(workdir, log)
+        # the probe proves listening; a lookup of the last entry proves the cache is loaded
+        result = run_sync(run_load("tcp_table", "127.0.0.1", server.ports["tcp_table"],
+                                      [f"x@d{entries - 1}.{ZONE}"], concurrency=1, max_requests=1, max_seconds=5))
+        return {"entries": entries, "rss_mib": rss_kib(server.proc.pid) / 1024, "ready_seconds": server.ready_seconds,
+                "empty_rss_mib": empty_rss, "empty_ready_seconds": empty_ready, "check_reply": result.replies}
+    finally:
+        server.stop()
+
+
+def help_seconds() -> float:
+    exe = Path(sys.executable).with_name("onion-gateway")
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([str(exe), "--help"], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -- report --------------------------------------------------------------------------------------
+def report(rows: list[Row], memory: dict, help_time: float, args) -> str:
+    out = []
+    label = {("onion-gateway", "tcp_table"): "onion-gateway tcp_table", ("onion-gateway", "socketmap"): "onion-gateway socketmap"}
+    for scenario in ("hits", "cold", "notfound", "nodns"):
+        subset = [r for r in rows if r.scenario == scenario]
+        if not subset:
+            continue
+        out.append(f"\n### {scenario}\n")
+        out.append("| server | protocol | c | req/s | p50 µs | p99 µs | server CPU µs/req | PSS MB | replies |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        for r in subset:
+            replies = ", ".join(f"{k}×{v}" for k, v in sorted(r.replies.items()))
+            if r.errors:
+                replies += f", errors×{r.errors}"
+            out.append(f"| {label.get((r.server, r.protocol), r.server)} | {r.protocol} | {r.concurrency} | "
+                       f"{r.rate:,.0f} | {r.p50_us:,.0f} | {r.p99_us:,.0f} | {r.cpu_us_per_request:,.1f} | "
+                       f"{r.pss_mib:.1f} | {replies} |")
+        ratios = []
+        for c in CONCURRENCY:
+            for protocol, peer in (("tcp_table", "onionrouter"), ("socketmap", "mta-sts"), ("tcp_table", "og-before")):
+                ours = next((r for r in subset if r.server == "onion-gateway" and r.protocol == protocol
+                             and r.concurrency == c), None)
+                theirs = next((r for r in subset if r.server == peer and r.concurrency == c
+                               and r.protocol == protocol), None)
+                ceiling = next((r for r in subset if r.server == "constant" and r.protocol == protocol
+                                and r.concurrency == c), None)
+                if ours and theirs and theirs.rate:
+                    line = f"| {c} | {protocol} | {peer} | {ours.rate / theirs.rate:.2f}× |"
+                    line += f" {ours.rate / ceiling.rate:.2f} |" if ceiling and ceiling.rate else " |"
+                    ratios.append(line)
+        if ratios:
+            out.append(f"\nonion-gateway req/s relative to each peer ({scenario}):\n")
+            out.append("| c | protocol | peer | onion-gateway ÷ peer | onion-gateway ÷ constant ceiling |")
+            out.append("|---:|---|---|---:|---:|")
+            out.extend(ratios)
+    ready = {}
+    for r in rows:
+        ready.setdefault(r.server, []).append(r.ready_seconds)
+    out.append("\n### start-up, memory, CLI\n")
+    out.append("| measure | value |")
+    out.append("|---|---|")
+    for name, values in ready.items():
+        out.append(f"| {name}: start -> first answer (median of {len(values)} starts) | "
+                   f"{statistics.median(values) * 1000:.0f} ms |")
+    if memory:
+        out.append(f"| onion-gateway RSS, empty cache | {memory['empty_rss_mib']:.1f} MB |")
+        out.append(f"| onion-gateway RSS with {memory['entries']:,} cached domains (loaded from cache file) | "
+                   f"{memory['rss_mib']:.1f} MB |")
+        out.append(f"| onion-gateway start -> first answer with that cache file | "
+                   f"{memory['ready_seconds'] * 1000:.0f} ms |")
+    out.append(f"| `onion-gateway --help` (median of 5) | {help_time * 1000:.0f} ms |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="side-by-side lookup daemon benchmark (loopback, bounded)")
+    parser.add_argument("--peers-venv", type=Path, help="venv with onionrouter and postfix-mta-sts-resolver")
+    parser.add_argument("--baseline-ref", help="also run onion-gateway at this git ref (before/after)")
+    parser.add_argument("--cold-domains", type=int, default=1000, help="cold SRV domains published (+100 hot)")
+    parser.add_argument("--cold-requests", type=int, default=1000, help="distinct domains per cold run")
+    parser.add_argument("--requests", type=int, default=20000, help="request bound of hits/notfound runs")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time bound of hits/notfound runs")
+    parser.add_argument("--cold-seconds", type=float, default=15.0, help="time bound of cold runs")
+    parser.add_argument("--memory-entries", type=int, default=100_000)
+    parser.add_argument("--only", help="comma-separated server names to run")
+    parser.add_argument("--output", type=Path, help="write the markdown report here too")
+    args = parser.parse_args()
+    enter_namespace()
+    workdir = Path(tempfile.mkdtemp(prefix="og-bench-", dir="/tmp"))
+    log = workdir / "servers.log"
+    setup_namespace(workdir)
+    cold = [f"cold{i}.{ZONE}" for i in range(args.cold_domains)]
+    dnsmasq = start_dnsmasq(workdir, cold)
+    policy = None
+    try:
+        servers: list[Server] = [OnionGateway()]
+        if args.baseline_ref:
+            source = workdir / "baseline"
+            source.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_ref], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+            servers.append(OnionGateway("og-before", source))
+        if args.peers_venv:
+            ca, cert, key = make_certificate(workdir)
+            policy = start_policy_server(cert, key)
+            servers += [OnionRouter(args.peers_venv), MtaSts(args.peers_venv, ca)]
+        servers.append(Constant())
+        if args.only:
+            wanted = set(args.only.split(","))
+            servers = [s for s in servers if s.name in wanted]
+        rows = run_matrix(servers, cold, args, workdir, log)
+        memory = memory_with_cache(args.memory_entries, workdir, log) if args.memory_entries else {}
+        text = report(rows, memory, help_seconds(), args)
+        print(text)
+        if args.output:
+            args.output.write_text(text)
+    finally:
+        if policy is not None:
+            policy.shutdown()
+        dnsmasq.terminate()
+        dnsmasq.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""What the daemon counts, and the HTTP endpoint that shows it (Prometheus text format and ``/healthz``).
+
+The per-request path only increments plain integers in :class:`Stats`; nothing of prometheus_client
+runs there. :class:`MetricsServer` imports prometheus_client only when a metrics address is
+configured, and turns the counters into metric families at scrape time (a custom collector).
+
+Exposed metrics (all prefixed ``onion_gateway_``)::
+
+    lookups_total{protocol,outcome}   replies sent; outcome = found | not_found | temp | error
+    cache_hits_total                  answered from the cache (fresh entries)
+    cache_misses_total                had to wait for DNS
+    cache_coalesced_total             misses that joined a query already in flight (single-flight)
+    cache_prefetches_total            background refreshes started shortly before expiry
+    cache_stale_answers_total         stale entries answered because DNS failed (RFC 8767)
+    cache_evictions_total             entries dropped by the size bound (LRU)
+    cache_entries                     entries held now
+    dns_queries_total{status}         SRV queries sent; status = answer | nxdomain | nodata | failure | timeout
+    dns_query_seconds                 histogram of SRV query latency
+    connections_open                  client connections open now
+    refusals_total{reason}            onion targets refused; reason = v2_onion | clearnet | bad_checksum | ...
+    process_*                         prometheus_client's process collector (CPU seconds, RSS, fds)
+
+``GET /healthz`` answers ``200 ok`` while the listeners accept, ``503`` once shutdown began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from onion_gateway.lookup.result import Outcome
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = tuple(Outcome)   # index order of the per-protocol counter lists
+DNS_LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_HTTP_REQUEST_BYTES = 8192
+HTTP_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class Stats:
+    """Plain counters shared by the server, the cache and the metrics endpoint.
+
+    :param lookups: ``{protocol: [found, not_found, temp, error]}`` replies sent (index order of
+        :data:`OUTCOMES`).
+    """
+
+    lookups: dict[str, list[int]] = field(
+        default_factory=lambda: {"tcp_table": [0] * len(OUTCOMES), "socketmap": [0] * len(OUTCOMES)})
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_coalesced: int = 0
+    prefetches: int = 0
+    stale_answers: int = 0
+    cache_evictions: int = 0
+    dns_queries: collections.Counter = field(default_factory=collections.Counter)
+    dns_latency_counts: list[int] = field(default_factory=lambda: [0] * (len(DNS_LATENCY_BUCKETS_SECONDS) + 1))
+    dns_latency_sum_seconds: float = 0.0
+
+    def note_dns(self, status, elapsed_seconds: float) -> None:
+        """Count one SRV query with its :class:`~onion_gateway.lookup.dns.DnsStatus` and duration (seconds)."""
+        self.dns_queries[status.value] += 1
+        self.dns_latency_counts[bisect.bisect_left(DNS_LATENCY_BUCKETS_SECONDS, elapsed_seconds)] += 1
+        self.dns_latency_sum_seconds += elapsed_seconds
+
+    def lookup_count(self, protocol: str, outcome: Outcome) -> int:
+        """Replies sent on *protocol* (``tcp_table``/``socketmap``) with *outcome*."""
+        return self.lookups[protocol][OUTCOMES.index(outcome)]
+
+
+@dataclass
+class Sources:
+    """Where the collector reads gauges that live elsewhere (callables, read at scrape time).
+
+    :param connections_open: returns the number of open client connections.
+    :param cache_entries: returns the number of cache entries.
+    :param refusals: returns ``{reason: count}`` of refused onion targets.
+    :param healthy: returns True while the listeners accept.
+    """
+
+    connections_open: Callable[[], int] = lambda: 0
+    cache_entries: Callable[[], int] = lambda: 0
+    refusals: Callable[[], dict[str, int]] = dict
+    healthy: Callable[[], bool] = lambda: True
+
+
+class _Collector:
+    """A prometheus_client collector reading :class:`Stats` and :class:`Sources` at scrape time."""
+
+    def __init__(self, stats: Stats, sources: Sources) -> None:
+        self._stats = stats
+        self._sources = sources
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        s = self._stats
+        lookups = CounterMetricFamily("onion_gateway_lookups", "Lookup replies sent, by protocol and outcome",
+                                      labels=["protocol", "outcome"])
+        for protocol, counts in s.lookups.items():
+            for outcome, count in zip(OUTCOMES, counts):
+                lookups.add_metric([protocol, outcome.value], count)
+        yield lookups
+        for name, value, text in (
+                ("cache_hits", s.cache_hits, "Lookups answered from a fresh cache entry"),
+                ("cache_misses", s.cache_misses, "Lookups that had to wait for DNS"),
+                ("cache_coalesced", s.cache_coalesced, "Misses that joined a DNS query already in flight"),
+                ("cache_prefetches", s.prefetches, "Background refreshes started shortly before expiry"),
+                ("cache_stale_answers", s.stale_answers, "Expired entries answered because DNS failed"),
+                ("cache_evictions", s.cache_evictions, "Entries dropped by the cache size bound")):
+            yield CounterMetricFamily(f"onion_gateway_{name}", text, value=value)
+        yield GaugeMetricFamily("onion_gateway_cache_entries", "Cache entries held",
+                                value=self._sources.cache_entries())
+        queries = CounterMetricFamily("onion_gateway_dns_queries", "SRV queries sent, by result",
+                                      labels=["status"])
+        for status, count in sorted(s.dns_queries.items()):
+            queries.add_metric([status], count)
+        yield queries
+        cumulative, buckets = 0, []
+        for bound, count in zip((*DNS_LATENCY_BUCKETS_SECONDS, float("inf")), s.dns_latency_counts):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily("onion_gateway_dns_query_seconds", "SRV query latency (seconds)",
+                                    buckets=buckets, sum_value=s.dns_latency_sum_seconds)
+        yield GaugeMetricFamily("onion_gateway_connections_open", "Client connections open",
+                                value=self._sources.connections_open())
+        refusals = CounterMetricFamily("onion_gateway_refusals", "Onion targets refused, by reason",
+                                       labels=["reason"])
+        for reason, count in sorted(self._sources.refusals().items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+
+
+class MetricsServer:
+    """A small asyncio HTTP server for ``GET /metrics`` and ``GET /healthz``.
+
+    :param host: IP address to bind.
+    :param port: TCP port (0 = any free port).
+    :param stats: the daemon's :class:`Stats`.
+    :param sources: gauges and health read at scrape time.
+    :raises ConfigError: (from :meth:`start`) if prometheus_client is not installed.
+    """
+
+    def __init__(self, host: str, port: int, stats: Stats, sources: Sources) -> None:
+        self.host, self.port = host, port
+        self._stats, self._sources = stats, sources
+        self._server: asyncio.AbstractServer | None = None
+        self._render: Callable[[], bytes] | None = None
+        self._content_type = "text/plain; version=0.0.4; charset=utf-8"
+        self.bound = ""
+
+    async def start(self) -> str:
+        """Bind the listener.
+
+        :returns: the bound ``host:port`` (port 0 resolved).
+        :raises ConfigError: if prometheus_client cannot be imported.
+        :raises OSError: if the address cannot be bound.
+        """
+        try:
+            from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+            from prometheus_client import ProcessCollector
+        except ImportError as exc:
+            from onion_gateway.errors import ConfigError
+            raise ConfigError(f"serve.metrics_address: prometheus_client is not installed ({exc})") from exc
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self._stats, self._sources))
+        ProcessCollector(registry=registry)
+        self._render = lambda: generate_latest(registry)
+        self._content_type = CONTENT_TYPE_LATEST
+        self._server = await asyncio.start_server(self._handle, self.host, self.port,
+                                                  reuse_address=True, limit=MAX_HTTP_REQUEST_BYTES)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self.bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self.bound
+
+    async def stop(self) -> None:
+        """Close the listener."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_SECONDS)
+            method, _, rest = head.split(b"\r\n", 1)[0].partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path == b"/metrics":
+                assert self._render is not None
+                status, ctype, body = "200 OK", self._content_type, self._render()
+            elif path == b"/healthz":
+                healthy = self._sources.healthy()
+                status = "200 OK" if healthy else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ok\n" if healthy else b"stopping\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode("ascii"))
+            if method != b"HEAD":
+                writer.write(body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("metrics request failed")
+        finally:
+            writer.close()
