@@ -128,3 +128,8 @@ def lookup(key, config_file, log_level, **overrides) -> None:
         sys.exit(EXIT_NOT_FOUND)
     click.echo(f"temporary failure: {result.value}", err=True)
     sys.exit(EXIT_TEMPFAIL)
+
+
+from onion_gateway.cli_setup import setup_command  # noqa: E402  (cheap: click only; the work is imported lazily)
+
+main.add_command(setup_command)

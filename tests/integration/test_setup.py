@@ -1,0 +1,363 @@
+"""``onion-gateway setup`` against a private Postfix instance and a real tor (DisableNetwork 1) on loopback.
+
+Every path setup writes is redirected into the test's own directories (wrapper, torrc, torrc piece,
+torsocks.conf, systemd unit, state directory, HiddenServiceDir); the wrapper sits outside Postfix's
+daemon_directory and master.cf names it by a relative path, as documented in docs/setup.md.
+The transport map is the real ``onion-gateway serve`` daemon of the session (DNS from the loopback dnsmasq).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import stat
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from onion_gateway.cli import main
+from onion_gateway.onion import OnionCheck, check_onion
+from tests.conftest import require
+from tests.support.postfix import PostfixInstance, new_instance
+from tests.support.procs import free_port, public_tempdir, tail
+from tests.support.tor import TorProcess
+
+pytestmark = pytest.mark.integration
+
+OWN_DOMAIN = "own.example.test"          # excluded by the session's serve fixture: delivered locally
+
+
+@dataclass
+class Gateway:
+    """A Postfix instance + tor + every path setup may write, all private to one test."""
+
+    pf: PostfixInstance
+    tor: TorProcess
+    root: Path
+    transport_map: str
+    listener_port: int = field(default_factory=free_port)
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def wrapper(self) -> Path:
+        return self.root / "bin" / "smtp_tor"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def hs_dir(self) -> Path:
+        return self.tor.data_dir / "onion-mail"
+
+    @property
+    def listener(self) -> str:
+        return f"127.0.0.1:{self.listener_port}"
+
+    def options(self) -> dict[str, str]:
+        """Every [setup] key pointed into this test's directories (the same names as the CLI flags)."""
+        return {"postfix_config_dir": str(self.pf.config_dir), "tor_control": self.tor.control,
+                "listener": self.listener, "transport_map": self.transport_map,
+                "socks": f"127.0.0.1:{self.tor.socks_port}", "state_dir": str(self.state_dir),
+                "wrapper_path": str(self.wrapper), "torsocks_conf": str(self.etc / "torsocks.conf"),
+                "torrc": str(self.tor.torrc), "torrc_piece": str(self.etc / "onion-gateway.torrc"),
+                "tor_defaults_torrc": str(self.tor.defaults), "hidden_service_dir": str(self.hs_dir),
+                "systemd_unit": str(self.etc / "onion-gateway.service"),
+                "serve_config": str(self.etc / "onion-gateway.toml")}
+
+    def args(self, *extra: str) -> list[str]:
+        flags = [f for key, value in self.options().items() for f in ("--" + key.replace("_", "-"), value)]
+        return ["setup", "--domain", OWN_DOMAIN, "--domain", "other.example.test", *flags, *extra]
+
+    def setup(self, *extra: str, expect: int = 0):
+        result = CliRunner().invoke(main, self.args(*extra), catch_exceptions=False)
+        assert result.exit_code == expect, result.output + "\n--- tor log:\n" + tail(self.tor.log)
+        return result
+
+    def snapshot(self) -> dict[str, tuple[bytes, int, int]]:
+        """Every file setup could touch: ``{path: (bytes, mode, mtime_ns)}`` (tor's data dir excluded)."""
+        files: dict[str, tuple[bytes, int, int]] = {}
+        for top in (self.pf.config_dir, self.root, self.tor.torrc):
+            paths = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+            for path in paths:
+                st = path.stat()
+                files[str(path)] = (path.read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        return files
+
+    def address_line(self, output: str) -> str:
+        line = next(l for l in output.splitlines() if l.startswith("onion address: "))
+        return line.split(": ", 1)[1]
+
+
+def same_content(a: dict, b: dict) -> bool:
+    return {k: v[:2] for k, v in a.items()} == {k: v[:2] for k, v in b.items()}
+
+
+def _age(config_dir: Path) -> None:
+    for name in ("main.cf", "master.cf"):     # postconf waits on files younger than a second
+        path = config_dir / name
+        os.utime(path, (path.stat().st_mtime - 10,) * 2)
+
+
+@pytest.fixture
+def gateway(serve):
+    require("postfix", "postconf", "tor", "torsocks")
+    root = public_tempdir("og-setup-")
+    for sub in ("etc", "bin"):
+        (root / sub).mkdir()
+    pf = new_instance("og-setup-pf-", hostname="rx.lab.test", domains=[OWN_DOMAIN])
+    _age(pf.config_dir)
+    tor = TorProcess(root.parent / (root.name + "-tor")).write().start()
+    gw = Gateway(pf=pf, tor=tor, root=root, transport_map=serve.socketmap)
+    yield gw
+    pf.stop()
+    tor.stop()
+
+
+def test_dry_run_shows_every_change_and_changes_nothing(gateway):
+    before = gateway.snapshot()
+    out = gateway.setup("--dry-run").output
+    assert f"+++ b{gateway.wrapper}" in out
+    assert f"+transport_maps = {gateway.transport_map}" in out
+    assert "postconf -M 'smtptor/unix=smtptor unix - - n - - ../../../.." in out
+    assert f"+{gateway.listener} inet" in out
+    assert f"+%include {gateway.etc / 'onion-gateway.torrc'}" in out
+    assert "Tor creates a new key" in out
+    assert out.rstrip().endswith("dry run: nothing was changed")
+    assert gateway.snapshot() == before
+    assert not gateway.state_dir.exists() and not gateway.hs_dir.exists()
+
+
+def test_dry_run_with_the_default_wrapper_location_targets_daemon_directory(gateway):
+    args = [a for a in gateway.args("--dry-run") if a not in ("--wrapper-path", str(gateway.wrapper))]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    daemon_directory = gateway.pf.postconf("-h", "daemon_directory").strip()
+    assert f"+++ b{daemon_directory}/smtp_tor" in result.output
+    assert "postconf -M 'smtptor/unix=smtptor unix - - n - - smtp_tor -o" in result.output
+    assert not Path(daemon_directory, "smtp_tor").exists()
+
+
+def test_setup_result_reads_back_through_postfix_and_tor(gateway):
+    out = gateway.setup("--yes").output
+    address = gateway.address_line(out)
+    assert check_onion(address) is OnionCheck.VALID
+    assert f"_onion-mx._tcp.{OWN_DOMAIN}. 3600 IN SRV 10 5 25 {address}." in out
+    assert f"_onion-mx._tcp.other.example.test. 3600 IN SRV 10 5 25 {address}." in out
+    pf = gateway.pf
+    assert pf.postconf("-n", "transport_maps").strip() == f"transport_maps = {gateway.transport_map}"
+    master = pf.postconf("-M", "smtptor/unix").split()
+    assert master[:7] == ["smtptor", "unix", "-", "-", "n", "-", "-"]
+    assert (Path(pf.postconf("-h", "daemon_directory").strip()) / master[7]).resolve() == gateway.wrapper
+    service = pf.postconf("-P").splitlines()
+    for expected in ["smtptor/unix/smtp_dns_support_level = disabled", "smtptor/unix/smtp_host_lookup = native",
+                     "smtptor/unix/smtp_tls_security_level = none",
+                     f"{gateway.listener}/inet/mynetworks =",
+                     f"{gateway.listener}/inet/smtpd_relay_restrictions = reject_unauth_destination",
+                     f"{gateway.listener}/inet/syslog_name = postfix/onion"]:
+        assert expected in service
+    pf.postfix("check")
+    assert subprocess.run(["sh", "-n", str(gateway.wrapper)]).returncode == 0
+    assert stat.S_IMODE(gateway.wrapper.stat().st_mode) == 0o755
+    assert f"TorPort {gateway.tor.socks_port}" in (gateway.etc / "torsocks.conf").read_text()
+    verify = subprocess.run(["tor", "--verify-config", "-f", str(gateway.tor.torrc), "--defaults-torrc",
+                             str(gateway.tor.defaults)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout
+    assert (gateway.hs_dir / "hostname").read_text().strip() == address
+    assert stat.S_IMODE((gateway.hs_dir / "hs_ed25519_secret_key").stat().st_mode) == 0o600
+
+
+def test_private_key_never_appears_in_output_or_state(gateway):
+    result = CliRunner().invoke(main, gateway.args("--yes", "--log-level", "debug"), catch_exceptions=False)
+    assert result.exit_code == 0
+    secret = (gateway.hs_dir / "hs_ed25519_secret_key").read_bytes()[32:]     # after the 32-byte header
+    import base64
+
+    for form in (base64.b64encode(secret).decode(), secret.hex()):
+        assert form[:24] not in result.output
+        for path in gateway.state_dir.rglob("*"):
+            if path.is_file():
+                assert form[:24].encode() not in path.read_bytes()
+
+
+def test_hardened_listener_refuses_relay_for_loopback_and_accepts_own_domain(gateway):
+    gateway.pf.start()                   # running: setup must reload it to open the new listener
+    gateway.setup("--yes")
+    from tests.support.procs import port_accepts, wait_for
+
+    wait_for(lambda: port_accepts(gateway.listener_port), 15, "the onion listener after reload",
+             lambda: tail(gateway.pf.maillog))
+    with smtplib.SMTP("127.0.0.1", gateway.listener_port, local_hostname="client.lab.test", timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("a@sender.example.test")[0] == 250
+        code, message = smtp.rcpt("someone@nosuch.example.test")
+        assert (code, message.split(b" ", 1)[0]) == (554, b"5.7.1"), message
+        assert b"Relay access denied" in message
+        assert smtp.rcpt(f"user@{OWN_DOMAIN}")[0] == 250
+        smtp.rset()
+    assert "postfix/onion/smtpd" in gateway.pf.log_text()
+
+
+def test_second_run_reports_nothing_and_touches_nothing(gateway):
+    first = gateway.address_line(gateway.setup("--yes").output)
+    before = gateway.snapshot()
+    out = gateway.setup().output                       # no --yes: nothing to ask either
+    assert out.startswith("nothing to change")
+    assert gateway.address_line(out) == first
+    assert gateway.snapshot() == before                # bytes, modes and mtimes
+
+
+def test_onion_address_survives_a_tor_restart(gateway):
+    address = gateway.address_line(gateway.setup("--yes").output)
+    gateway.tor.restart()                              # same torrc: now with setup's %include
+    from onion_gateway.config import parse_listen_address
+    from onion_gateway.tor import TorControl
+
+    with TorControl(parse_listen_address(gateway.tor.control)) as tor:
+        assert tor.hidden_service_ports(gateway.hs_dir) == [(25, "127.0.0.1", gateway.listener_port)]
+    out = gateway.setup().output
+    assert out.startswith("nothing to change")
+    assert gateway.address_line(out) == address
+
+
+def test_rollback_restores_every_file_byte_for_byte(gateway):
+    before = gateway.snapshot()
+    gateway.setup("--yes")
+    assert not same_content(gateway.snapshot(), before)
+    out = gateway.setup("--rollback").output
+    assert "tor no longer serves" in out
+    assert same_content(gateway.snapshot(), before)
+    assert not gateway.state_dir.exists()
+    assert gateway.pf.postconf("-n", "transport_maps") == ""
+    from onion_gateway.config import parse_listen_address
+    from onion_gateway.tor import TorControl
+
+    with TorControl(parse_listen_address(gateway.tor.control)) as tor:
+        assert tor.hidden_service_ports(gateway.hs_dir) is None
+    # the key is kept: setting up again brings the same address back
+    assert gateway.setup("--rollback").output.strip() == "nothing to roll back"
+
+
+def test_rollback_then_setup_again_reuses_the_address(gateway):
+    first = gateway.address_line(gateway.setup("--yes").output)
+    gateway.setup("--rollback")
+    assert gateway.address_line(gateway.setup("--yes").output) == first
+
+
+def test_existing_transport_maps_are_kept_after_ours(gateway):
+    gateway.pf.postconf("-e", "transport_maps = hash:/etc/postfix/transport-not-there")
+    _age(gateway.pf.config_dir)
+    before = gateway.snapshot()
+    gateway.setup("--yes")
+    assert gateway.pf.postconf("-h", "transport_maps").strip() == \
+        f"{gateway.transport_map}, hash:/etc/postfix/transport-not-there"
+    gateway.setup("--rollback")
+    assert same_content(gateway.snapshot(), before)
+
+
+def test_tor_control_unreachable_changes_nothing(gateway):
+    before = gateway.snapshot()
+    gateway.tor.stop()
+    result = gateway.setup("--yes", expect=69)
+    assert "cannot connect to Tor's control port" in result.output
+    assert "nothing was changed" in result.output
+    assert gateway.snapshot() == before
+    assert not gateway.state_dir.exists() or not any(gateway.state_dir.iterdir())
+
+
+def test_failure_midway_restores_everything(gateway, monkeypatch):
+    """Tor goes away after Postfix was changed and checked: the onion step fails for real."""
+    from onion_gateway import installer
+
+    real_check = installer.postfix.check
+
+    def check_then_lose_tor(config_dir):
+        real_check(config_dir)
+        gateway.tor.stop()
+
+    monkeypatch.setattr(installer.postfix, "check", check_then_lose_tor)
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", expect=1)
+    assert "setup failed while setting up the onion service through Tor's control port" in result.output
+    assert "Every change was undone" in result.output
+    assert same_content(gateway.snapshot(), before)
+    assert not (gateway.state_dir / "journal").exists()
+    assert not (gateway.state_dir / "manifest.json").exists()
+
+
+def test_refuses_an_open_relay_listener(gateway):
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", "--relay-restrictions", "permit_mynetworks,permit", expect=1)
+    assert f"the listener {gateway.listener} would be an open relay" in result.output
+    assert "permit_mynetworks" in result.output and "nothing was changed" in result.output
+    assert gateway.snapshot() == before
+
+
+def test_refuses_without_torsocks(gateway, monkeypatch):
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", "--config", str(_config(gateway, 'torsocks = "no-such-torsocks"')), expect=1)
+    assert "no-such-torsocks not found: install torsocks" in result.output
+    assert gateway.snapshot() == before
+
+
+def test_refuses_postfix_older_than_3_5(gateway, monkeypatch):
+    """A real 3.4 cannot be installed next to 3.7: the version is the one injected fault."""
+    from onion_gateway import installer
+
+    monkeypatch.setattr(installer.postfix, "mail_version", lambda config_dir=None: (3, 4, 14))
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", expect=1)
+    assert "Postfix 3.4.14 is too old: onion-gateway needs 3.5 or later" in result.output
+    assert gateway.snapshot() == before
+
+
+def _config(gateway: Gateway, setup_lines: str) -> Path:
+    path = gateway.root.parent / (gateway.root.name + ".toml")
+    path.write_text(f"[setup]\n{setup_lines}\n")
+    return path
+
+
+CRASH = textwrap.dedent("""
+    import os, sys
+    from onion_gateway import installer, postfix
+    from onion_gateway.setup_config import setup_settings
+    def crash(config_dir):
+        os._exit(9)                       # killed between the Postfix changes and postfix check
+    postfix.check = crash
+    settings = setup_settings(None, dict(arg.split("=", 1) for arg in sys.argv[1:]))
+    installer.apply_plan(installer.plan_setup(settings))
+""")
+
+
+def test_interrupted_run_is_repaired_at_next_start(gateway):
+    before = gateway.snapshot()
+    options = gateway.options()
+    crashed = subprocess.run([sys.executable, "-c", CRASH, *(f"{k}={v}" for k, v in options.items())],
+                             capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 9, crashed.stderr
+    assert (gateway.state_dir / "journal" / "journal.json").exists()
+    assert not same_content(gateway.snapshot(), before)        # the run really changed files
+    out = gateway.setup("--dry-run", expect=1).output           # a dry run refuses to plan over it
+    assert "interrupted run" in out
+    out = gateway.setup("--rollback").output                    # any real start repairs it first
+    assert f"restored {gateway.pf.config_dir / 'master.cf'}" in out
+    assert same_content(gateway.snapshot(), before)
+    assert not (gateway.state_dir / "journal").exists()
+
+
+def test_next_setup_after_an_interruption_repairs_then_completes(gateway):
+    options = gateway.options()
+    crashed = subprocess.run([sys.executable, "-c", CRASH, *(f"{k}={v}" for k, v in options.items())],
+                             capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 9, crashed.stderr
+    out = gateway.setup("--yes").output
+    assert "repaired an interrupted run: restored" in out
+    assert check_onion(gateway.address_line(out)) is OnionCheck.VALID
+    gateway.pf.postfix("check")
