@@ -142,6 +142,8 @@ class Plan:
     :param onion: the onion service step.
     :param notes: things the postmaster should know (warnings, next steps).
     :param srv_service: the SRV service label (``onion-mx``).
+    :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
+        ...], "transport_map": table}``; a later run removes what it no longer wants.
     """
 
     settings: SetupSettings
@@ -150,6 +152,7 @@ class Plan:
     onion: OnionStep
     notes: list[str] = field(default_factory=list)
     srv_service: str = "onion-mx"
+    managed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -204,15 +207,16 @@ def srv_records(domains: tuple[str, ...] | list[str], address: str, *, service: 
             for d in domains]
 
 
-def prepend_transport_map(ours: str, existing: str) -> str:
+def prepend_transport_map(ours: str, existing: str, previous: str | None = None) -> str:
     """``transport_maps`` with *ours* first and every map the user had kept, in order.
 
     :param ours: our table, e.g. ``socketmap:inet:127.0.0.1:6014:onion``.
     :param existing: the current raw value (comma or space separated).
-    :returns: the new value; unchanged if *ours* is already first.
+    :param previous: the table an earlier setup run put there (dropped if it is not *ours*).
+    :returns: the new value; unchanged if *ours* is already first and *previous* is gone.
     """
-    items = [i for i in existing.replace(",", " ").split() if i]
-    if items and items[0] == ours:
+    items = [i for i in existing.replace(",", " ").split() if i and (i != previous or i == ours)]
+    if items and items[0] == ours and previous in (None, ours):
         return existing.strip()
     rest = [i for i in items if i != ours]
     return ", ".join([ours, *rest])
@@ -404,7 +408,9 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     with tempfile.TemporaryDirectory(prefix="onion-gateway-plan-") as scratch_name:
         scratch = Path(scratch_name)
         _check_wrapper_syntax(scratch, render(wrapper))
-        postconf_changes = _plan_postconf(settings, scratch, serve.transport, command, transport_map)
+        managed_before = _load_manifest(settings.state_dir).get("managed") or {}
+        postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command, transport_map,
+                                                   managed_before)
         problems = check_listener_policy(scratch / "postfix", f"{listener}/inet")
         if problems:
             raise SetupError(f"the listener {listener} would be an open relay for onion clients: "
@@ -417,7 +423,7 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         notes.append(f"{daemon_directory}/smtp does not exist: check daemon_directory")
     if settings.systemd_unit is not None and any(c.path == settings.systemd_unit for c in files):
         notes.append(f"then: systemctl daemon-reload && systemctl enable --now {settings.systemd_unit.name}")
-    return Plan(settings, files, postconf_changes, onion, notes, serve.service)
+    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed)
 
 
 def _check_wrapper_syntax(scratch: Path, text: str) -> None:
@@ -428,8 +434,8 @@ def _check_wrapper_syntax(scratch: Path, text: str) -> None:
         raise SetupError(f"the rendered smtp_tor wrapper is not valid sh: {done.stderr.strip()}")
 
 
-def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, command: str,
-                   transport_map: str) -> list[PostconfChange]:
+def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, command: str, transport_map: str,
+                   before: dict[str, Any]) -> tuple[list[PostconfChange], dict[str, Any]]:
     cdir = _postfix_dir(settings)
     pdir = scratch / "postfix"
     pdir.mkdir()
@@ -441,12 +447,17 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
         originals[name] = data
         shutil.copy2(cdir / name, pdir / name)
     existing = postfix.postconf(settings.postfix_config_dir, "-h", "transport_maps").strip()
-    main_text = render(MainCf(transport_maps=prepend_transport_map(transport_map, existing)))
+    main_text = render(MainCf(transport_maps=prepend_transport_map(transport_map, existing,
+                                                                   before.get("transport_map"))))
     master_text = render(MasterCf(transport=transport, command=command,
                                   tls_level=settings.smtp_tls_security_level, listener=str(settings.listener),
                                   relay_restrictions=settings.relay_restrictions))
+    entries = master_entries(master_text)
+    keys = [key for key, _ in entries]
+    stale = [key for key in before.get("services", []) if key not in keys]     # e.g. the listener moved
     commands = {"main.cf": tuple(("-e", p) for p in main_parameters(main_text)),
-                "master.cf": tuple(("-M", f"{key}={entry}") for key, entry in master_entries(master_text))}
+                "master.cf": tuple([("-MX", key) for key in stale]
+                                   + [("-M", f"{key}={entry}") for key, entry in entries])}
     changes = []
     for name in ("main.cf", "master.cf"):
         for flag, arg in commands[name]:
@@ -455,7 +466,7 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
         new = (pdir / name).read_bytes()
         if new != originals[name]:
             changes.append(PostconfChange(cdir / name, commands[name], originals[name], new))
-    return changes
+    return changes, {"services": keys, "transport_map": transport_map}
 
 
 def _age(path: Path) -> None:
@@ -505,9 +516,12 @@ class _Journal:
 
     def __init__(self, state_dir: Path, context: dict[str, Any]) -> None:
         self.dir = state_dir / JOURNAL
-        if self.dir.exists():
-            raise SetupError(f"{self.dir} exists: an interrupted run must be recovered first")
-        (self.dir / "backups").mkdir(parents=True, mode=0o700)
+        try:
+            self.dir.mkdir(mode=0o700)      # atomic: also keeps a second concurrent run out
+        except FileExistsError:
+            raise SetupError(f"{self.dir} exists: another setup is running, or an interrupted run must be "
+                             "recovered first (run setup again without --dry-run)") from None
+        (self.dir / "backups").mkdir(mode=0o700)
         self.data: dict[str, Any] = {"context": context, "files": [], "onion": None}
         self._save()
 
@@ -670,7 +684,7 @@ def apply_plan(plan: Plan) -> SetupResult:
         return SetupResult(address, _records(plan, address), [], ["nothing to change", *plan.notes])
     s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cdir = s.postfix_config_dir
-    journal = _Journal(s.state_dir, {"postfix_config_dir": str(cdir) if cdir else None})
+    journal = _Journal(s.state_dir, {"postfix_config_dir": str(cdir) if cdir else None, "managed": plan.managed})
     step = "start"
     try:
         for change in plan.files:
@@ -748,6 +762,7 @@ def _commit(journal: _Journal, state_dir: Path) -> None:
         manifest["files"].append(entry)
     if manifest.get("onion") is None and journal.data["onion"] is not None:
         manifest["onion"] = journal.data["onion"]
+    manifest["managed"] = journal.data["context"]["managed"]
     _write_json(state_dir / MANIFEST, manifest)
     shutil.rmtree(journal.dir)
 

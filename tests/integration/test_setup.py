@@ -8,13 +8,11 @@ The transport map is the real ``onion-gateway serve`` daemon of the session (DNS
 
 from __future__ import annotations
 
-import os
 import smtplib
 import stat
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,103 +21,17 @@ from click.testing import CliRunner
 from onion_gateway.cli import main
 from onion_gateway.onion import OnionCheck, check_onion
 from tests.conftest import require
-from tests.support.postfix import PostfixInstance, new_instance
-from tests.support.procs import free_port, public_tempdir, tail
-from tests.support.tor import TorProcess
+from tests.support.gateway import OWN_DOMAIN, Gateway, age_config, new_gateway, same_content
+from tests.support.procs import free_port, tail
 
 pytestmark = pytest.mark.integration
-
-OWN_DOMAIN = "own.example.test"          # excluded by the session's serve fixture: delivered locally
-
-
-@dataclass
-class Gateway:
-    """A Postfix instance + tor + every path setup may write, all private to one test."""
-
-    pf: PostfixInstance
-    tor: TorProcess
-    root: Path
-    transport_map: str
-    listener_port: int = field(default_factory=free_port)
-
-    @property
-    def etc(self) -> Path:
-        return self.root / "etc"
-
-    @property
-    def wrapper(self) -> Path:
-        return self.root / "bin" / "smtp_tor"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def hs_dir(self) -> Path:
-        return self.tor.data_dir / "onion-mail"
-
-    @property
-    def listener(self) -> str:
-        return f"127.0.0.1:{self.listener_port}"
-
-    def options(self) -> dict[str, str]:
-        """Every [setup] key pointed into this test's directories (the same names as the CLI flags)."""
-        return {"postfix_config_dir": str(self.pf.config_dir), "tor_control": self.tor.control,
-                "listener": self.listener, "transport_map": self.transport_map,
-                "socks": f"127.0.0.1:{self.tor.socks_port}", "state_dir": str(self.state_dir),
-                "wrapper_path": str(self.wrapper), "torsocks_conf": str(self.etc / "torsocks.conf"),
-                "torrc": str(self.tor.torrc), "torrc_piece": str(self.etc / "onion-gateway.torrc"),
-                "tor_defaults_torrc": str(self.tor.defaults), "hidden_service_dir": str(self.hs_dir),
-                "systemd_unit": str(self.etc / "onion-gateway.service"),
-                "serve_config": str(self.etc / "onion-gateway.toml")}
-
-    def args(self, *extra: str) -> list[str]:
-        flags = [f for key, value in self.options().items() for f in ("--" + key.replace("_", "-"), value)]
-        return ["setup", "--domain", OWN_DOMAIN, "--domain", "other.example.test", *flags, *extra]
-
-    def setup(self, *extra: str, expect: int = 0):
-        result = CliRunner().invoke(main, self.args(*extra), catch_exceptions=False)
-        assert result.exit_code == expect, result.output + "\n--- tor log:\n" + tail(self.tor.log)
-        return result
-
-    def snapshot(self) -> dict[str, tuple[bytes, int, int]]:
-        """Every file setup could touch: ``{path: (bytes, mode, mtime_ns)}`` (tor's data dir excluded)."""
-        files: dict[str, tuple[bytes, int, int]] = {}
-        for top in (self.pf.config_dir, self.root, self.tor.torrc):
-            paths = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
-            for path in paths:
-                st = path.stat()
-                files[str(path)] = (path.read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-        return files
-
-    def address_line(self, output: str) -> str:
-        line = next(l for l in output.splitlines() if l.startswith("onion address: "))
-        return line.split(": ", 1)[1]
-
-
-def same_content(a: dict, b: dict) -> bool:
-    return {k: v[:2] for k, v in a.items()} == {k: v[:2] for k, v in b.items()}
-
-
-def _age(config_dir: Path) -> None:
-    for name in ("main.cf", "master.cf"):     # postconf waits on files younger than a second
-        path = config_dir / name
-        os.utime(path, (path.stat().st_mtime - 10,) * 2)
-
 
 @pytest.fixture
 def gateway(serve):
     require("postfix", "postconf", "tor", "torsocks")
-    root = public_tempdir("og-setup-")
-    for sub in ("etc", "bin"):
-        (root / sub).mkdir()
-    pf = new_instance("og-setup-pf-", hostname="rx.lab.test", domains=[OWN_DOMAIN])
-    _age(pf.config_dir)
-    tor = TorProcess(root.parent / (root.name + "-tor")).write().start()
-    gw = Gateway(pf=pf, tor=tor, root=root, transport_map=serve.socketmap)
+    gw = new_gateway(serve.socketmap)
     yield gw
-    pf.stop()
-    tor.stop()
+    gw.close()
 
 
 def test_dry_run_shows_every_change_and_changes_nothing(gateway):
@@ -251,9 +163,21 @@ def test_rollback_then_setup_again_reuses_the_address(gateway):
     assert gateway.address_line(gateway.setup("--yes").output) == first
 
 
+def test_moving_the_listener_replaces_the_old_one(gateway):
+    old_listener = gateway.listener
+    gateway.setup("--yes")
+    gateway.listener_port = free_port()
+    out = gateway.setup("--yes").output
+    assert f"postconf -MX '{old_listener}/inet'" in out
+    services = gateway.pf.postconf("-M").split()
+    assert gateway.listener in services and old_listener not in services
+    assert (gateway.etc / "onion-gateway.torrc").read_text().splitlines()[-1] == \
+        f"HiddenServicePort 25 {gateway.listener}"
+
+
 def test_existing_transport_maps_are_kept_after_ours(gateway):
     gateway.pf.postconf("-e", "transport_maps = hash:/etc/postfix/transport-not-there")
-    _age(gateway.pf.config_dir)
+    age_config(gateway.pf.config_dir)
     before = gateway.snapshot()
     gateway.setup("--yes")
     assert gateway.pf.postconf("-h", "transport_maps").strip() == \

@@ -31,6 +31,13 @@ def test_transport_maps_are_prepended_never_dropped(existing, expected):
     assert prepend_transport_map("socketmap:inet:127.0.0.1:6014:onion", existing) == expected
 
 
+def test_a_previous_map_of_ours_is_replaced_and_the_users_kept():
+    assert prepend_transport_map("tcp:127.0.0.1:7013", "tcp:127.0.0.1:6013, hash:/a",
+                                 previous="tcp:127.0.0.1:6013") == "tcp:127.0.0.1:7013, hash:/a"
+    assert prepend_transport_map("tcp:127.0.0.1:6013", "tcp:127.0.0.1:6013, hash:/a",
+                                 previous="tcp:127.0.0.1:6013") == "tcp:127.0.0.1:6013, hash:/a"
+
+
 def test_prepending_twice_changes_nothing():
     once = prepend_transport_map("tcp:127.0.0.1:6013", "hash:/a")
     assert prepend_transport_map("tcp:127.0.0.1:6013", once) == once
