@@ -161,3 +161,18 @@ def test_policy_check_refuses_xclient_hosts(scratch_postfix):
                                    "-o smtpd_authorized_xclient_hosts=127.0.0.1")
     assert check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet") == [
         "smtpd_authorized_xclient_hosts is '127.0.0.1': those hosts could pose as any client"]
+
+
+def test_example_config_documents_every_setup_key_with_valid_values():
+    from dataclasses import fields
+
+    from onion_gateway.config import load_config_file
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "onion-gateway.toml"
+    text = path.read_text()
+    document = load_config_file(path)
+    settings = setup_settings(document["setup"], None, path.parent)
+    assert settings.listener == SetupSettings().listener
+    assert "static_routes" not in document["setup"] and "setup" not in document["serve"]["static_routes"]
+    for f in fields(SetupSettings):
+        assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f"setup.{f.name} is not documented"
