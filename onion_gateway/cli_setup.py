@@ -118,6 +118,9 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
         click.echo("publish in DNS:")
         for record in result.srv_records:
             click.echo(f"  {record}")
+    else:
+        click.echo(f"publish in DNS (give --domain to have it filled in):\n"
+                   f"  _onion-mx._tcp.<your domain>. 3600 IN SRV 10 5 25 {result.address}.")
     for note in result.notes:
         if note != "nothing to change":
             click.echo(f"note: {note}")

@@ -714,7 +714,7 @@ def apply_plan(plan: Plan) -> SetupResult:
         step = "postfix reload"
         _reload_if_running(cdir, s.reload)
     except (OnionGatewayError, OSError, KeyboardInterrupt) as exc:
-        log.error("setup failed while %s: %s; restoring", step, exc)
+        log.info("setup failed while %s: %s; restoring", step, exc)
         try:
             _undo({**journal.data, "kind": "journal"}, s.state_dir, s)
             _reload_if_running(cdir, s.reload)

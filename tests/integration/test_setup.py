@@ -117,6 +117,14 @@ def test_hardened_listener_refuses_relay_for_loopback_and_accepts_own_domain(gat
     assert "postfix/onion/smtpd" in gateway.pf.log_text()
 
 
+def test_declining_the_plan_changes_nothing(gateway):
+    before = gateway.snapshot()
+    result = CliRunner().invoke(main, gateway.args(), input="n\n", catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "Apply these changes? [y/N]" in result.output and "nothing was changed" in result.output
+    assert gateway.snapshot() == before
+
+
 def test_second_run_reports_nothing_and_touches_nothing(gateway):
     first = gateway.address_line(gateway.setup("--yes").output)
     before = gateway.snapshot()
@@ -184,6 +192,22 @@ def test_existing_transport_maps_are_kept_after_ours(gateway):
         f"{gateway.transport_map}, hash:/etc/postfix/transport-not-there"
     gateway.setup("--rollback")
     assert same_content(gateway.snapshot(), before)
+
+
+def test_unix_control_socket_with_password_auth(serve):
+    gw = new_gateway(serve.socketmap, password="lab-secret", unix_control=True)
+    try:
+        password_file = gw.root / "tor-password"
+        password_file.write_text("lab-secret\n")
+        args = gw.args("--tor-control", f"unix:{gw.tor.control_socket}")
+        refused = CliRunner().invoke(main, [*args, "--yes"], catch_exceptions=False)
+        assert refused.exit_code == 69 and "wants a password" in refused.output
+        done = CliRunner().invoke(main, [*args, "--yes", "--tor-control-password-file", str(password_file)],
+                                  catch_exceptions=False)
+        assert done.exit_code == 0, done.output
+        assert check_onion(gw.address_line(done.output)) is OnionCheck.VALID
+    finally:
+        gw.close()
 
 
 def test_tor_control_unreachable_changes_nothing(gateway):

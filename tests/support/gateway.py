@@ -90,14 +90,17 @@ class Gateway:
         self.tor.stop()
 
 
-def new_gateway(transport_map: str) -> Gateway:
-    """A fresh Postfix instance (written, not started) for OWN_DOMAIN and a started tor."""
+def new_gateway(transport_map: str, **tor_options) -> Gateway:
+    """A fresh Postfix instance (written, not started) for OWN_DOMAIN and a started tor.
+
+    :param tor_options: :class:`TorProcess` fields (``password``, ``unix_control``).
+    """
     root = public_tempdir("og-setup-")
     for sub in ("etc", "bin"):
         (root / sub).mkdir()
     pf = new_instance("og-setup-pf-", hostname="rx.lab.test", domains=[OWN_DOMAIN])
     age_config(pf.config_dir)
-    tor = TorProcess(root.parent / (root.name + "-tor")).write().start()
+    tor = TorProcess(root.parent / (root.name + "-tor"), **tor_options).write().start()
     return Gateway(pf=pf, tor=tor, root=root, transport_map=transport_map)
 
 

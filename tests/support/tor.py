@@ -25,6 +25,8 @@ class TorProcess:
     workdir: Path
     control_port: int = 0
     socks_port: int = 0
+    password: str | None = None          # set: HashedControlPassword instead of cookie auth
+    unix_control: bool = False           # also a ControlSocket in the data directory
     proc: subprocess.Popen | None = None
 
     @property
@@ -47,6 +49,10 @@ class TorProcess:
     def control(self) -> str:
         return f"127.0.0.1:{self.control_port}"
 
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
+
     def write(self) -> "TorProcess":
         """Write the torrc (only if missing: a restart keeps what setup added) and the empty defaults."""
         self.control_port = self.control_port or free_port()
@@ -54,13 +60,20 @@ class TorProcess:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.defaults.write_text("")
         if not self.torrc.exists():
+            if self.password is None:
+                auth = "CookieAuthentication 1\n"
+            else:
+                hashed = subprocess.run(["tor", "--quiet", "--hash-password", self.password], capture_output=True,
+                                        text=True, check=True).stdout.strip().splitlines()[-1]
+                auth = f"HashedControlPassword {hashed}\n"
             self.torrc.write_text(
                 f"DataDirectory {self.data_dir}\n"
                 "DisableNetwork 1\n"
                 f"SocksPort 127.0.0.1:{self.socks_port}\n"
                 f"ControlPort 127.0.0.1:{self.control_port}\n"
-                "CookieAuthentication 1\n"
-                f"Log notice file {self.log}\n"
+                + (f"ControlSocket {self.control_socket}\n" if self.unix_control else "")
+                + auth
+                + f"Log notice file {self.log}\n"
                 "AvoidDiskWrites 1\n")
         return self
 
