@@ -390,8 +390,8 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
             text = torrc_old.decode("utf-8", "replace")
             if text and not text.endswith("\n"):
                 text += "\n"
-            wanted.append(("torrc %include", settings.torrc, text + render(TorrcInclude(piece=str(settings.torrc_piece))),
-                           stat.S_IMODE(settings.torrc.stat().st_mode)))
+            text += render(TorrcInclude(piece=str(settings.torrc_piece)))
+            wanted.append(("torrc %include", settings.torrc, text, stat.S_IMODE(settings.torrc.stat().st_mode)))
     else:
         notes.append(f"add '%include {settings.torrc_piece}' to the torrc Tor starts with, or the onion "
                      "service is lost at Tor's next restart")
@@ -459,7 +459,9 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
                 "master.cf": tuple([("-MX", key) for key in stale]
                                    + [("-M", f"{key}={entry}") for key, entry in entries])}
     changes = []
-    for name in ("main.cf", "master.cf"):
+    # master.cf first: postconf reads main.cf for every command and waits while main.cf is younger than
+    # a second, so changing main.cf last saves that wait on the real files
+    for name in ("master.cf", "main.cf"):
         for flag, arg in commands[name]:
             postfix.postconf(pdir, flag, arg)
             _age(pdir / name)
@@ -621,7 +623,7 @@ def _undo(data: dict[str, Any], state_dir: Path, tor_settings: SetupSettings | N
                     done.append(f"tor no longer serves {hs_dir}")
         except TorError as exc:
             done.append(f"could not reach Tor to drop the onion service ({exc}); its torrc no longer has it")
-        if not onion.get("dir_existed") and data.get("kind") == "journal":
+        if not onion.get("dir_existed") and data.get("kind") == "journal" and hs_dir.exists():
             shutil.rmtree(hs_dir, ignore_errors=True)   # a key made by this failed run, never published
             done.append(f"removed the new key directory {hs_dir}")
     return done
@@ -640,7 +642,7 @@ def recover_interrupted(settings: SetupSettings) -> list[str]:
     try:
         data = json.loads((jdir / "journal.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        if not any((jdir / "backups").iterdir()):
+        if not (jdir / "backups").is_dir() or not any((jdir / "backups").iterdir()):
             shutil.rmtree(jdir)        # killed before the first backup: nothing was changed
             return [f"removed an empty journal in {jdir}"]
         raise SetupError(f"cannot read the journal {jdir}/journal.json ({exc}); restore by hand from "
@@ -682,6 +684,9 @@ def apply_plan(plan: Plan) -> SetupResult:
     if plan.is_empty:
         address = plan.onion.address or read_onion_address(s.hidden_service_dir)
         return SetupResult(address, _records(plan, address), [], ["nothing to change", *plan.notes])
+    stale = [str(c.path) for c in [*plan.files, *plan.postconf] if _read(c.path) != c.old]
+    if stale:
+        raise SetupError(f"changed since the plan was made: {', '.join(stale)}; nothing was changed, run setup again")
     s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cdir = s.postfix_config_dir
     journal = _Journal(s.state_dir, {"postfix_config_dir": str(cdir) if cdir else None, "managed": plan.managed})

@@ -240,6 +240,18 @@ def test_failure_midway_restores_everything(gateway, monkeypatch):
     assert not (gateway.state_dir / "manifest.json").exists()
 
 
+def test_a_file_changed_after_the_plan_is_not_overwritten(gateway):
+    from onion_gateway import installer
+    from onion_gateway.setup_config import setup_settings
+
+    plan = installer.plan_setup(setup_settings(None, gateway.options()))
+    gateway.pf.postconf("-e", "biff = yes")          # the postmaster edits main.cf meanwhile
+    before = gateway.snapshot()
+    with pytest.raises(installer.SetupError, match="changed since the plan was made: .*main.cf"):
+        installer.apply_plan(plan)
+    assert gateway.snapshot() == before
+
+
 def test_refuses_an_open_relay_listener(gateway):
     before = gateway.snapshot()
     result = gateway.setup("--yes", "--relay-restrictions", "permit_mynetworks,permit", expect=1)
@@ -248,9 +260,10 @@ def test_refuses_an_open_relay_listener(gateway):
     assert gateway.snapshot() == before
 
 
-def test_refuses_without_torsocks(gateway, monkeypatch):
+def test_refuses_without_torsocks(gateway):
+    config = _config(gateway, 'torsocks = "no-such-torsocks"')
     before = gateway.snapshot()
-    result = gateway.setup("--yes", "--config", str(_config(gateway, 'torsocks = "no-such-torsocks"')), expect=1)
+    result = gateway.setup("--yes", "--config", str(config), expect=1)
     assert "no-such-torsocks not found: install torsocks" in result.output
     assert gateway.snapshot() == before
 
@@ -267,7 +280,7 @@ def test_refuses_postfix_older_than_3_5(gateway, monkeypatch):
 
 
 def _config(gateway: Gateway, setup_lines: str) -> Path:
-    path = gateway.root.parent / (gateway.root.name + ".toml")
+    path = gateway.etc / "setup.toml"
     path.write_text(f"[setup]\n{setup_lines}\n")
     return path
 

@@ -6,6 +6,7 @@ Used by tests/integration/test_setup.py and tests/infra/test_host_state.py.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +86,11 @@ class Gateway:
         return line.split(": ", 1)[1]
 
     def close(self) -> None:
-        """Stop Postfix and tor (the directories stay for post-mortems under /tmp)."""
+        """Stop Postfix and tor and remove their directories."""
         self.pf.stop()
         self.tor.stop()
+        for path in (self.root, self.tor.workdir, self.pf.root):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def new_gateway(transport_map: str, **tor_options) -> Gateway:
