@@ -151,7 +151,9 @@ def lookup(key, config_file, log_level, **overrides) -> None:
     sys.exit(EXIT_TEMPFAIL)
 
 
+from onion_gateway.cli_setup import setup_command  # noqa: E402  (cheap: click only; the work is imported lazily)
 from onion_gateway.cli_trust import check_map, pins  # noqa: E402  (commands defined beside the group)
 
+main.add_command(setup_command)
 main.add_command(pins)
 main.add_command(check_map)

@@ -8,6 +8,7 @@
    |   +- FramingError       ... and the byte stream can no longer be split into requests
    +- PostfixError           postconf/postmap/postfix failed or disagreed
    +- TorError               the Tor control port failed or refused
+   +- SetupError             setup refused to start, or failed and restored what it had changed
 
 Each layer translates foreign errors (OSError, dnspython, stem) into one of these at its boundary,
 so that the CLI can turn any of them into a message and an exit code.
@@ -36,3 +37,10 @@ class PostfixError(OnionGatewayError):
 
 class TorError(OnionGatewayError):
     """Tor's control port could not be reached, authenticated to, or refused a command."""
+
+
+class SetupError(OnionGatewayError):
+    """``onion-gateway setup`` refused (changing nothing) or failed (restoring what it changed).
+
+    The message says which step failed and what to do about it.
+    """

@@ -108,6 +108,19 @@ def postmap_query(key: str, table: str, config_dir: Path | None = None) -> tuple
     return done.returncode, done.stdout, done.stderr
 
 
+def is_running(config_dir: Path | None) -> bool:
+    """True if the Postfix instance of *config_dir* is running (``postfix [-c DIR] status`` exits 0)."""
+    return _run(["postfix", *_c(config_dir), "status"], check=False).returncode == 0
+
+
+def reload(config_dir: Path | None) -> None:
+    """Run ``postfix [-c DIR] reload``: master(8) re-reads main.cf/master.cf, adds and drops listeners.
+
+    :raises PostfixError: if Postfix refuses (e.g. it is not running).
+    """
+    _run(["postfix", *_c(config_dir), "reload"])
+
+
 DOMAIN_LIST_PARAMETERS = ("mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains")
 _LISTABLE_TABLE_TYPES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash"})
 

@@ -1,0 +1,131 @@
+"""``onion-gateway setup``: options -> :mod:`onion_gateway.installer` -> echo and exit code.
+
+Exit codes: 0 done (or nothing to change, or a dry run), 1 setup refused, failed (and restored) or the
+plan was declined, 69 Tor's control port unavailable, 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_FAILED = 1
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
+
+# option name -> [setup] key; values given as strings so that "" can switch a file off (e.g. --systemd-unit "")
+_PATH_OPTIONS = {
+    "postfix_config_dir": "Postfix configuration directory (postconf -c). Default: /etc/postfix.",
+    "state_dir": "Backups, manifest and journal. Default: /var/lib/onion-gateway/setup.",
+    "wrapper_path": "Where the smtp_tor wrapper goes. Default: $daemon_directory/smtp_tor.",
+    "torsocks_conf": "torsocks.conf written when --socks is not 127.0.0.1:9050.",
+    "torrc": "The torrc Tor starts with; gets one %include line (\"\" = leave it alone).",
+    "torrc_piece": "The torrc fragment with HiddenServiceDir/HiddenServicePort.",
+    "tor_defaults_torrc": "--defaults-torrc for tor --verify-config (\"\" = tor's built-in default).",
+    "tor_control_password_file": "File with Tor's control password (default: cookie auth).",
+    "hidden_service_dir": "The onion service directory. Default: /var/lib/tor/onion-gateway.",
+    "systemd_unit": "Where to write the unit for 'onion-gateway serve' (\"\" = none).",
+    "serve_config": "Config file the systemd unit passes to 'onion-gateway serve'.",
+}
+
+
+def _path_options(func):
+    for name, help_text in reversed(list(_PATH_OPTIONS.items())):
+        func = click.option("--" + name.replace("_", "-"), name, default=None, metavar="PATH",
+                            help=help_text)(func)
+    return func
+
+
+@click.command("setup")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config file: its [setup] table (and [serve] for the map address and transport).")
+@click.option("--domain", "domains", multiple=True, metavar="DOMAIN",
+              help="A mail domain to print the _onion-mx._tcp SRV record for (repeatable).")
+@click.option("--listener", default=None, metavar="IP:PORT",
+              help="The hardened onion-facing smtpd listener (default 127.0.0.1:2525).")
+@click.option("--tor-control", default=None, metavar="ADDR",
+              help="Tor's control port, IP:PORT or unix:PATH (default unix:/run/tor/control).")
+@click.option("--socks", default=None, metavar="IP:PORT", help="Tor's SocksPort for torsocks (default 127.0.0.1:9050).")
+@click.option("--transport-map", default=None, metavar="TABLE",
+              help="Table put first in transport_maps (default: from the [serve] socketmap listener).")
+@click.option("--relay-restrictions", default=None, metavar="LIST",
+              help="smtpd_relay_restrictions of the listener (default reject_unauth_destination).")
+@click.option("--tls-level", "smtp_tls_security_level", default=None, metavar="LEVEL",
+              help="smtp_tls_security_level of the smtptor transport (default none).")
+@click.option("--torsocks-isolation/--no-torsocks-isolation", default=None,
+              help="Run torsocks -i: one Tor circuit per connection.")
+@_path_options
+@click.option("--dry-run", is_flag=True, help="Print every change as a diff and change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@click.option("--rollback", is_flag=True, help="Undo every change setup made (byte for byte) and exit.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: bool, log_level: str,
+                  **options: Any) -> None:
+    """Turn this Postfix + Tor host into an onion mail gateway (shows the plan, asks, applies)."""
+    from onion_gateway import installer
+    from onion_gateway.config import load_config_file, serve_settings
+    from onion_gateway.errors import ConfigError, OnionGatewayError, TorError
+    from onion_gateway.setup_config import setup_settings
+
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
+                        format="onion-gateway %(levelname)s %(name)s: %(message)s")
+    # stem logs every control command at DEBUG and closed sockets at INFO: only show them on --log-level debug
+    logging.getLogger("stem").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
+    overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()
+                 if v is not None and v != ()}
+    try:
+        document = load_config_file(config_file) if config_file else {}
+        base_dir = config_file.resolve().parent if config_file else None
+        serve = serve_settings(document.get("serve", {}), None, base_dir)
+        settings = setup_settings(document.get("setup", {}), overrides, base_dir)
+        if rollback:
+            done = installer.rollback(settings)
+            click.echo("\n".join(done) if done else "nothing to roll back")
+            return
+        if not dry_run:
+            for line in installer.recover_interrupted(settings):
+                click.echo(f"repaired an interrupted run: {line}")
+        plan = installer.plan_setup(settings, serve)
+        if plan.is_empty:
+            result = installer.apply_plan(plan)
+        else:
+            click.echo(plan.describe(), nl=False)
+            if dry_run:
+                click.echo("dry run: nothing was changed")
+                return
+            if not yes and not click.confirm("Apply these changes?", default=False):
+                click.echo("nothing was changed")
+                sys.exit(EXIT_FAILED)
+            result = installer.apply_plan(plan)
+    except click.exceptions.Abort:
+        click.echo("\nnothing was changed", err=True)
+        sys.exit(EXIT_FAILED)
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, str(exc))
+    except TorError as exc:
+        _fail(EXIT_UNAVAILABLE, f"{exc} (nothing was changed)")
+    except OnionGatewayError as exc:
+        _fail(EXIT_FAILED, str(exc))
+    click.echo("nothing to change" if not result.changed and plan.is_empty else
+               "changed: " + ", ".join(str(p) for p in result.changed))
+    click.echo(f"onion address: {result.address}")
+    if result.srv_records:
+        click.echo("publish in DNS:")
+        for record in result.srv_records:
+            click.echo(f"  {record}")
+    else:
+        click.echo(f"publish in DNS (give --domain to have it filled in):\n"
+                   f"  _onion-mx._tcp.<your domain>. 3600 IN SRV 10 5 25 {result.address}.")
+    for note in result.notes:
+        if note != "nothing to change":
+            click.echo(f"note: {note}")
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"onion-gateway setup: {message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,163 @@
+"""Render setup's files from the Jinja2 templates in ``templates/`` (package ``onion_gateway.templates``).
+
+One environment, ``StrictUndefined`` (a missing value is an error, never an empty string), no
+autoescaping (these are config files, not HTML). Each template has a typed context, a frozen dataclass
+below; :func:`render` takes one of them and returns text that starts with the "managed by" header
+(after the ``#!`` line for scripts).
+
+  ============================  ========================  ==========================================
+  template                      context                   output
+  ============================  ========================  ==========================================
+  postfix/master.cf.j2          :class:`MasterCf`         master.cf entries, applied with postconf -M
+  postfix/main.cf.j2            :class:`MainCf`           main.cf parameters, applied with postconf -e
+  bin/smtp_tor.j2               :class:`Wrapper`          the smtp_tor wrapper (POSIX sh)
+  tor/torsocks.conf.j2          :class:`TorsocksConf`     torsocks.conf(5)
+  tor/onion-gateway.torrc.j2    :class:`TorrcPiece`       HiddenServiceDir + HiddenServicePort
+  tor/include.j2                :class:`TorrcInclude`     the line added to the main torrc
+  systemd/onion-gateway...j2    :class:`SystemdUnit`      systemd unit for ``onion-gateway serve``
+  ============================  ========================  ==========================================
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import shlex
+from dataclasses import dataclass, fields
+
+import jinja2
+
+from onion_gateway.errors import ConfigError
+
+MANAGED_BY = ("managed by onion-gateway: written by 'onion-gateway setup', "
+              "undone by 'onion-gateway setup --rollback'; local edits are overwritten")
+
+
+def _load(name: str) -> str:
+    try:
+        return importlib.resources.files("onion_gateway.templates").joinpath(name).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise jinja2.TemplateNotFound(name) from None
+
+
+def _shquote(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+_ENV = jinja2.Environment(loader=jinja2.FunctionLoader(_load), undefined=jinja2.StrictUndefined,
+                          autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+_ENV.filters["shquote"] = _shquote
+_ENV.globals["managed_by"] = MANAGED_BY
+
+
+@dataclass(frozen=True, slots=True)
+class MasterCf:
+    """master.cf(5) entries: the smtptor transport and the hardened onion-facing smtpd listener.
+
+    :param transport: the service name of the Tor transport (``smtptor``).
+    :param command: the transport's command, relative to daemon_directory (``smtp_tor`` or ``../../../x``).
+    :param tls_level: ``smtp_tls_security_level`` for the transport.
+    :param listener: the listener's service name, ``IP:PORT``.
+    :param relay_restrictions: ``smtpd_relay_restrictions`` of the listener, comma-separated, no spaces.
+    """
+
+    transport: str
+    command: str
+    tls_level: str
+    listener: str
+    relay_restrictions: str = "reject_unauth_destination"
+    template = "postfix/master.cf.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class MainCf:
+    """main.cf(5) parameters.
+
+    :param transport_maps: the full new value of ``transport_maps`` (ours first, the user's after).
+    """
+
+    transport_maps: str
+    template = "postfix/main.cf.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class Wrapper:
+    """The ``smtp_tor`` wrapper: Postfix's smtp(8) run under torsocks.
+
+    :param daemon_directory: Postfix's daemon_directory (where ``smtp`` lives).
+    :param torsocks: the torsocks program.
+    :param isolation: pass ``-i`` (a new Tor circuit per connection).
+    :param torsocks_conf: a torsocks.conf to use, or ``""`` for the system one.
+    """
+
+    daemon_directory: str
+    torsocks: str
+    isolation: bool
+    torsocks_conf: str
+    template = "bin/smtp_tor.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class TorsocksConf:
+    """torsocks.conf(5) for a SOCKS port that is not the default.
+
+    :param host: Tor's SocksPort address.
+    :param port: Tor's SocksPort port.
+    """
+
+    host: str
+    port: int
+    template = "tor/torsocks.conf.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class TorrcPiece:
+    """The torrc fragment that makes Tor load the onion service at every start.
+
+    :param hidden_service_dir: the service's directory (keys and ``hostname``).
+    :param onion_port: the virtual port (25).
+    :param target: where Tor forwards it, ``IP:PORT`` (the hardened listener).
+    """
+
+    hidden_service_dir: str
+    onion_port: int
+    target: str
+    template = "tor/onion-gateway.torrc.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class TorrcInclude:
+    """The lines appended to the main torrc so that Tor reads the piece.
+
+    :param piece: the torrc piece's path.
+    """
+
+    piece: str
+    template = "tor/include.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemdUnit:
+    """systemd.service(5) unit running ``onion-gateway serve`` as a dynamic, dedicated user.
+
+    :param exec_start: the full ExecStart command line.
+    """
+
+    exec_start: str
+    template = "systemd/onion-gateway.service.j2"
+
+
+Context = MasterCf | MainCf | Wrapper | TorsocksConf | TorrcPiece | TorrcInclude | SystemdUnit
+
+
+def render(context: Context) -> str:
+    """Render the template that belongs to *context*.
+
+    :param context: one of the context dataclasses above; its fields are the template's variables.
+    :returns: the rendered text, ending in a newline.
+    :raises ConfigError: when the template is missing, broken or uses a value the context lacks.
+    """
+    values = {f.name: getattr(context, f.name) for f in fields(context)}
+    try:
+        return _ENV.get_template(context.template).render(**values)
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"template {context.template}: {exc}") from exc

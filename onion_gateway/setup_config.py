@@ -1,0 +1,211 @@
+"""Settings of ``onion-gateway setup``: the ``[setup]`` table of the config file, defaults in one place.
+
+Every path setup touches is a setting, so that a test (or a second Postfix instance on one host) can
+point setup at private files instead of ``/etc``::
+
+    [setup]
+    postfix_config_dir = "/etc/postfix"
+    listener = "127.0.0.1:2525"
+    domains = ["example.org"]
+    tor_control = "unix:/run/tor/control"
+    state_dir = "/var/lib/onion-gateway/setup"
+    ...
+
+``examples/onion-gateway.toml`` documents every key. Command-line flags override the file; both go
+through :func:`setup_settings`, which names a bad value as ``setup.<key>``.
+The transport name and the lookup table Postfix asks come from the ``[serve]`` table (the daemon's
+``transport`` and first ``socketmap``/``tcp_table`` listener) unless ``transport_map`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from onion_gateway.config import ListenAddress, ServeSettings, parse_listen_address
+from onion_gateway.errors import ConfigError
+
+DEFAULT_LISTENER = "127.0.0.1:2525"
+DEFAULT_SOCKS = "127.0.0.1:9050"
+TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class SetupSettings:
+    """Everything ``onion-gateway setup`` needs. Field names are the ``[setup]`` keys of the config file.
+
+    :param postfix_config_dir: the Postfix configuration directory (``postconf -c``); ``None`` is the
+        default instance (``/etc/postfix``).
+    :param listener: the hardened onion-facing smtpd, ``IP:PORT`` on loopback; the onion's port 25 points here.
+    :param domains: the mail domains to print an ``_onion-mx._tcp`` SRV record for.
+    :param transport_map: the Postfix table put in front of ``transport_maps``; empty = derived from the
+        ``[serve]`` listeners (``socketmap:inet:HOST:PORT:onion``, else ``tcp:HOST:PORT``).
+    :param relay_restrictions: ``smtpd_relay_restrictions`` of the listener (comma-separated); setup
+        refuses a value that would relay for loopback (:func:`onion_gateway.installer.check_listener_policy`).
+    :param smtp_tls_security_level: TLS level of the smtptor transport (``none``: the onion already
+        authenticates and encrypts, as the onionmx documentation argues).
+    :param wrapper_path: where the ``smtp_tor`` wrapper goes; empty = ``$daemon_directory/smtp_tor``.
+        Elsewhere, master.cf names it by a path relative to daemon_directory (``../../..``).
+    :param torsocks: the torsocks program the wrapper runs (name looked up in PATH, or a path).
+    :param torsocks_isolation: run ``torsocks -i`` (a separate Tor circuit per connection).
+    :param socks: Tor's SocksPort as ``IP:PORT`` (the wrapper's torsocks connects there).
+    :param torsocks_conf: where to write a torsocks.conf when ``socks`` is not 127.0.0.1:9050.
+    :param tor_control: Tor's control port, ``IP:PORT`` or ``unix:PATH``.
+    :param tor_control_password_file: a file holding the control password; empty = cookie or no auth.
+    :param torrc: the torrc Tor is started with; setup adds one ``%include`` line for ``torrc_piece``.
+        Empty = do not touch it (then include the piece yourself).
+    :param torrc_piece: the rendered torrc fragment (HiddenServiceDir + HiddenServicePort).
+    :param tor_defaults_torrc: the ``--defaults-torrc`` for ``tor --verify-config`` (Debian's service file).
+    :param hidden_service_dir: the onion service's directory (keys, ``hostname``); its parent must exist.
+    :param onion_port: the virtual port of the onion service (25 for SMTP).
+    :param systemd_unit: where to write the unit for ``onion-gateway serve``; empty = do not write one.
+    :param serve_config: the config file the unit passes to ``onion-gateway serve``.
+    :param serve_command: the command the unit runs (``onion-gateway`` path); empty = found in PATH.
+    :param state_dir: backups, manifest and the journal of an unfinished run.
+    :param reload: reload Postfix when it is running after a successful change.
+    :param srv_ttl_seconds: TTL printed in the SRV records.
+    :param srv_priority: SRV priority printed (lower is tried first).
+    :param srv_weight: SRV weight printed.
+    """
+
+    postfix_config_dir: Path | None = None
+    listener: ListenAddress = parse_listen_address(DEFAULT_LISTENER)
+    domains: tuple[str, ...] = ()
+    transport_map: str = ""
+    relay_restrictions: str = "reject_unauth_destination"
+    smtp_tls_security_level: str = "none"
+    wrapper_path: Path | None = None
+    torsocks: str = "torsocks"
+    torsocks_isolation: bool = False
+    socks: ListenAddress = parse_listen_address(DEFAULT_SOCKS)
+    torsocks_conf: Path = Path("/etc/onion-gateway/torsocks.conf")
+    tor_control: ListenAddress = ListenAddress(path="/run/tor/control")
+    tor_control_password_file: Path | None = None
+    torrc: Path | None = Path("/etc/tor/torrc")
+    torrc_piece: Path = Path("/etc/tor/onion-gateway.torrc")
+    tor_defaults_torrc: Path | None = Path("/usr/share/tor/tor-service-defaults-torrc")
+    hidden_service_dir: Path = Path("/var/lib/tor/onion-gateway")
+    onion_port: int = 25
+    systemd_unit: Path | None = Path("/etc/systemd/system/onion-gateway.service")
+    serve_config: Path = Path("/etc/onion-gateway/onion-gateway.toml")
+    serve_command: str = ""
+    state_dir: Path = Path("/var/lib/onion-gateway/setup")
+    reload: bool = True
+    srv_ttl_seconds: int = 3600
+    srv_priority: int = 10
+    srv_weight: int = 5
+
+
+_SETUP_KEYS = frozenset(f.name for f in fields(SetupSettings))
+_OPTIONAL_PATHS = ("postfix_config_dir", "wrapper_path", "tor_control_password_file", "torrc",
+                   "tor_defaults_torrc", "systemd_unit")
+_PATHS = ("torsocks_conf", "torrc_piece", "hidden_service_dir", "serve_config", "state_dir")
+
+
+def setup_settings(file_table: Mapping[str, Any] | None = None,
+                   overrides: Mapping[str, Any] | None = None,
+                   base_dir: Path | None = None) -> SetupSettings:
+    """Build :class:`SetupSettings` from the config file's ``[setup]`` table and command-line overrides.
+
+    :param file_table: the ``[setup]`` table (or ``None``).
+    :param overrides: command-line values with the same keys; ``None`` values are ignored.
+    :param base_dir: the directory relative paths in the file are taken from (the file's directory).
+    :returns: validated, frozen settings.
+    :raises ConfigError: on an unknown key or a bad value, named ``setup.<key>``.
+    """
+    kwargs: dict[str, Any] = {}
+    for source, relative_to in ((file_table or {}), base_dir), ((overrides or {}), None):
+        for key, value in source.items():
+            if key not in _SETUP_KEYS:
+                raise ConfigError(f"setup.{key}: unknown setting")
+            if value is not None:
+                kwargs[key] = _convert(key, value, relative_to)
+    return SetupSettings(**kwargs)
+
+
+def _path(where: str, value: Any, base_dir: Path | None) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(f"{where}: expected a path, got {value!r}")
+    path = Path(value)
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
+    where = f"setup.{key}"
+    if key in _OPTIONAL_PATHS:
+        return None if value == "" else _path(where, value, base_dir)
+    if key in _PATHS:
+        return _path(where, value, base_dir)
+    if key in ("listener", "socks"):
+        address = parse_listen_address(str(value), where)
+        if address.is_unix:
+            raise ConfigError(f"{where}: expected IP:PORT, got {value!r}")
+        if not address.port:
+            raise ConfigError(f"{where}: port 0 is not a real port")
+        if key == "listener" and not (address.host or "").startswith("127.") and address.host != "::1":
+            raise ConfigError(f"{where}: the onion-facing listener must be on loopback, got {value!r}")
+        return address
+    if key == "tor_control":
+        return parse_listen_address(str(value), where)
+    if key == "domains":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of domains")
+        domains: list[str] = []
+        for item in items:
+            for word in str(item).replace(",", " ").split():
+                domain = word.lower().rstrip(".")
+                if not _DOMAIN.match(domain):
+                    raise ConfigError(f"{where}: {word!r} is not a domain name")
+                if domain not in domains:
+                    domains.append(domain)
+        return tuple(domains)
+    if key == "relay_restrictions":
+        words = [w for w in str(value).replace(",", " ").split() if w]
+        if not words or not all(re.fullmatch(r"[A-Za-z0-9_:./-]+", w) for w in words):
+            raise ConfigError(f"{where}: expected smtpd restriction names, got {value!r}")
+        return ",".join(words)
+    if key == "smtp_tls_security_level":
+        if value not in TLS_LEVELS:
+            raise ConfigError(f"{where}: expected one of {', '.join(TLS_LEVELS)}, got {value!r}")
+        return value
+    if key in ("transport_map", "torsocks", "serve_command"):
+        if not isinstance(value, str) or any(c in value for c in "\n\r\"'`$\\"):
+            raise ConfigError(f"{where}: expected a plain string without quotes, $ or newlines, got {value!r}")
+        return value.strip()
+    if key in ("torsocks_isolation", "reload"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
+    if key in ("onion_port", "srv_ttl_seconds", "srv_priority", "srv_weight"):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= (
+                2**31 - 1 if key == "srv_ttl_seconds" else 65535):
+            raise ConfigError(f"{where}: expected a whole number in range, got {value!r}")
+        if key == "onion_port" and value == 0:
+            raise ConfigError(f"{where}: port 0 is not a real port")
+        return value
+    raise ConfigError(f"{where}: unknown setting")  # pragma: no cover - guarded by _SETUP_KEYS
+
+
+def default_transport_map(serve: ServeSettings) -> str:
+    """The Postfix table that asks the ``serve`` daemon, from its listeners.
+
+    socketmap is preferred: when the daemon is down Postfix fails at once (tcp_table retries for 10 s).
+
+    :param serve: the daemon's settings.
+    :returns: e.g. ``"socketmap:inet:127.0.0.1:6014:onion"`` or ``"tcp:127.0.0.1:6013"``.
+    :raises ConfigError: when the daemon has no listener.
+    """
+    for address in serve.socketmap:
+        name = next(iter(sorted(serve.socketmap_names)), "onion")
+        if address.is_unix:
+            return f"socketmap:unix:{address.path}:{name}"
+        return f"socketmap:inet:{address.host}:{address.port}:{name}"
+    for address in serve.tcp_table:
+        if not address.is_unix:
+            return f"tcp:{address.host}:{address.port}"
+    raise ConfigError("serve: no socketmap or TCP tcp_table listener for Postfix to ask")

@@ -1,0 +1,1 @@
+"""Jinja2 templates shipped as the resource package onion_gateway.templates (read by onion_gateway.render)."""

@@ -1,0 +1,178 @@
+"""setup's pure pieces: settings, transport_maps prepending, master.cf parsing, SRV records, the policy check.
+
+The policy check runs the real postconf against a scratch main.cf/master.cf (no daemon, milliseconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from onion_gateway.config import ServeSettings, parse_listen_address
+from onion_gateway.errors import ConfigError, SetupError
+from onion_gateway.installer import (check_listener_policy, main_parameters, master_entries,
+                                     prepend_transport_map, srv_records)
+from onion_gateway.render import MainCf, MasterCf, render
+from onion_gateway.setup_config import SetupSettings, default_transport_map, setup_settings
+from tests.support.onions import ONION_A
+
+
+@pytest.mark.parametrize("existing, expected", [
+    ("", "socketmap:inet:127.0.0.1:6014:onion"),
+    ("hash:/etc/postfix/transport", "socketmap:inet:127.0.0.1:6014:onion, hash:/etc/postfix/transport"),
+    ("hash:/a, regexp:/b", "socketmap:inet:127.0.0.1:6014:onion, hash:/a, regexp:/b"),
+    ("hash:/a socketmap:inet:127.0.0.1:6014:onion", "socketmap:inet:127.0.0.1:6014:onion, hash:/a"),
+    ("socketmap:inet:127.0.0.1:6014:onion, hash:/a", "socketmap:inet:127.0.0.1:6014:onion, hash:/a"),
+])
+def test_transport_maps_are_prepended_never_dropped(existing, expected):
+    assert prepend_transport_map("socketmap:inet:127.0.0.1:6014:onion", existing) == expected
+
+
+def test_a_previous_map_of_ours_is_replaced_and_the_users_kept():
+    assert prepend_transport_map("tcp:127.0.0.1:7013", "tcp:127.0.0.1:6013, hash:/a",
+                                 previous="tcp:127.0.0.1:6013") == "tcp:127.0.0.1:7013, hash:/a"
+    assert prepend_transport_map("tcp:127.0.0.1:6013", "tcp:127.0.0.1:6013, hash:/a",
+                                 previous="tcp:127.0.0.1:6013") == "tcp:127.0.0.1:6013, hash:/a"
+
+
+def test_prepending_twice_changes_nothing():
+    once = prepend_transport_map("tcp:127.0.0.1:6013", "hash:/a")
+    assert prepend_transport_map("tcp:127.0.0.1:6013", once) == once
+
+
+def test_master_entries_join_continuation_lines():
+    text = render(MasterCf(transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525"))
+    entries = dict(master_entries(text))
+    assert list(entries) == ["smtptor/unix", "127.0.0.1:2525/inet"]
+    assert entries["smtptor/unix"].startswith("smtptor unix - - n - - smtp_tor -o syslog_name=postfix/smtptor ")
+    assert "-o mynetworks= " in entries["127.0.0.1:2525/inet"]
+
+
+def test_master_entries_refuse_a_dangling_continuation():
+    with pytest.raises(SetupError, match="continuation"):
+        master_entries("  -o x=y\n")
+
+
+def test_main_parameters_skip_the_header():
+    assert main_parameters(render(MainCf(transport_maps="tcp:127.0.0.1:6013"))) == [
+        "transport_maps = tcp:127.0.0.1:6013"]
+
+
+def test_srv_records_one_per_domain():
+    assert srv_records(["example.com", "example.net"], ONION_A) == [
+        f"_onion-mx._tcp.example.com. 3600 IN SRV 10 5 25 {ONION_A}.",
+        f"_onion-mx._tcp.example.net. 3600 IN SRV 10 5 25 {ONION_A}.",
+    ]
+
+
+def test_default_transport_map_prefers_socketmap():
+    assert default_transport_map(ServeSettings()) == "socketmap:inet:127.0.0.1:6014:onion"
+    only_tcp = ServeSettings(socketmap=(), tcp_table=(parse_listen_address("127.0.0.1:7013"),))
+    assert default_transport_map(only_tcp) == "tcp:127.0.0.1:7013"
+
+
+def test_settings_layer_flags_over_file(tmp_path):
+    s = setup_settings({"listener": "127.0.0.1:2526", "domains": ["A.example."], "state_dir": "state",
+                        "systemd_unit": ""},
+                       {"domains": ["b.example", "c.example"], "listener": None}, base_dir=tmp_path)
+    assert str(s.listener) == "127.0.0.1:2526"
+    assert s.domains == ("b.example", "c.example")
+    assert s.state_dir == tmp_path / "state"
+    assert s.systemd_unit is None
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"listener": "0.0.0.0:2525"}, "setup.listener: .*loopback"),
+    ({"listener": "unix:/x"}, "setup.listener"),
+    ({"domains": ["not a domain!"]}, "setup.domains"),
+    ({"smtp_tls_security_level": "bogus"}, "setup.smtp_tls_security_level"),
+    ({"reload": "yes"}, "setup.reload"),
+    ({"onion_port": 0}, "setup.onion_port"),
+    ({"nonsense": 1}, "setup.nonsense: unknown setting"),
+    ({"torsocks": "$(evil)"}, "setup.torsocks"),
+    ({"transport_map": "tcp:127.0.0.1:6013\nmynetworks = 0.0.0.0/0"}, "setup.transport_map"),
+])
+def test_bad_settings_are_named(table, message):
+    with pytest.raises(ConfigError, match=message):
+        setup_settings(table)
+
+
+def test_defaults_are_debian_paths():
+    s = SetupSettings()
+    assert str(s.tor_control) == "unix:/run/tor/control"
+    assert s.torrc == Path("/etc/tor/torrc")
+    assert s.wrapper_path is None     # = $daemon_directory/smtp_tor
+
+
+@pytest.fixture
+def scratch_postfix(tmp_path):
+    if shutil.which("postconf") is None:
+        pytest.fail("postconf missing: run 'sh scripts/dev.sh test'")
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\nmynetworks = 127.0.0.0/8\n"
+                                      "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n")
+    (tmp_path / "master.cf").write_text("smtp unix - - n - - smtp\n")
+    _age(tmp_path)
+    return tmp_path
+
+
+def _age(config_dir: Path) -> None:
+    # postconf waits while main.cf/master.cf are younger than a second (Postfix's half-written-file guard)
+    for name in ("main.cf", "master.cf"):
+        path = config_dir / name
+        os.utime(path, (path.stat().st_mtime - 10,) * 2)
+
+
+def _add_listener(config_dir: Path, options: str) -> None:
+    from onion_gateway import postfix
+
+    postfix.postconf(config_dir, "-M", f"127.0.0.1:2525/inet=127.0.0.1:2525 inet n - n - - smtpd {options}")
+    _age(config_dir)
+
+
+def test_policy_check_accepts_the_rendered_listener(scratch_postfix):
+    text = render(MasterCf(transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525"))
+    entry = dict(master_entries(text))["127.0.0.1:2525/inet"]
+    from onion_gateway import postfix
+
+    postfix.postconf(scratch_postfix, "-M", f"127.0.0.1:2525/inet={entry}")
+    _age(scratch_postfix)
+    assert check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet") == []
+
+
+def test_policy_check_sees_main_cf_trusting_loopback(scratch_postfix):
+    _add_listener(scratch_postfix, "-o syslog_name=postfix/onion")
+    problems = check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet")
+    assert any("mynetworks" in p for p in problems)
+    assert any("permit_mynetworks" in p for p in problems)
+
+
+def test_policy_check_requires_reject_unauth_destination_last(scratch_postfix):
+    _add_listener(scratch_postfix, "-o mynetworks= -o smtpd_relay_restrictions=reject_unauth_destination,permit")
+    problems = check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet")
+    assert any("bare permit" in p for p in problems)
+    assert any("does not end" in p for p in problems)
+
+
+def test_policy_check_refuses_xclient_hosts(scratch_postfix):
+    _add_listener(scratch_postfix, "-o mynetworks= -o smtpd_relay_restrictions=reject_unauth_destination "
+                                   "-o smtpd_authorized_xclient_hosts=127.0.0.1")
+    assert check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet") == [
+        "smtpd_authorized_xclient_hosts is '127.0.0.1': those hosts could pose as any client"]
+
+
+def test_example_config_documents_every_setup_key_with_valid_values():
+    from dataclasses import fields
+
+    from onion_gateway.config import load_config_file
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "onion-gateway.toml"
+    text = path.read_text()
+    document = load_config_file(path)
+    settings = setup_settings(document["setup"], None, path.parent)
+    assert settings.listener == SetupSettings().listener
+    assert "static_routes" not in document["setup"] and "setup" not in document["serve"]["static_routes"]
+    for f in fields(SetupSettings):
+        assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f"setup.{f.name} is not documented"
