@@ -11,8 +11,8 @@
 
     tx's normal transport (relayhost) is an SmtpTrap: any mail that takes the clear route is seen there.
 
-The ``hand_made_*`` functions build what ``onion-gateway setup`` will generate (issue 3); when setup
-lands they are replaced by setup runs against the same instances, and nothing else here changes.
+The ``hand_made_*`` functions (tests/support/handmade.py) build what ``onion-gateway setup`` will
+generate (issue 3); when setup lands they are replaced by setup runs against the same instances.
 Everything listens on free 127.0.0.1 ports; every process is stopped by the fixture's finalizer,
 also when building the lab fails half-way.
 """
@@ -20,17 +20,13 @@ also when building the lab fails half-way.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import smtplib
-import socket
-import struct
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -40,112 +36,16 @@ from tests.support.dnsserver import Dnsmasq, SrvEntry
 from tests.support.onions import bad_checksum
 from tests.support.postfix import PostfixInstance
 from tests.support.procs import free_port, public_tempdir, tail
-from tests.support.tornet import TorNetwork
+from tests.support.handmade import (hand_made_onion_listener, hand_made_smtptor, hand_made_torsocks_conf,
+                                    hand_made_transport_maps)
+from tests.support.tornet import TorNetwork, add_onion_service, smtp_banner_via_socks
 from tests.support.trap import SmtpTrap
 
 RX_DOMAIN = "rx.test"          # delivered over the onion
 BADSUM_DOMAIN = "badsum.test"  # its SRV names an onion with a broken checksum
 TX_DOMAIN = "tx.test"          # the sender's own domain
-ONION_SYSLOG_NAME = "postfix/onion"
-SMTPTOR_SYSLOG_NAME = "postfix/smtptor"
 DNS_TIMEOUT_SECONDS = 2
 BOOTSTRAP_TIMEOUT_SECONDS = 120
-PUBLICATION_TIMEOUT_SECONDS = 60
-
-
-# --- the hand-made pieces that `onion-gateway setup` will replace ------------------------------------
-
-
-def hand_made_onion_listener(port: int) -> str:
-    """master.cf text for rx's onion-facing smtpd: no mynetworks, relay only to own domains (LAB-NOTES §7).
-
-    Onion traffic arrives from 127.0.0.1, so this listener must not trust loopback.
-    """
-    return (f"127.0.0.1:{port} inet n - n - - smtpd\n"
-            f"  -o syslog_name={ONION_SYSLOG_NAME}\n"
-            "  -o mynetworks=\n"
-            "  -o smtpd_relay_restrictions=reject_unauth_destination\n"
-            "  -o smtpd_recipient_restrictions=reject_unauth_destination\n")
-
-
-def hand_made_torsocks_conf(path: Path, socks_port: int) -> Path:
-    """A torsocks.conf(5) for the private client's SocksPort; onion names map into 127.42.42.0/24."""
-    path.write_text("TorAddress 127.0.0.1\n"
-                    f"TorPort {socks_port}\n"
-                    "OnionAddrRange 127.42.42.0/24\n"
-                    "AllowInbound 0\n"
-                    "AllowOutboundLocalhost 0\n")
-    return path
-
-
-def hand_made_smtptor(tx: PostfixInstance, torsocks_conf: Path) -> Path:
-    """Add the ``smtptor`` transport to tx: smtp(8) wrapped in torsocks, added with postconf -M/-P.
-
-    master(8) runs ``$daemon_directory/<command>``, so the wrapper is named by a path relative to
-    daemon_directory (LAB-NOTES §6). The smtp client must not use DNS (``smtp_dns_support_level=disabled``)
-    and must resolve with getaddrinfo (``smtp_host_lookup=native``), which torsocks intercepts.
-
-    :returns: the wrapper script.
-    """
-    wrapper = tx.root / "smtp_tor"
-    wrapper.write_text("#!/bin/sh\n"
-                       "# smtp(8) through torsocks; master(8) gives a clean environment, sh a default PATH.\n"
-                       f"TORSOCKS_CONF_FILE={torsocks_conf}\n"
-                       "export TORSOCKS_CONF_FILE\n"
-                       'exec torsocks "$(postconf -h daemon_directory)/smtp" "$@"\n')
-    wrapper.chmod(0o755)
-    daemon_directory = tx.postconf("-h", "daemon_directory").strip()
-    command = os.path.relpath(wrapper, daemon_directory)
-    tx.postconf("-M", f"smtptor/unix=smtptor unix - - n - - {command}")
-    for option in (f"syslog_name={SMTPTOR_SYSLOG_NAME}", "smtp_dns_support_level=disabled",
-                   "smtp_host_lookup=native", "smtp_tls_security_level=none"):
-        tx.postconf("-P", f"smtptor/unix/{option}")
-    return wrapper
-
-
-def hand_made_transport_maps(tx: PostfixInstance, serve: ServeProcess) -> None:
-    """Point tx's transport_maps at the daemon's socketmap listener."""
-    tx.postconf("-e", f"transport_maps = {serve.socketmap}")
-
-
-def smtp_banner_via_socks(socks_port: int, host: str, port: int = 25, timeout_seconds: float = 30.0) -> str:
-    """Connect to *host*:*port* through a SOCKS5 proxy on 127.0.0.1 (RFC 1928, no auth) and read the banner.
-
-    :returns: the first line the server sends (``"220 ..."``).
-    :raises ConnectionError: with the SOCKS reply code (tor ExtendedErrors: 0xf0 descriptor not found,
-        0xf6 bad onion address, ...) when the proxy refuses.
-    :raises OSError: when the proxy cannot be reached or the connection fails.
-    """
-    with socket.create_connection(("127.0.0.1", socks_port), timeout=timeout_seconds) as sock:
-        sock.sendall(b"\x05\x01\x00")
-        if sock.recv(2) != b"\x05\x00":
-            raise ConnectionError("SOCKS5 proxy refused the no-auth method")
-        name = host.encode("ascii")
-        sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
-        reply = sock.recv(10)
-        if len(reply) < 2 or reply[1] != 0:
-            raise ConnectionError(f"SOCKS5 reply {reply[1:2].hex() or 'none'} for {host}:{port}")
-        banner = sock.makefile("rb").readline().decode(errors="replace").strip()
-        with contextlib.suppress(OSError):
-            sock.sendall(b"QUIT\r\n")
-        return banner
-
-
-def add_onion_service(control_port: int, target_port: int) -> str:
-    """ADD_ONION on the onion-service node (a detached service, port 25 -> 127.0.0.1:target_port).
-
-    Waits until the descriptor is uploaded (stem ``await_publication``; about 1 s here).
-
-    :returns: the onion address ``<56 chars>.onion``.
-    """
-    from stem.control import Controller
-
-    with Controller.from_port(address="127.0.0.1", port=control_port) as controller:
-        controller.authenticate()
-        response = controller.create_ephemeral_hidden_service(
-            {25: target_port}, key_type="NEW", key_content="ED25519-V3", await_publication=True,
-            timeout=PUBLICATION_TIMEOUT_SECONDS, detached=True)
-    return f"{response.service_id}.onion"
 
 
 # --- the lab -----------------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import BADSUM_DOMAIN, BOOTSTRAP_TIMEOUT_SECONDS, ONION_SYSLOG_NAME, RX_DOMAIN, MailLab
+from onion_gateway.config import serve_settings
+from onion_gateway.status import StatusSettings, Verdict, format_report, run_status
+from tests.e2e.conftest import BADSUM_DOMAIN, BOOTSTRAP_TIMEOUT_SECONDS, RX_DOMAIN, MailLab
+from tests.support.handmade import ONION_SYSLOG_NAME
 from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -76,6 +79,23 @@ def test_mail_goes_over_the_onion_to_the_hardened_listener(lab: MailLab) -> None
     lab.wait_log(lab.rx, rf"postfix/virtual\[\d+\]: {rx_queue_id}: to=<alice@{RX_DOMAIN}>, relay=virtual, "
                          rf".*status=sent", 10, "rx's local delivery")
     assert lab.trap.count() == 0, "mail reached the clear-route relayhost"
+
+
+def test_status_sees_a_healthy_gateway(lab: MailLab) -> None:
+    """``onion-gateway status`` on tx's side: Tor bootstrapped, daemon answering on both listeners,
+    rx.test's SRV naming the onion, Postfix using the map and the smtptor service: all ok."""
+    settings = StatusSettings(
+        serve=serve_settings({"tcp_table": [f"127.0.0.1:{lab.serve.tcp_port}"],
+                              "socketmap": [f"127.0.0.1:{lab.serve.socketmap_port}"],
+                              "dns_servers": [lab.dns.address]}),
+        tor_control=("127.0.0.1", lab.tor.client_control_port), postfix_config_dir=lab.tx.config_dir,
+        domains=(RX_DOMAIN,), onion=lab.onion)
+    report = run_status(settings)
+    assert [(c.name, c.verdict) for c in report.checks] == [
+        ("tor_control", Verdict.OK), ("map_listener", Verdict.OK), ("map_listener", Verdict.OK),
+        ("srv_record", Verdict.OK), ("transport_maps", Verdict.OK), ("smtptor_service", Verdict.OK)], \
+        "\n".join(format_report(report))
+    assert f"SocksPort 127.0.0.1:{lab.tor.client_socks_port}" in report.checks[0].detail
 
 
 def test_tor_client_down_defers_and_keeps_the_mail(lab: MailLab) -> None:

@@ -21,8 +21,11 @@ the lab (LAB-NOTES §6); tor(1) documents each of them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import socket
+import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from tests.support.procs import free_port, tail
 
+PUBLICATION_TIMEOUT_SECONDS = 60
 BOOTSTRAP_DONE = "Bootstrapped 100%"
 STOP_TIMEOUT_SECONDS = 10.0
 
@@ -397,3 +401,43 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed (exit {done.returncode}):\n{done.stderr}{done.stdout}")
     return done.stdout
+
+
+def smtp_banner_via_socks(socks_port: int, host: str, port: int = 25, timeout_seconds: float = 30.0) -> str:
+    """Connect to *host*:*port* through a SOCKS5 proxy on 127.0.0.1 (RFC 1928, no auth) and read the banner.
+
+    :returns: the first line the server sends (``"220 ..."``).
+    :raises ConnectionError: with the SOCKS reply code (tor ExtendedErrors: 0xf0 descriptor not found,
+        0xf6 bad onion address, ...) when the proxy refuses.
+    :raises OSError: when the proxy cannot be reached or the connection fails.
+    """
+    with socket.create_connection(("127.0.0.1", socks_port), timeout=timeout_seconds) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        if sock.recv(2) != b"\x05\x00":
+            raise ConnectionError("SOCKS5 proxy refused the no-auth method")
+        name = host.encode("ascii")
+        sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
+        reply = sock.recv(10)
+        if len(reply) < 2 or reply[1] != 0:
+            raise ConnectionError(f"SOCKS5 reply {reply[1:2].hex() or 'none'} for {host}:{port}")
+        banner = sock.makefile("rb").readline().decode(errors="replace").strip()
+        with contextlib.suppress(OSError):
+            sock.sendall(b"QUIT\r\n")
+        return banner
+
+
+def add_onion_service(control_port: int, target_port: int) -> str:
+    """ADD_ONION on the onion-service node (a detached service, port 25 -> 127.0.0.1:target_port).
+
+    Waits until the descriptor is uploaded (stem ``await_publication``; about 1 s here).
+
+    :returns: the onion address ``<56 chars>.onion``.
+    """
+    from stem.control import Controller
+
+    with Controller.from_port(address="127.0.0.1", port=control_port) as controller:
+        controller.authenticate()
+        response = controller.create_ephemeral_hidden_service(
+            {25: target_port}, key_type="NEW", key_content="ED25519-V3", await_publication=True,
+            timeout=PUBLICATION_TIMEOUT_SECONDS, detached=True)
+    return f"{response.service_id}.onion"
