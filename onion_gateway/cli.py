@@ -128,3 +128,7 @@ def lookup(key, config_file, log_level, **overrides) -> None:
         sys.exit(EXIT_NOT_FOUND)
     click.echo(f"temporary failure: {result.value}", err=True)
     sys.exit(EXIT_TEMPFAIL)
+
+
+from onion_gateway.cli_status import status_command  # noqa: E402  (click only; status.py loads lazily)
+main.add_command(status_command)
