@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -35,6 +36,10 @@ from tests.support.procs import free_port, tail
 
 PUBLICATION_TIMEOUT_SECONDS = 60
 BOOTSTRAP_DONE = "Bootstrapped 100%"
+STARTED = "Bootstrapped 0%"          # logged after every listener is open (or tor has exited)
+BIND_FAILURE = "Could not bind to"    # on stdout only: the notice log file is not open yet
+STARTUP_TIMEOUT_SECONDS = 20.0
+START_ATTEMPTS = 3
 STOP_TIMEOUT_SECONDS = 10.0
 
 COMMON_TORRC = """\
@@ -117,6 +122,7 @@ class TorNode:
     fingerprint: str = ""
     proc: subprocess.Popen | None = None
     log_offset: int = 0
+    stdout_offset: int = 0
     stopped_on_purpose: bool = False
 
     @property
@@ -145,6 +151,15 @@ class TorNode:
         try:
             with open(self.notice_log, "rb") as fh:
                 fh.seek(self.log_offset)
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stdout_since_start(self) -> str:
+        """tor's stdout/stderr since the last start (startup errors land here, not in the notice log)."""
+        try:
+            with open(self.stdout_log, "rb") as fh:
+                fh.seek(self.stdout_offset)
                 return fh.read().decode(errors="replace")
         except OSError:
             return ""
@@ -289,24 +304,56 @@ class TorNetwork:
 
     # --- processes -------------------------------------------------------------------------------------
 
-    def start(self) -> "TorNetwork":
-        """Start every node (``tor -f torrc --defaults-torrc <empty>``), each in its own session.
+    def start(self, attempts: int = START_ATTEMPTS) -> "TorNetwork":
+        """Start every node (``tor -f torrc --defaults-torrc <empty>``), each in its own session, and wait
+        until each has opened its listeners (well under a second).
 
-        :returns: self (does not wait: call :meth:`wait_bootstrapped`).
+        The ports were free at :meth:`setup`, but other test sessions on the machine may take one before
+        tor binds it. A node that logs ``Could not bind to`` makes the whole network stop, pick new ports
+        (and keys) with :meth:`setup`, and start again, at most *attempts* times.
+
+        :param attempts: how many port choices to try.
+        :returns: self (does not wait for the bootstrap: call :meth:`wait_bootstrapped`).
+        :raises AssertionError: when a node exits at startup for another reason, or every attempt hit a
+            port clash (with :meth:`diagnostics`).
         """
         assert self.nodes, "call setup() first"
-        for node in self.nodes:
-            self.start_node(node)
-        return self
+        for attempt in range(1, attempts + 1):
+            for node in self.nodes:
+                self.start_node(node)
+            exited = self._wait_started(STARTUP_TIMEOUT_SECONDS)
+            if not exited:
+                return self
+            clash = all(BIND_FAILURE in node.stdout_since_start() for node in exited)
+            report = self.diagnostics()
+            self.stop()
+            if not clash or attempt == attempts:
+                raise AssertionError(f"tor node(s) {[n.nick for n in exited]} exited at startup "
+                                     f"(attempt {attempt} of {attempts})\n{report}")
+            for node in self.nodes:
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+            self.setup()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait_started(self, timeout_seconds: float) -> list[TorNode]:
+        """Wait until every node logged ``Bootstrapped 0%`` or exited; return the exited ones."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            exited = [n for n in self.nodes if not n.running()]
+            pending = [n for n in self.nodes if n.running() and STARTED not in n.log_since_start()]
+            if not pending:
+                return exited
+            if time.monotonic() > deadline:
+                raise AssertionError(f"tor node(s) {[n.nick for n in pending]} did not start within "
+                                     f"{timeout_seconds} s\n{self.diagnostics()}")
+            time.sleep(0.1)
 
     def start_node(self, node: TorNode) -> None:
         """Start one node; its bootstrap is then judged only from log lines written after this call."""
         assert not node.running(), f"{node.nick} is already running"
         node.stopped_on_purpose = False
-        try:
-            node.log_offset = node.notice_log.stat().st_size
-        except OSError:
-            node.log_offset = 0
+        node.log_offset = _size(node.notice_log)
+        node.stdout_offset = _size(node.stdout_log)
         with open(node.stdout_log, "ab") as out:
             node.proc = subprocess.Popen(["tor", "-f", str(node.torrc), "--defaults-torrc", str(self.empty_defaults)],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -382,8 +429,15 @@ class TorNetwork:
             parts.append(tail(node.notice_log, lines))
             if node.proc is not None and not node.running():
                 parts.append(f"--- {node.nick} stdout/stderr")
-                parts.append(tail(node.stdout_log, lines))
+                parts.append("\n".join(node.stdout_since_start().splitlines()[-lines:]))
         return "\n".join(parts)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _distinct_free_ports(count: int) -> list[int]:
