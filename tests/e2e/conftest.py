@@ -33,11 +33,11 @@ import pytest
 from tests.conftest import require
 from tests.support.daemon import ServeProcess
 from tests.support.dnsserver import Dnsmasq, SrvEntry
+from tests.support.handmade import (hand_made_onion_listener, hand_made_smtptor, hand_made_torsocks_conf,
+                                    hand_made_transport_maps)
 from tests.support.onions import bad_checksum
 from tests.support.postfix import PostfixInstance
 from tests.support.procs import free_port, public_tempdir, tail
-from tests.support.handmade import (hand_made_onion_listener, hand_made_smtptor, hand_made_torsocks_conf,
-                                    hand_made_transport_maps)
 from tests.support.tornet import TorNetwork, add_onion_service, smtp_banner_via_socks
 from tests.support.trap import SmtpTrap
 
