@@ -1,0 +1,450 @@
+"""Health checks behind ``onion-gateway status``: is every piece of the onion route in place and answering?
+
+Each check returns a :class:`Check` (a :class:`Verdict` plus one line of detail) and never raises for
+the thing it inspects: an unreachable Tor, a silent daemon or a missing SRV record is a ``FAIL``
+verdict, not an exception. :func:`run_status` runs the checks a :class:`StatusSettings` asks for, in
+the order mail uses them::
+
+    check            asks                                                           source
+    tor_control      AUTHENTICATE, GETINFO status/bootstrap-phase, net/listeners/socks  control-spec.txt §3.9, §4.1.10
+    map_listener     one real lookup of "*" (answered without DNS) per listener     tcp_table(5), socketmap_table(5)
+    srv_record       _<service>._tcp.<domain>. IN SRV through the daemon's resolvers  RFC 2782, rend-spec-v3 §6
+    transport_maps   postconf -hx transport_maps names one of the daemon's listeners  postconf(5) transport_maps
+    smtptor_service  postconf -M <transport>/unix exists; its effective                master(5), postconf(5)
+                     smtp_dns_support_level=disabled and smtp_host_lookup=native
+
+stem is imported only in :func:`_tor_bootstrap_status` (there is no ``onion_gateway.tor`` module on this
+branch yet; when there is, that helper moves there). Nothing here prints: the CLI formats the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onion_gateway import postfix
+from onion_gateway.config import ListenAddress, ServeSettings
+from onion_gateway.errors import PostfixError, TorError
+from onion_gateway.onion import OnionCheck, check_onion, normalize_onion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOR_CONTROL = ("127.0.0.1", 9051)
+PROBE_KEY = "*"                     # routing answers "*" as not found without asking DNS
+PROBE_TIMEOUT_SECONDS = 5.0
+DEFAULT_SOCKETMAP_NAME = "onion"
+_TCP_REPLY = re.compile(rb"^(200|400|500) ")
+_SOCKETMAP_STATUS = ("OK", "NOTFOUND", "TEMP", "TIMEOUT", "PERM")
+
+
+class Verdict(enum.Enum):
+    """How one check went. Ordered: a report is as bad as its worst check."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+    @property
+    def rank(self) -> int:
+        """0 for OK, 1 for WARN, 2 for FAIL."""
+        return list(Verdict).index(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The result of one check.
+
+    :param name: the check (``"tor_control"``, ``"map_listener"``, ``"srv_record"``, ...).
+    :param target: what was checked (``"127.0.0.1:9051"``, ``"socketmap 127.0.0.1:6014"``, a domain).
+    :param verdict: the :class:`Verdict`.
+    :param detail: one line for a human: what was found, or why it failed.
+    """
+
+    name: str
+    target: str
+    verdict: Verdict
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """All checks of one ``status`` run, in the order they ran."""
+
+    checks: tuple[Check, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        """The worst verdict (``OK`` for an empty report)."""
+        return max((c.verdict for c in self.checks), key=lambda v: v.rank, default=Verdict.OK)
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed (warnings allowed)."""
+        return self.verdict is not Verdict.FAIL
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    """What ``status`` checks.
+
+    :param serve: the daemon's settings: its listeners, resolvers, SRV service label and transport name.
+    :param tor_control: ``(host, port)`` of the Tor ControlPort the gateway's SOCKS client uses;
+        ``None`` skips the Tor check.
+    :param tor_password: control-port password; ``None`` uses cookie (or no) authentication.
+    :param postfix_config_dir: the Postfix configuration directory (``None`` = the default instance);
+        checked only when *check_postfix* is true.
+    :param check_postfix: run the transport_maps and smtptor checks.
+    :param domains: domains whose SRV record must point at *onion*.
+    :param onion: the onion address those records must name; ``None`` accepts any valid v3 target.
+    :param timeout_seconds: budget of each network check (seconds).
+    """
+
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    tor_control: tuple[str, int] | None = DEFAULT_TOR_CONTROL
+    tor_password: str | None = None
+    postfix_config_dir: Path | None = None
+    check_postfix: bool = True
+    domains: tuple[str, ...] = ()
+    onion: str | None = None
+    timeout_seconds: float = PROBE_TIMEOUT_SECONDS
+
+
+# --- Tor -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TorBootstrap:
+    """What the control port said. ``progress`` is 0-100; ``summary`` is tor's SUMMARY text."""
+
+    version: str
+    progress: int
+    summary: str
+    socks_listeners: tuple[str, ...]
+
+
+def _tor_bootstrap_status(host: str, port: int, password: str | None,
+                          timeout_seconds: float) -> TorBootstrap:
+    """Ask a Tor ControlPort for its bootstrap phase (the only place this branch imports stem).
+
+    Wire example (control-spec.txt §4.1.10)::
+
+        GETINFO status/bootstrap-phase
+        250-status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"
+
+    :raises TorError: if the port cannot be reached, authentication fails, or tor refuses GETINFO.
+    """
+    import stem
+    import stem.connection
+    import stem.control
+    import stem.socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_seconds)   # stem's ControlPort socket has no timeout of its own
+    try:
+        controller = stem.control.Controller.from_port(address=host, port=port)
+    except stem.SocketError as exc:
+        raise TorError(f"cannot connect to the Tor control port {host}:{port}: {exc}") from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+    try:
+        try:
+            controller.authenticate(password=password)
+        except stem.connection.AuthenticationFailure as exc:
+            raise TorError(f"Tor control port {host}:{port} refused authentication: {exc}") from exc
+        try:
+            phase = controller.get_info("status/bootstrap-phase")
+            socks = controller.get_info("net/listeners/socks", "")
+            version = str(controller.get_version()).split()[0]
+        except (stem.ControllerError, stem.SocketError) as exc:
+            raise TorError(f"Tor control port {host}:{port}: GETINFO failed: {exc}") from exc
+    finally:
+        controller.close()
+    progress = re.search(r"\bPROGRESS=(\d+)", phase)
+    summary = re.search(r'\bSUMMARY="([^"]*)"', phase)
+    return TorBootstrap(version, int(progress.group(1)) if progress else 0,
+                        summary.group(1) if summary else phase,
+                        tuple(s.strip('"') for s in socks.split()))
+
+
+def check_tor(host: str, port: int, password: str | None = None,
+              timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Check:
+    """Is the Tor control port reachable and Tor fully bootstrapped?
+
+    :param host: control port address (an IP, normally loopback).
+    :param port: control port.
+    :param password: control-port password, or ``None`` for cookie/no authentication.
+    :param timeout_seconds: connect budget (seconds).
+    :returns: ``OK`` at 100 %, ``FAIL`` below it or when the port does not answer. A bootstrapped Tor
+        without a SocksPort is ``WARN`` (the smtptor transport needs one).
+    """
+    target = f"{host}:{port}"
+    try:
+        status = _tor_bootstrap_status(host, port, password, timeout_seconds)
+    except TorError as exc:
+        return Check("tor_control", target, Verdict.FAIL, str(exc))
+    detail = f"tor {status.version}, bootstrapped {status.progress}% ({status.summary})"
+    if status.progress < 100:
+        return Check("tor_control", target, Verdict.FAIL, detail)
+    if not status.socks_listeners:
+        return Check("tor_control", target, Verdict.WARN, detail + "; no SocksPort listener")
+    return Check("tor_control", target, Verdict.OK, detail + f"; SocksPort {', '.join(status.socks_listeners)}")
+
+
+# --- the daemon's listeners --------------------------------------------------------------------------------
+
+
+def check_map_listener(address: ListenAddress, protocol: str, socketmap_name: str = DEFAULT_SOCKETMAP_NAME,
+                       timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Check:
+    """Send one real lookup of ``*`` to a daemon listener and judge the reply's framing.
+
+    Wire (tcp_table(5) / socketmap_table(5))::
+
+        get *\\n          ->  500 not%20found\\n
+        7:onion *,       ->  9:NOTFOUND ,
+
+    :param address: the listener (TCP or unix socket).
+    :param protocol: ``"tcp_table"`` or ``"socketmap"``.
+    :param socketmap_name: the socketmap NAME to send (one the daemon accepts).
+    :param timeout_seconds: connect + reply budget (seconds).
+    :returns: ``OK`` for a well-formed reply, ``FAIL`` for no connection, no reply or a garbled one.
+    :raises ValueError: for an unknown *protocol* (a programming error).
+    """
+    if protocol == "tcp_table":
+        request = f"get {PROBE_KEY}\n".encode()
+    elif protocol == "socketmap":
+        payload = f"{socketmap_name} {PROBE_KEY}".encode()
+        request = b"%d:%s," % (len(payload), payload)
+    else:
+        raise ValueError(f"unknown map protocol {protocol!r}")
+    target = f"{protocol} {address}"
+    started = time.monotonic()
+    try:
+        reply = _exchange(address, request, protocol, timeout_seconds)
+    except OSError as exc:
+        return Check("map_listener", target, Verdict.FAIL, f"no answer: {exc.strerror or exc}")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    text = reply.decode("ascii", errors="replace").strip()
+    if protocol == "tcp_table":
+        good = bool(_TCP_REPLY.match(reply)) and reply.endswith(b"\n")
+    else:
+        body = _netstring_payload(reply)
+        good = body is not None and body.split(" ", 1)[0] in _SOCKETMAP_STATUS
+    if not good:
+        return Check("map_listener", target, Verdict.FAIL, f"not a {protocol} reply: {text[:80]!r}")
+    return Check("map_listener", target, Verdict.OK, f"answered {text[:80]!r} in {elapsed_ms:.0f} ms")
+
+
+def _exchange(address: ListenAddress, request: bytes, protocol: str, timeout_seconds: float) -> bytes:
+    """Send *request*, read one reply (a line, or one netstring). :raises OSError: on any socket trouble."""
+    if address.is_unix:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = address.path
+    else:
+        family = socket.AF_INET6 if ":" in (address.host or "") else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        target = (address.host, address.port)
+    with sock:
+        sock.settimeout(timeout_seconds)
+        sock.connect(target)
+        sock.sendall(request)
+        reply = b""
+        deadline = time.monotonic() + timeout_seconds
+        while not _reply_complete(reply, protocol):
+            if time.monotonic() > deadline:
+                raise TimeoutError("reply incomplete")
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+def _reply_complete(reply: bytes, protocol: str) -> bool:
+    if protocol == "tcp_table":
+        return reply.endswith(b"\n")
+    return _netstring_payload(reply) is not None
+
+
+def _netstring_payload(data: bytes) -> str | None:
+    """The payload of one complete netstring ``LEN:DATA,``, or ``None`` if incomplete or malformed."""
+    length, colon, rest = data.partition(b":")
+    if not colon or not length.isdigit() or len(rest) < int(length) + 1 or rest[int(length):int(length) + 1] != b",":
+        return None
+    return rest[: int(length)].decode("utf-8", errors="replace")
+
+
+# --- DNS -----------------------------------------------------------------------------------------------------
+
+
+def check_srv(domain: str, expected_onion: str | None, serve: ServeSettings,
+              timeout_seconds: float | None = None) -> Check:
+    """Does ``_<service>._tcp.<domain>`` have an SRV record naming *expected_onion*?
+
+    Asked through the same resolvers the daemon uses (``serve.dns_servers``; none = the system's).
+
+    :param domain: the mail domain (A-label or U-label).
+    :param expected_onion: the onion the record must name, or ``None`` to accept any valid v3 target.
+    :param serve: the daemon's settings (resolvers, SRV service label, DNS timeout).
+    :param timeout_seconds: DNS budget (seconds); default the daemon's ``dns_timeout_seconds``.
+    :returns: ``OK`` when a record names the onion; ``FAIL`` for no record, another target, or a DNS
+        failure (a record that cannot be read cannot be confirmed).
+    """
+    from onion_gateway.lookup.dns import DnsStatus, SrvResolver
+    from onion_gateway.lookup.routing import Router, RoutingTable, normalize_domain
+
+    normal = normalize_domain(domain)
+    if normal is None:
+        return Check("srv_record", domain, Verdict.FAIL, "not a domain name")
+    try:
+        resolver = SrvResolver(serve.dns_servers, timeout_seconds or serve.dns_timeout_seconds)
+    except Exception as exc:  # dnspython: NoResolverConfiguration when resolv.conf is unusable
+        return Check("srv_record", domain, Verdict.FAIL, f"no usable resolver: {exc}")
+    qname = Router(resolver, RoutingTable(), service=serve.service).srv_name(normal)
+    answer = asyncio.run(resolver.query(qname))
+    target = qname.to_text()
+    if answer.status is not DnsStatus.ANSWER:
+        reason = "DNS failure" if answer.status.is_temporary else "no SRV record"
+        return Check("srv_record", target, Verdict.FAIL, f"{reason}: {answer.detail or answer.status.value}")
+    shown = ", ".join(f"{r.priority} {r.weight} {r.port} {r.target}" for r in answer.records)
+    if expected_onion is not None:
+        want = normalize_onion(expected_onion)
+        if any(r.target == want for r in answer.records):
+            return Check("srv_record", target, Verdict.OK, shown)
+        return Check("srv_record", target, Verdict.FAIL, f"does not name {want}: {shown}")
+    if any(check_onion(r.target) is OnionCheck.VALID for r in answer.records):
+        return Check("srv_record", target, Verdict.OK, shown)
+    return Check("srv_record", target, Verdict.FAIL, f"no valid v3 onion target: {shown}")
+
+
+# --- Postfix -------------------------------------------------------------------------------------------------
+
+
+def daemon_tables(serve: ServeSettings) -> list[str]:
+    """The Postfix table names that reach the daemon's listeners, without the socketmap NAME.
+
+    :returns: e.g. ``["tcp:127.0.0.1:6013", "socketmap:inet:127.0.0.1:6014"]`` (postconf(5)
+        ``tcp:host:port``; socketmap_table(5) ``socketmap:inet:host:port:name`` / ``socketmap:unix:path:name``).
+    """
+    tables = []
+    for address in serve.tcp_table:
+        if not address.is_unix:
+            tables.append(f"tcp:{_host_port(address)}")
+    for address in serve.socketmap:
+        tables.append(f"socketmap:unix:{address.path}" if address.is_unix
+                      else f"socketmap:inet:{_host_port(address)}")
+    return tables
+
+
+def _host_port(address: ListenAddress) -> str:
+    return f"[{address.host}]:{address.port}" if ":" in (address.host or "") else f"{address.host}:{address.port}"
+
+
+def uses_daemon(transport_maps: str, serve: ServeSettings) -> str | None:
+    """The entry of a ``transport_maps`` value that queries the daemon, or ``None``.
+
+    :param transport_maps: the expanded parameter value (tables separated by commas or whitespace;
+        a ``proxy:`` prefix is allowed).
+    :param serve: the daemon's settings (its listeners).
+    """
+    wanted = daemon_tables(serve)
+    for entry in re.split(r"[\s,]+", transport_maps.strip()):
+        table = entry[len("proxy:"):] if entry.startswith("proxy:") else entry
+        for prefix in wanted:
+            if table == prefix or (prefix.startswith("socketmap:") and table.startswith(prefix + ":")):
+                return entry
+    return None
+
+
+def check_transport_maps(config_dir: Path | None, serve: ServeSettings) -> Check:
+    """Does Postfix's ``transport_maps`` query one of the daemon's listeners?
+
+    :param config_dir: Postfix configuration directory (``None`` = default).
+    :param serve: the daemon's settings.
+    :returns: ``OK`` naming the entry, ``FAIL`` with the actual value (or postconf's complaint).
+    """
+    target = f"{config_dir or '/etc/postfix'} transport_maps"
+    try:
+        value = postfix.postconf(config_dir, "-h", "-x", "transport_maps").strip()
+    except PostfixError as exc:
+        return Check("transport_maps", target, Verdict.FAIL, str(exc))
+    entry = uses_daemon(value, serve)
+    if entry is None:
+        return Check("transport_maps", target, Verdict.FAIL,
+                     f"does not query the daemon ({' or '.join(daemon_tables(serve))}): {value!r}")
+    return Check("transport_maps", target, Verdict.OK, f"queries the daemon: {entry}")
+
+
+def check_smtptor_service(config_dir: Path | None, transport: str) -> Check:
+    """Is the onion transport in master.cf, with an smtp client that cannot leak names to DNS?
+
+    Reads ``postconf -M <transport>/unix`` and the service's effective ``smtp_dns_support_level`` and
+    ``smtp_host_lookup`` (main.cf overridden by the service's ``-o`` options). Both must be
+    ``disabled`` / ``native``: only then does the .onion go through getaddrinfo(), which torsocks maps,
+    instead of a clear-net DNS query (LAB-NOTES §6).
+
+    :returns: ``OK`` with the command, ``FAIL`` when the service is missing or may use DNS.
+    """
+    target = f"{config_dir or '/etc/postfix'} master.cf {transport}/unix"
+    try:
+        line = postfix.postconf(config_dir, "-M", f"{transport}/unix").strip()
+        if not line:
+            return Check("smtptor_service", target, Verdict.FAIL, "no such master.cf service")
+        fields = line.split()
+        overrides = [fields[i + 1] for i in range(8, len(fields) - 1) if fields[i] == "-o"]
+        values = postfix.get_parameters(config_dir, ["smtp_dns_support_level", "smtp_host_lookup"],
+                                        overrides=overrides)
+    except PostfixError as exc:
+        return Check("smtptor_service", target, Verdict.FAIL, str(exc))
+    command = fields[7] if len(fields) > 7 else "?"
+    problems = []
+    if values["smtp_dns_support_level"] != "disabled":
+        problems.append(f"smtp_dns_support_level={values['smtp_dns_support_level'] or '(default)'}")
+    if values["smtp_host_lookup"] != "native":
+        problems.append(f"smtp_host_lookup={values['smtp_host_lookup']}")
+    if problems:
+        return Check("smtptor_service", target, Verdict.FAIL,
+                     f"{', '.join(problems)}: onion names could go to DNS (need disabled/native)")
+    return Check("smtptor_service", target, Verdict.OK, f"command {command}")
+
+
+# --- all of it -----------------------------------------------------------------------------------------------
+
+
+def run_status(settings: StatusSettings) -> StatusReport:
+    """Run every check *settings* asks for: Tor, each daemon listener, each domain's SRV, Postfix.
+
+    :returns: the :class:`StatusReport` (never raises for what it checks).
+    :raises ValueError: if ``settings.onion`` is not a valid v3 onion address.
+    """
+    if settings.onion is not None:
+        normalize_onion(settings.onion)   # a typo here must not read as "your DNS is wrong"
+    checks: list[Check] = []
+    if settings.tor_control is not None:
+        checks.append(check_tor(*settings.tor_control, password=settings.tor_password,
+                                timeout_seconds=settings.timeout_seconds))
+    serve = settings.serve
+    name = next(iter(sorted(serve.socketmap_names)), DEFAULT_SOCKETMAP_NAME)
+    for address in serve.tcp_table:
+        checks.append(check_map_listener(address, "tcp_table", timeout_seconds=settings.timeout_seconds))
+    for address in serve.socketmap:
+        checks.append(check_map_listener(address, "socketmap", name, timeout_seconds=settings.timeout_seconds))
+    for domain in settings.domains:
+        checks.append(check_srv(domain, settings.onion, serve))
+    if settings.check_postfix:
+        checks.append(check_transport_maps(settings.postfix_config_dir, serve))
+        checks.append(check_smtptor_service(settings.postfix_config_dir, serve.transport))
+    for check in checks:
+        log.debug("status %s %s: %s %s", check.name, check.target, check.verdict.value, check.detail)
+    return StatusReport(tuple(checks))
+
+
+def format_report(report: StatusReport) -> Sequence[str]:
+    """One line per check: ``ok    tor_control      127.0.0.1:9051  tor 0.4.9.11, bootstrapped 100% ...``."""
+    return [f"{c.verdict.value:<5} {c.name:<16} {c.target}  {c.detail}" for c in report.checks]

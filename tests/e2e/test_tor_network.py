@@ -1,0 +1,164 @@
+"""End-to-end: mail from one Postfix to another over an onion service on a private Tor network.
+
+The lab (tests/e2e/conftest.py) is built once for the module; the tests run in file order and each
+drill puts back what it broke (tor client, DNS) before it ends, also when it fails.
+What each test proves is in its docstring; docs/e2e.md sums it up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+
+from onion_gateway.config import serve_settings
+from onion_gateway.status import StatusSettings, Verdict, format_report, run_status
+from tests.e2e.conftest import BADSUM_DOMAIN, BOOTSTRAP_TIMEOUT_SECONDS, RX_DOMAIN, MailLab
+from tests.support.handmade import ONION_SYSLOG_NAME
+from tests.support.procs import wait_for
+
+pytestmark = pytest.mark.e2e
+
+DELIVERY_TIMEOUT_SECONDS = 60
+DEFER_TIMEOUT_SECONDS = 30
+FLUSH_INTERVAL_SECONDS = 5
+# an IPv4 address, not a version number ("Tor 0.4.9.11 running on Linux")
+_IPV4 = re.compile(r"(?<![\w.])(?<!Tor )(\d{1,3}(?:\.\d{1,3}){3})(?!\.?\d)")
+
+
+def wait_delivered_flushing(lab: MailLab, token: str, timeout_seconds: float) -> None:
+    """Wait for *token* in rx's mailbox, running ``postqueue -f`` every few seconds (deferred mail
+    otherwise waits minimal_backoff_time, 300 s)."""
+    deadline = time.monotonic() + timeout_seconds
+    while not lab.mailbox_has(token):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"message {token} not delivered after {timeout_seconds} s\n{lab.diagnostics()}")
+        lab.flush_tx()
+        step_end = time.monotonic() + FLUSH_INTERVAL_SECONDS
+        while time.monotonic() < step_end and not lab.mailbox_has(token):
+            time.sleep(0.2)
+
+
+def test_private_network_is_loopback_only(lab: MailLab) -> None:
+    """Every tor is a TestingTorNetwork node that only knows loopback addresses, started with an empty
+    defaults file, and none of them logged a non-loopback address (the project's hard network rule)."""
+    for node in lab.tor.nodes:
+        torrc = node.torrc.read_text()
+        options = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in torrc.splitlines() if " " in line}
+        assert options.get("TestingTorNetwork") == "1", node.nick
+        assert options.get("UseDefaultFallbackDirs") == "0", node.nick
+        assert options.get("ClientUseIPv6") == "0", node.nick
+        dir_authorities = [line for line in torrc.splitlines() if line.startswith("DirAuthority ")]
+        assert len(dir_authorities) == lab.tor.n_authorities, node.nick
+        for address in _IPV4.findall(torrc) + _IPV4.findall(node.log_since_start()):
+            assert ipaddress.ip_address(address).is_loopback, f"{node.nick}: {address} in torrc or log"
+        assert node.proc is not None
+        cmdline = Path(f"/proc/{node.proc.pid}/cmdline").read_bytes().split(b"\0")
+        defaults = Path(cmdline[cmdline.index(b"--defaults-torrc") + 1].decode())
+        assert defaults.read_text() == "", f"{node.nick}: --defaults-torrc {defaults} is not empty"
+    assert lab.tor.client.bootstrapped() and lab.tor.onion_node.bootstrapped()
+
+
+def test_mail_goes_over_the_onion_to_the_hardened_listener(lab: MailLab) -> None:
+    """tx asks the daemon, which finds rx.test's SRV record, and delivers through smtptor (torsocks + smtp)
+    to the onion; rx receives it on its postfix/onion listener and stores it."""
+    queue_id, token = lab.send(f"alice@{RX_DOMAIN}")
+    wait_delivered_flushing(lab, token, DELIVERY_TIMEOUT_SECONDS)
+
+    sent = lab.wait_log(lab.tx, rf"postfix/smtptor/smtp\[\d+\]: {queue_id}: to=<alice@{RX_DOMAIN}>, "
+                                rf"relay={re.escape(lab.onion)}\[127\.42\.42\.\d+\]:25, .*dsn=2\.0\.0, "
+                                rf"status=sent \(250 2\.0\.0 Ok: queued as (\w+)\)",
+                        10, "tx's status=sent line through smtptor")
+    rx_queue_id = sent.group(1)
+    lab.wait_log(lab.rx, rf"{ONION_SYSLOG_NAME}/smtpd\[\d+\]: {rx_queue_id}: client=\S*\[127\.0\.0\.1\]",
+                 10, "rx's onion listener accepting the message")
+    lab.wait_log(lab.rx, rf"postfix/virtual\[\d+\]: {rx_queue_id}: to=<alice@{RX_DOMAIN}>, relay=virtual, "
+                         rf".*status=sent", 10, "rx's local delivery")
+    assert lab.trap.count() == 0, "mail reached the clear-route relayhost"
+
+
+def test_status_sees_a_healthy_gateway(lab: MailLab) -> None:
+    """``onion-gateway status`` on tx's side: Tor bootstrapped, daemon answering on both listeners,
+    rx.test's SRV naming the onion, Postfix using the map and the smtptor service: all ok."""
+    settings = StatusSettings(
+        serve=serve_settings({"tcp_table": [f"127.0.0.1:{lab.serve.tcp_port}"],
+                              "socketmap": [f"127.0.0.1:{lab.serve.socketmap_port}"],
+                              "dns_servers": [lab.dns.address]}),
+        tor_control=("127.0.0.1", lab.tor.client_control_port), postfix_config_dir=lab.tx.config_dir,
+        domains=(RX_DOMAIN,), onion=lab.onion)
+    report = run_status(settings)
+    assert [(c.name, c.verdict) for c in report.checks] == [
+        ("tor_control", Verdict.OK), ("map_listener", Verdict.OK), ("map_listener", Verdict.OK),
+        ("srv_record", Verdict.OK), ("transport_maps", Verdict.OK), ("smtptor_service", Verdict.OK)], \
+        "\n".join(format_report(report))
+    assert f"SocksPort 127.0.0.1:{lab.tor.client_socks_port}" in report.checks[0].detail
+
+
+def test_tor_client_down_defers_and_keeps_the_mail(lab: MailLab) -> None:
+    """Without the tor client the message is deferred (4.x.x) and stays queued; it never takes another
+    route. With the client back, ``postqueue -f`` delivers it over the onion."""
+    trap_before = lab.trap.count()
+    lab.tor.stop_client()
+    try:
+        queue_id, token = lab.send(f"bob@{RX_DOMAIN}")
+        deferred = lab.wait_log(lab.tx, rf"(postfix/[\w/]+)\[\d+\]: {queue_id}: to=<bob@{RX_DOMAIN}>, relay=.*"
+                                        rf"dsn=(4\.\d\.\d+), status=deferred \(([^)]*)",
+                                DEFER_TIMEOUT_SECONDS, "the message to be deferred")
+        assert deferred.group(1) == "postfix/smtptor/smtp", deferred.group(0)
+        assert queue_id in lab.tx.queue_ids()
+        assert not lab.mailbox_has(token)
+        assert lab.trap.count() == trap_before, "the message took the clear route while tor was down"
+    finally:
+        lab.tor.start_client()
+    lab.tor.wait_bootstrapped(BOOTSTRAP_TIMEOUT_SECONDS, [lab.tor.client])
+    lab.wait_onion_reachable()
+    wait_delivered_flushing(lab, token, DELIVERY_TIMEOUT_SECONDS)
+    lab.wait_log(lab.tx, rf"postfix/smtptor/smtp\[\d+\]: {queue_id}: to=<bob@{RX_DOMAIN}>, "
+                         rf"relay={re.escape(lab.onion)}\[[\d.]+\]:25, .*status=sent",
+                 10, "the retried message sent through smtptor")
+    assert queue_id not in lab.tx.queue_ids()
+    assert lab.trap.count() == trap_before
+
+
+def test_dns_down_is_a_temporary_failure(lab: MailLab) -> None:
+    """With the DNS server gone the daemon answers "temporary failure": tx refuses the recipient with
+    451 4.3.0 (or defers the message); nothing is sent in clear and nothing is delivered."""
+    trap_before = lab.trap.count()
+    lab.dns.stop_server()
+    try:
+        try:
+            queue_id, token = lab.send(f"carol@{RX_DOMAIN}")
+        except smtplib.SMTPResponseException as exc:
+            assert exc.smtp_code == 451 and b"4.3.0" in exc.smtp_error, (exc.smtp_code, exc.smtp_error)
+            queue_id = None
+        if queue_id is not None:  # accepted: then it must be deferred, never sent
+            lab.wait_log(lab.tx, rf"{queue_id}: to=<carol@{RX_DOMAIN}>, .*dsn=4\.\d\.\d+, status=deferred",
+                         DEFER_TIMEOUT_SECONDS, "the message to be deferred")
+            assert not lab.mailbox_has(token)
+        wait_for(lambda: any(f"SRV lookup for {RX_DOMAIN} failed" in line for line in lab.serve.lines),
+                 10, "the daemon's temporary-failure warning", lab.diagnostics)
+        assert "to=<carol@" not in "".join(line for line in lab.tx.log_text().splitlines()
+                                           if "status=sent" in line)
+        assert lab.trap.count() == trap_before, "a DNS failure sent mail down the clear route"
+    finally:
+        lab.dns.start()
+
+
+def test_bad_checksum_onion_falls_back_to_the_normal_transport(lab: MailLab) -> None:
+    """An SRV target with a broken onion checksum is refused (warning in the daemon log): the domain is
+    "not found", so tx uses its normal transport (here a loopback trap relayhost: the mail is deferred)."""
+    trap_before = lab.trap.count()
+    queue_id, token = lab.send(f"dave@{BADSUM_DOMAIN}")
+    deferred = lab.wait_log(lab.tx, rf"(postfix/[\w/]+)\[\d+\]: {queue_id}: to=<dave@{BADSUM_DOMAIN}>, "
+                                    rf"relay=([^,]*), .*status=deferred", DEFER_TIMEOUT_SECONDS,
+                            "the message to be deferred by the normal transport")
+    assert deferred.group(1) == "postfix/smtp", deferred.group(0)
+    assert deferred.group(2) == f"127.0.0.1[127.0.0.1]:{lab.trap.port}", deferred.group(0)
+    assert lab.trap.count() > trap_before
+    assert any(f"refusing SRV target {lab.bad_onion} for {BADSUM_DOMAIN}" in line for line in lab.serve.lines), \
+        lab.diagnostics()
+    assert queue_id in lab.tx.queue_ids()
