@@ -128,3 +128,8 @@ def lookup(key, config_file, log_level, **overrides) -> None:
         sys.exit(EXIT_NOT_FOUND)
     click.echo(f"temporary failure: {result.value}", err=True)
     sys.exit(EXIT_TEMPFAIL)
+
+
+from onion_gateway.cli_audit import audit_command  # noqa: E402  (click only; the audit loads lazily)
+
+main.add_command(audit_command)
