@@ -472,10 +472,11 @@ def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
             "XFORWARD authorised for 127.0.0.1: Tor clients can forge the logged client identity",
             "smtpd_authorized_xforward_hosts")
     relay_domains = split_list(policy.value("relay_domains"))
-    if any(d.lower().strip(".") in ("onion", "*") or d.lower().endswith(".onion") or d == "*"
-           for d in relay_domains):
+    if any(d.lower().strip(".") in ("onion", "*") for d in relay_domains):
         add(Severity.CRITICAL, Check.RELAY_DOMAINS_ONION,
-            "relay_domains covers onion addresses: the server relays to any onion service", "relay_domains")
+            "relay_domains covers every onion address (or everything): the server relays to any onion service"
+            " (a leading-dot form matches nothing only while parent_domain_matches_subdomains lists relay_domains)",
+            "relay_domains")
     if policy.value("allow_untrusted_routing").lower() == "yes":
         add(Severity.WARNING, Check.UNTRUSTED_ROUTING,
             "allow_untrusted_routing = yes: sender-specified routing (user%domain@relay) is passed on",

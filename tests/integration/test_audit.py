@@ -215,8 +215,15 @@ def test_unreachable_target(lab):
     assert report.findings[0].check is Check.NO_SERVICE
 
 
-def _torrc(lab, port_lines: str) -> Path:
-    tor = public_tempdir("og-audit-tor-")
+@pytest.fixture
+def tor_dir():
+    path = public_tempdir("og-audit-tor-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _torrc(tor: Path, port_lines: str) -> Path:
+    """torrc -> %include torrc.d/ -> 50-mail.conf with a HiddenServiceDir whose hostname file exists."""
     (tor / "hs").mkdir()
     onion = other_onion()
     (tor / "hs" / "hostname").write_text(onion + "\n")
@@ -226,8 +233,8 @@ def _torrc(lab, port_lines: str) -> Path:
     return tor / "torrc"
 
 
-def test_cli_follows_torrc_include_to_the_hardened_listener(lab):
-    torrc = _torrc(lab, f"HiddenServicePort 25 127.0.0.1:{lab.ports['hardened']}\n"
+def test_cli_follows_torrc_include_to_the_hardened_listener(lab, tor_dir):
+    torrc = _torrc(tor_dir, f"HiddenServicePort 25 127.0.0.1:{lab.ports['hardened']}\n"
                         "HiddenServicePort 80 127.0.0.1:9\n")        # not Postfix: skipped
     done = subprocess.run([*CLI, "--torrc", str(torrc), "--postfix-config-dir", str(lab.pf.config_dir),
                            "--test-domain", TEST_DOMAIN, "--json"], capture_output=True, text=True, timeout=60)
@@ -245,8 +252,8 @@ def test_cli_follows_torrc_include_to_the_hardened_listener(lab):
     assert (probe["code"], probe["enhanced_code"], probe["verdict"]) == (554, "5.7.1", "denied")
 
 
-def test_cli_exit_code_is_the_worst_listener(lab):
-    torrc = _torrc(lab, f"HiddenServicePort 25 127.0.0.1:{lab.ports['hardened']}\n"
+def test_cli_exit_code_is_the_worst_listener(lab, tor_dir):
+    torrc = _torrc(tor_dir, f"HiddenServicePort 25 127.0.0.1:{lab.ports['hardened']}\n"
                         f"HiddenServicePort 26 127.0.0.1:{lab.pf.smtp_port}\n")
     done = subprocess.run([*CLI, "--torrc", str(torrc), "--postfix-config-dir", str(lab.pf.config_dir),
                            "--test-domain", TEST_DOMAIN], capture_output=True, text=True, timeout=60)
