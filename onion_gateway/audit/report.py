@@ -90,7 +90,9 @@ class AuditReport:
         if self.error:
             out.append(f"not probed: {self.error}")
         if self.accepted:
-            out.append("accepted foreign recipients: " + ", ".join(p.spec.name for p in self.accepted))
+            names = [p.spec.name for p in self.accepted]
+            more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+            out.append(f"{len(names)} probe(s) got a foreign recipient accepted: {', '.join(names[:6])}{more}")
         if self.critical:
             out.append(f"{len(self.critical)} critical finding(s)")
         if not self.error:
@@ -145,6 +147,13 @@ def to_text(reports: list[AuditReport]) -> str:
             lines.append(f"   service  {listener['service']}{via}")
         if report.client_address:
             lines.append(f"   client   {report.client_address}")
+        if report.probes:
+            counts: dict[str, int] = {}
+            for p in report.probes:
+                counts[p.verdict.value] = counts.get(p.verdict.value, 0) + 1
+            summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+            control = "passed" if report.control_passed else "FAILED" if report.control else "none"
+            lines.append(f"   probes   {summary}; control {control}")
         for reason in report.reasons:
             lines.append(f"   why      {reason}")
         if report.findings:

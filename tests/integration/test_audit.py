@@ -75,6 +75,8 @@ def _master_extra(ports: dict[str, int], etc: Path, postscreen_port: int) -> str
              "  -o postscreen_access_list=permit_mynetworks\n"
              f"smtpd pass - - n - - smtpd\n  {HARDENED}\n"
              "tlsproxy unix - - n - 0 tlsproxy\n"
+             # a unix-socket smtpd with the stock (main.cf) policy: Postfix sees localhost[127.0.0.1]
+             "onionsock unix - - n - - smtpd\n  -o syslog_name=postfix/onionsock\n"
              "dnsblog unix - - n - 0 dnsblog\n")
     return text
 
@@ -259,6 +261,21 @@ def test_cli_exit_code_is_the_worst_listener(lab, tor_dir):
                            "--test-domain", TEST_DOMAIN], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "OPEN_RELAY (exit 1)" in done.stdout and "SAFE (exit 0)" in done.stdout
+
+
+def test_unix_socket_target_counts_as_loopback(lab, tor_dir):
+    socket_path = lab.pf.root / "queue" / "private" / "onionsock"
+    torrc = _torrc(tor_dir, f"HiddenServicePort 25 unix:{socket_path}\n")
+    done = subprocess.run([*CLI, "--torrc", str(torrc), "--postfix-config-dir", str(lab.pf.config_dir),
+                           "--test-domain", TEST_DOMAIN, "--json"], capture_output=True, text=True, timeout=60)
+    [report] = json.loads(done.stdout)["reports"]
+    assert done.returncode == 1, report["reasons"]
+    assert report["target"] == f"unix:{socket_path}"
+    assert report["listener"]["service"] == "onionsock/unix"
+    assert report["client_address"] == "127.0.0.1 (unix socket)"
+    assert "mynetworks_loopback" in {f["check"] for f in report["findings"] if f["severity"] == "critical"}
+    assert "onionsock/smtpd" in lab.pf.log_text()
+    assert_never_data_never_queued(lab.pf)
 
 
 @pytest.mark.parametrize("args, code", [
