@@ -22,7 +22,7 @@ from onion_gateway import postfix
 from onion_gateway.audit.discover import Endpoint, OnionPort, find_listener, parse_torrc, read_master
 from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
                                         split_list)
-from onion_gateway.audit.probe import ProbeContext, Unreachable, run_probes
+from onion_gateway.audit.probe import ProbeContext, Unreachable, expected_client_address, run_probes
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
 from onion_gateway.errors import PostfixError
 
@@ -88,7 +88,7 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
         xclient_login=bool(policy and policy.value("smtpd_sasl_auth_enable").lower() == "yes"),
     )
     if not options.probe:
-        report.error = "live probes disabled"
+        report.probed = False
         return report
     try:
         run = run_probes(endpoint, ctx, helo=options.helo, timeout_seconds=options.timeout_seconds)
@@ -151,7 +151,7 @@ def _policy_for(endpoint: Endpoint, config_dir: Path | None, report: AuditReport
                            bound=match.bound_addresses)
     if match.smtpd is not match.service:
         report.listener["via"] = f"postscreen -> {match.smtpd.label}"
-    policy = effective_policy(config_dir, match.smtpd)
+    policy = effective_policy(config_dir, match.smtpd, expected_client_address(endpoint))
     report.policy = policy
     report.findings[:0] = analyse(policy, all_interfaces=match.all_interfaces, bound=match.bound_addresses)
     return policy

@@ -28,8 +28,8 @@ from onion_gateway.audit.discover import MasterService
 
 log = logging.getLogger(__name__)
 
-CLIENT_ADDRESS = "127.0.0.1"
-CLIENT_NAME = "localhost"
+CLIENT_ADDRESS = "127.0.0.1"       # where Tor connects from to a loopback target (and for unix: targets)
+CLIENT_NAME = "localhost"          # what Postfix names that client
 
 #: Parameters read for every audited smtpd (their effective values go into the report).
 PARAMETERS = (
@@ -115,11 +115,15 @@ class EffectivePolicy:
 
     :param service: ``service/type`` label in master.cf.
     :param settings: ``{parameter: Setting}`` for :data:`PARAMETERS`.
+    :param config_dir: the Postfix configuration directory (for table lookups).
+    :param client_address: the address Postfix will see Tor connect from (127.0.0.1 unless the
+        HiddenServicePort target is a non-loopback address).
     """
 
     service: str
     settings: dict[str, Setting] = field(default_factory=dict)
     config_dir: Path | None = None
+    client_address: str = CLIENT_ADDRESS
 
     def value(self, name: str) -> str:
         return self.settings[name].value
@@ -131,11 +135,13 @@ class EffectivePolicy:
         return {name: {"value": s.value, "source": s.source} for name, s in self.settings.items()}
 
 
-def effective_policy(config_dir: Path | None, service: MasterService) -> EffectivePolicy:
+def effective_policy(config_dir: Path | None, service: MasterService,
+                     client_address: str = CLIENT_ADDRESS) -> EffectivePolicy:
     """Compute the effective settings of *service* (``postconf -x -o k=v ... PARAMETERS``).
 
     :param config_dir: Postfix configuration directory, ``None`` for the default instance.
     :param service: the smtpd service (after following postscreen).
+    :param client_address: the address Tor's connections come from, as Postfix sees it.
     :returns: :class:`EffectivePolicy` with the expanded value and source of each of :data:`PARAMETERS`.
     :raises PostfixError: if postconf fails.
     """
@@ -151,7 +157,7 @@ def effective_policy(config_dir: Path | None, service: MasterService) -> Effecti
         else:
             source = "default"
         settings[name] = Setting(values[name].strip(), source)
-    return EffectivePolicy(service.label, settings, config_dir)
+    return EffectivePolicy(service.label, settings, config_dir, client_address)
 
 
 def split_list(value: str) -> list[str]:
@@ -223,10 +229,10 @@ def address_in_list(address: str, name: str, value: str, config_dir: Path | None
         elif re.match(r"^[a-z0-9]+:", item) and not _looks_like_ip(item):
             code, out, _ = postfix.postmap_query(address, item, config_dir)
             if code != 0:
-                code, out, _ = postfix.postmap_query(CLIENT_NAME, item, config_dir)
+                code, out, _ = postfix.postmap_query(_client_name(address), item, config_dir)
             hit = code == 0 and not out.strip().upper().startswith(("REJECT", "DUNNO"))
         else:
-            hit = _ip_matches(ip, item)
+            hit = _ip_matches(ip, item, _client_name(address))
         if hit is None:
             unknown = True
             continue
@@ -243,28 +249,35 @@ def _looks_like_ip(item: str) -> bool:
         return item.startswith("[")
 
 
-def _ip_matches(ip, item: str) -> bool | None:
+def _client_name(address: str) -> str:
+    return CLIENT_NAME if ipaddress.ip_address(address).is_loopback else address
+
+
+def _ip_matches(ip, item: str, client_name: str) -> bool | None:
     text = item.replace("[", "").replace("]", "")
     try:
         return ip in ipaddress.ip_network(text, strict=False)
     except ValueError:
         pass
     if re.match(r"^[\w.-]+$", text):                 # a host or domain name: matched against the client name
-        return text.lower() in (CLIENT_NAME, "." + CLIENT_NAME)
+        return text.lower() == client_name.lower()
     return None
 
 
-def loopback_is_interface(inet_interfaces: str) -> bool:
-    """True if ``permit_inet_interfaces`` matches a client at 127.0.0.1 (``all``, ``loopback-only``, 127/8)."""
+def loopback_is_interface(inet_interfaces: str, client_address: str = CLIENT_ADDRESS) -> bool:
+    """True if ``permit_inet_interfaces`` matches the client: ``all``; for a loopback client also
+    ``loopback-only``, ``localhost`` and 127/8 addresses; else the client's own address."""
+    loopback = ipaddress.ip_address(client_address).is_loopback
     for item in inet_interfaces.replace(",", " ").split():
         item = item.strip("[]").lower()
-        if item in ("all", "loopback-only", "localhost"):
+        if item == "all" or loopback and item in ("loopback-only", "localhost"):
             return True
         try:
-            if ipaddress.ip_address(item).is_loopback:
-                return True
+            ip = ipaddress.ip_address(item)
         except ValueError:
             continue
+        if (ip.is_loopback if loopback else str(ip) == client_address):
+            return True
     return False
 
 
@@ -298,23 +311,25 @@ def classify_restriction(policy: EffectivePolicy, list_name: str, name: str, arg
         return StepResult(Step.PERMIT, Check.BARE_PERMIT, "bare 'permit'", "permit", (list_name,))
     if name == "permit_mynetworks":
         mynetworks = policy.value("mynetworks")
-        inside = address_in_list(CLIENT_ADDRESS, "mynetworks", mynetworks, policy.config_dir)
+        inside = address_in_list(policy.client_address, "mynetworks", mynetworks, policy.config_dir)
         if inside is False:
             return StepResult(Step.NEXT)
         step = Step.PERMIT if inside else Step.UNKNOWN
         return StepResult(step, Check.MYNETWORKS_LOOPBACK,
-                          "permit_mynetworks with 127.0.0.1 in mynetworks (every Tor client arrives from "
-                          "127.0.0.1)", f"mynetworks = {mynetworks}", (list_name, "mynetworks"))
+                          f"permit_mynetworks with {policy.client_address} in mynetworks (every Tor client "
+                          f"arrives from {policy.client_address})", f"mynetworks = {mynetworks}",
+                          (list_name, "mynetworks"))
     if name == "permit_inet_interfaces":
         interfaces = policy.value("inet_interfaces")
-        if not loopback_is_interface(interfaces):
+        if not loopback_is_interface(interfaces, policy.client_address):
             return StepResult(Step.NEXT)
         return StepResult(Step.PERMIT, Check.INET_INTERFACES,
-                          "permit_inet_interfaces while the loopback address is a local interface",
+                          f"permit_inet_interfaces while {policy.client_address} is a local interface",
                           f"inet_interfaces = {interfaces}", (list_name, "inet_interfaces"))
     if name == "permit_mx_backup":
         networks = policy.value("permit_mx_backup_networks")
-        covered = address_in_list(CLIENT_ADDRESS, "permit_mx_backup_networks", networks, policy.config_dir) \
+        covered = address_in_list(policy.client_address, "permit_mx_backup_networks", networks,
+                                  policy.config_dir) \
             if networks else True
         if covered is False:
             return StepResult(Step.NEXT)
@@ -341,13 +356,30 @@ def _access_table(policy: EffectivePolicy, list_name: str, name: str, table: str
     permits = [f"{k} {v}" for k, v in entries if PERMIT_ACTIONS.match(v.split()[0] if v.split() else "")]
     if not permits:
         return StepResult(Step.NEXT)
-    client_side = name in ("check_client_access", "check_reverse_client_name_access", "check_ccert_access")
-    step = Step.PERMIT if client_side and any(
-        k.split()[0].lower() in (CLIENT_ADDRESS, CLIENT_NAME, "127", "127.0", "127.0.0", "127.0.0.0/8")
-        for k in permits) else Step.MAY_PERMIT
+    step = Step.MAY_PERMIT                 # helo, sender, recipient, MX/NS/A: the attacker chooses the key
+    if name in ("check_client_access", "check_client_a_access", "check_reverse_client_name_access"):
+        # the key is the Tor client itself, which nobody chooses: it permits everyone or no one
+        if not any(_client_key_matches(k.split()[0], policy.client_address) for k in permits):
+            return StepResult(Step.NEXT)
+        step = Step.PERMIT
+    elif name == "check_ccert_access":     # needs a client certificate the attacker cannot present here
+        return StepResult(Step.NEXT)
     return StepResult(step, Check.ACCESS_MAP_OK,
                       f"{name} can answer OK before the relay check",
                       f"{where}: " + "; ".join(permits[:5]), (list_name,))
+
+
+def _client_key_matches(key: str, client_address: str) -> bool:
+    """Does a check_client_access key (address, prefix, CIDR in cidr tables, name) match the client?"""
+    key = key.lower().strip("[]")
+    if key == _client_name(client_address).lower() or key == "*":
+        return True
+    try:
+        return ipaddress.ip_address(client_address) in ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        pass
+    octets = client_address.split(".")
+    return key in {".".join(octets[:n]) for n in range(1, 5)}
 
 
 def table_entries(table: str, config_dir: Path | None = None) -> list[tuple[str, str]] | None:
@@ -462,14 +494,15 @@ def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
         findings.append(Finding(severity, check, title, f"{name} = {policy.value(name)}", policy.source(name)))
 
     xclient = policy.value("smtpd_authorized_xclient_hosts")
-    if xclient and address_in_list(CLIENT_ADDRESS, "xclient", xclient, policy.config_dir) is not False:
+    if xclient and address_in_list(policy.client_address, "xclient", xclient, policy.config_dir) is not False:
         add(Severity.CRITICAL, Check.XCLIENT_LOOPBACK,
-            "XCLIENT authorised for 127.0.0.1: any Tor client can claim another client address or login",
+            f"XCLIENT authorised for {policy.client_address}: any Tor client can claim another client "
+            "address or login",
             "smtpd_authorized_xclient_hosts")
     xforward = policy.value("smtpd_authorized_xforward_hosts")
-    if xforward and address_in_list(CLIENT_ADDRESS, "xforward", xforward, policy.config_dir) is not False:
+    if xforward and address_in_list(policy.client_address, "xforward", xforward, policy.config_dir) is not False:
         add(Severity.WARNING, Check.XFORWARD_LOOPBACK,
-            "XFORWARD authorised for 127.0.0.1: Tor clients can forge the logged client identity",
+            f"XFORWARD authorised for {policy.client_address}: Tor clients can forge the logged client identity",
             "smtpd_authorized_xforward_hosts")
     relay_domains = split_list(policy.value("relay_domains"))
     if any(d.lower().strip(".") in ("onion", "*") for d in relay_domains):

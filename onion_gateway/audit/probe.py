@@ -315,6 +315,23 @@ class Session:
         self.client = None
 
 
+def expected_client_address(endpoint: Endpoint) -> str:
+    """The address Postfix will see Tor (and these probes) connect from.
+
+    127.0.0.1 for unix sockets (smtpd_peer.c) and loopback targets; for another target the local
+    address the kernel would pick to reach it (a UDP ``connect`` sends nothing).
+    """
+    if endpoint.is_unix or _is_loopback(endpoint.host):
+        return "127.0.0.1"
+    family = socket.AF_INET6 if ":" in (endpoint.host or "") else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((endpoint.host, endpoint.port))
+            return sock.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
 def _is_loopback(host: str | None) -> bool:
     import ipaddress
 
@@ -355,18 +372,22 @@ def run_probes(endpoint: Endpoint, ctx: ProbeContext, *, helo: str = "localhost"
             control = _run_one(session, ProbeSpec("control", f"<audit@{ctx.test_domain}>",
                                                   (f"<{ctx.control_recipient}>",)))
         results = []
-        for spec in catalogue(ctx):
-            if session.errors >= ERRORS_PER_CONNECTION or session.client is None:
+        lost = ""
+        specs = catalogue(ctx) + [xclient_spec(ctx)]
+        for spec in specs:
+            if spec.xclient and not xclient_offered:
+                results.append(ProbeResult(spec, Verdict.SKIPPED, note="XCLIENT not offered in EHLO"))
+                continue
+            if not lost and (spec.xclient or session.errors >= ERRORS_PER_CONNECTION or session.client is None):
                 session.close()
-                session.open()
+                try:
+                    session.open()
+                except Unreachable as exc:         # the server went away mid-run: the rest is unknown
+                    lost = f"could not reconnect: {exc}"
+            if lost:
+                results.append(ProbeResult(spec, Verdict.INCONCLUSIVE, "connection", note=lost))
+                continue
             results.append(_run_one(session, spec))
-        spec = xclient_spec(ctx)
-        if xclient_offered:
-            session.close()
-            session.open()
-            results.append(_run_one(session, spec))
-        else:
-            results.append(ProbeResult(spec, Verdict.SKIPPED, note="XCLIENT not offered in EHLO"))
     finally:
         session.close()
     return ProbeRun(client_address, control, results, xclient_offered)

@@ -41,6 +41,7 @@ class AuditReport:
     :param control: the positive control, or ``None`` when there was no control recipient.
     :param probes: the catalogue's results.
     :param error: why the target could not be probed, if it could not.
+    :param probed: ``False`` when live probes were not asked for (``--static-only``).
     """
 
     target: str
@@ -51,6 +52,7 @@ class AuditReport:
     control: ProbeResult | None = None
     probes: list[ProbeResult] = field(default_factory=list)
     error: str = ""
+    probed: bool = True
 
     @property
     def control_passed(self) -> bool:
@@ -74,6 +76,8 @@ class AuditReport:
             return Outcome.RISKY
         if self.error:
             return Outcome.UNREACHABLE
+        if not self.probed:
+            return Outcome.INCONCLUSIVE
         ran = [p for p in self.probes if p.verdict is not Verdict.SKIPPED]
         if not self.control_passed or not ran or not all(p.verdict.safe for p in ran):
             return Outcome.INCONCLUSIVE
@@ -95,7 +99,9 @@ class AuditReport:
             out.append(f"{len(names)} probe(s) got a foreign recipient accepted: {', '.join(names[:6])}{more}")
         if self.critical:
             out.append(f"{len(self.critical)} critical finding(s)")
-        if not self.error:
+        if not self.probed:
+            out.append("static analysis only: no live probes")
+        elif not self.error:
             if self.control is None:
                 out.append("no control recipient known (use --control-recipient): cannot tell safe from broken")
             elif not self.control_passed:
@@ -118,6 +124,7 @@ class AuditReport:
             "control": self.control.to_dict() if self.control else None,
             "probes": [p.to_dict() for p in self.probes],
             "error": self.error or None,
+            "probed": self.probed,
         }
 
 

@@ -289,6 +289,18 @@ def test_cli_usage_errors(lab, args, code):
     assert done.returncode == code, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("listener, code", [("open", 2), ("hardened", 3)])
+def test_cli_static_only_is_risky_or_inconclusive_never_safe(lab, listener, code):
+    port = lab.pf.smtp_port if listener == "open" else lab.ports[listener]
+    before = lab.pf.log_text().count("connect from")
+    done = subprocess.run([*CLI, "--postfix-config-dir", str(lab.pf.config_dir), "--static-only", "--json",
+                           "--listener", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stdout + done.stderr
+    [report] = json.loads(done.stdout)["reports"]
+    assert report["probed"] is False and report["probes"] == []
+    assert lab.pf.log_text().count("connect from") == before          # no connection was made
+
+
 def test_cli_unreachable_listener_exits_69(lab):
     done = subprocess.run([*CLI, "--postfix-config-dir", str(lab.pf.config_dir),
                            "--listener", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)

@@ -217,7 +217,38 @@ def test_json_shape_and_text():
     assert document["exit_code"] == 0
     [r] = document["reports"]
     assert set(r) == {"target", "listener", "client_address", "outcome", "exit_code", "reasons",
-                      "effective_policy", "findings", "control", "probes", "error"}
+                      "effective_policy", "findings", "control", "probes", "error", "probed"}
     assert r["effective_policy"]["mynetworks"] == {"value": "", "source": "default"}
     assert r["probes"][0]["code"] == 554 and r["probes"][0]["verdict"] == "denied"
     assert "SAFE (exit 0)" in to_text([report])
+
+
+def test_static_only_is_never_safe():
+    assert AuditReport("127.0.0.1:25", probed=False).outcome is Outcome.INCONCLUSIVE
+    risky = AuditReport("127.0.0.1:25", probed=False,
+                        findings=analyse(policy(smtpd_authorized_xclient_hosts="127.0.0.1")))
+    assert risky.outcome is Outcome.RISKY
+
+
+def test_non_loopback_client_is_judged_by_its_own_address():
+    """A HiddenServicePort target on a public address: Postfix sees the host's own address, not 127.0.0.1."""
+    p = policy(mynetworks="127.0.0.0/8 192.0.2.10/32",
+               smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination", smtpd_recipient_restrictions="")
+    p.client_address = "192.0.2.10"
+    [finding] = [f for f in analyse(p) if f.check is Check.MYNETWORKS_LOOPBACK]
+    assert "192.0.2.10" in finding.title and finding.severity is Severity.CRITICAL
+    assert loopback_is_interface("loopback-only", "192.0.2.10") is False
+    assert loopback_is_interface("127.0.0.1, 192.0.2.10", "192.0.2.10") is True
+
+
+@pytest.mark.parametrize("key, matches", [("127.0.0.1", True), ("127", True), ("127.0.0", True),
+                                          ("127.0.0.0/8", True), ("localhost", True), ("10", False),
+                                          ("192.0.2.0/24", False)])
+def test_client_access_key_matching_the_tor_client(tmp_path, key, matches):
+    table = tmp_path / "clients"
+    table.write_text(f"{key} OK\n")
+    kind = "cidr" if "/" in key else "texthash"
+    p = policy(smtpd_relay_restrictions=f"check_client_access {kind}:{table}, reject_unauth_destination",
+               smtpd_recipient_restrictions="")
+    # the Tor client's address/name permits everyone; an OK for other clients is out of the attacker's reach
+    assert (Check.ACCESS_MAP_OK in checks(p)) is matches
