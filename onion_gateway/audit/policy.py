@@ -39,8 +39,9 @@ PARAMETERS = (
     "smtpd_authorized_xclient_hosts", "smtpd_authorized_xforward_hosts", "permit_mx_backup_networks",
     "relay_domains", "mydestination", "virtual_mailbox_domains", "virtual_alias_domains",
     "allow_untrusted_routing", "resolve_dequoted_address", "soft_bounce", "smtpd_sasl_auth_enable",
-    "myhostname", "mydomain", "myorigin", "queue_directory", "syslog_name",
+    "myhostname", "mydomain", "myorigin", "queue_directory", "syslog_name", "smtpd_restriction_classes",
 )
+MAX_CLASS_DEPTH = 10
 
 RELAY_LISTS = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
 ACCESS_CHECKS = re.compile(r"^check_\w+_access$|^check_\w+_(mx|ns|a)_access$")
@@ -147,9 +148,13 @@ def effective_policy(config_dir: Path | None, service: MasterService,
     """
     overrides = [f"{k}={v}" for k, v in service.overrides.items()]
     values = postfix.get_parameters(config_dir, PARAMETERS, expand=True, overrides=overrides)
+    # restriction classes (smtpd_restriction_classes) are user-defined parameters used as restrictions
+    classes = [c for c in split_list(values["smtpd_restriction_classes"]) if re.match(r"^\w+$", c)]
+    if classes:
+        values.update(postfix.get_parameters(config_dir, classes, expand=True, overrides=overrides))
     explicit = postfix.explicit_parameters(config_dir)
     settings = {}
-    for name in PARAMETERS:
+    for name in [*PARAMETERS, *classes]:
         if name in service.overrides:
             source = f"master.cf {service.label} -o {name}"
         elif name in explicit:
@@ -461,22 +466,32 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
     return sorted(findings, key=lambda f: order[f.severity])
 
 
-def _walk(policy: EffectivePolicy, list_name: str) -> tuple[Step, list[StepResult]]:
+def _walk(policy: EffectivePolicy, list_name: str, value: str | None = None,
+          depth: int = 0) -> tuple[Step, list[StepResult]]:
     """Walk one restriction list: its outcome for a foreign recipient and the permits met on the way.
 
     The outcome is REJECT if a rejecting restriction is reached (possibly after MAY_PERMIT/UNKNOWN
     steps, which the attacker may or may not satisfy), PERMIT if an unconditional permit comes first,
-    NEXT if the list runs off its end.
+    NEXT if the list runs off its end. A restriction class named in the list is walked in place
+    (smtpd_check.c evaluates it like an inline list).
     """
     met: list[StepResult] = []
     skip_next = False
-    for name, arg in parse_restrictions(policy.value(list_name)):
+    classes = set(split_list(policy.value("smtpd_restriction_classes"))) if "smtpd_restriction_classes" \
+        in policy.settings else set()
+    for name, arg in parse_restrictions(policy.value(list_name) if value is None else value):
         if skip_next:                      # warn_if_reject X: X only logs
             skip_next = False
             continue
         if name == "warn_if_reject":
             skip_next = True
             continue
+        if name in classes and name in policy.settings and depth < MAX_CLASS_DEPTH:
+            outcome, inner = _walk(policy, list_name, policy.value(name), depth + 1)
+            met += inner
+            if outcome is Step.NEXT:
+                continue
+            return outcome, met
         result = classify_restriction(policy, list_name, name, arg)
         if result.step is Step.REJECT:
             return Step.REJECT, met

@@ -20,11 +20,10 @@ import pytest
 from onion_gateway.audit import AuditOptions, audit_listener
 from onion_gateway.audit.policy import Check, Severity
 from onion_gateway.audit.probe import Verdict, other_onion
-from onion_gateway.audit.report import Outcome
 from tests.conftest import require
 from tests.support.netns import Namespace
 from tests.support.postfix import PostfixInstance, new_instance
-from tests.support.procs import free_port, public_tempdir, tail, wait_for
+from tests.support.procs import free_port, port_accepts, public_tempdir, tail, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -115,16 +114,10 @@ def lab():
     subprocess.run(["postmap", str(pf.config_dir / "sender_access")], check=True, timeout=30)
     pf.start()
     for port in ports.values():
-        wait_for(lambda: _accepts(port), 10, f"listener {port}", lambda: tail(pf.maillog))
+        wait_for(lambda: port_accepts(port), 10, f"listener {port}", lambda: tail(pf.maillog))
     yield Lab(pf, ports)
     pf.stop()
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _accepts(port: int) -> bool:
-    from tests.support.procs import port_accepts
-
-    return port_accepts(port)
 
 
 def test_stock_instance_is_a_confirmed_open_relay(lab):
@@ -316,7 +309,7 @@ def onion_relay_domains(request):
     pf = new_instance("og-audit-rd-", hostname="rd.lab.test", main_extra={"relay_domains": request.param,
                                                                           **NO_FLOW_DELAY},
                       master_extra=f"127.0.0.1:{port} inet n - n - - smtpd\n  {HARDENED}\n").start()
-    wait_for(lambda: _accepts(port), 10, "hardened listener", lambda: tail(pf.maillog))
+    wait_for(lambda: port_accepts(port), 10, "hardened listener", lambda: tail(pf.maillog))
     yield request.param, pf, port
     pf.stop()
     shutil.rmtree(pf.root, ignore_errors=True)

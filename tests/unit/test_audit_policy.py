@@ -22,6 +22,7 @@ BASE = {
     "allow_untrusted_routing": "no", "resolve_dequoted_address": "yes", "soft_bounce": "no",
     "smtpd_sasl_auth_enable": "no", "myhostname": "mx.lab.test", "mydomain": "lab.test",
     "myorigin": "mx.lab.test", "queue_directory": "/var/spool/postfix", "syslog_name": "postfix/onion",
+    "smtpd_restriction_classes": "",
 }
 
 
@@ -252,3 +253,12 @@ def test_client_access_key_matching_the_tor_client(tmp_path, key, matches):
                smtpd_recipient_restrictions="")
     # the Tor client's address/name permits everyone; an OK for other clients is out of the attacker's reach
     assert (Check.ACCESS_MAP_OK in checks(p)) is matches
+
+
+def test_restriction_class_is_walked_in_place():
+    p = policy(smtpd_restriction_classes="trusted", trusted="permit_mynetworks", mynetworks="127.0.0.0/8",
+               smtpd_relay_restrictions="trusted, reject_unauth_destination", smtpd_recipient_restrictions="")
+    assert Check.MYNETWORKS_LOOPBACK in checks(p)
+    p = policy(smtpd_restriction_classes="strict", strict="reject_unauth_destination", mynetworks="127.0.0.0/8",
+               smtpd_relay_restrictions="strict, permit_mynetworks", smtpd_recipient_restrictions="")
+    assert not checks(p)
