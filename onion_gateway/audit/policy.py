@@ -232,10 +232,13 @@ def address_in_list(address: str, name: str, value: str, config_dir: Path | None
             except OSError:
                 hit = None
         elif re.match(r"^[a-z0-9]+:", item) and not _looks_like_ip(item):
-            code, out, _ = postfix.postmap_query(address, item, config_dir)
-            if code != 0:
-                code, out, _ = postfix.postmap_query(_client_name(address), item, config_dir)
-            hit = code == 0 and not out.strip().upper().startswith(("REJECT", "DUNNO"))
+            code, out, err = postfix.postmap_query(address, item, config_dir)
+            if code != 0 and "fatal" not in err:
+                code, out, err = postfix.postmap_query(_client_name(address), item, config_dir)
+            if "fatal" in err:             # unreadable table or query error: cannot tell
+                hit = None
+            else:
+                hit = code == 0 and not out.strip().upper().startswith(("REJECT", "DUNNO"))
         else:
             hit = _ip_matches(ip, item, _client_name(address))
         if hit is None:
@@ -436,13 +439,14 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
     relay_name, recipient_name = RELAY_LISTS
     for list_name in RELAY_LISTS:
         other = recipient_name if list_name == relay_name else relay_name
-        other_rejects = outcomes[other] is Step.REJECT
+        # the other list stops a foreign recipient for sure only if nothing before its reject may permit
+        other_rejects = outcomes[other] is Step.REJECT and not permits[other]
         for step in permits[list_name]:
             sources = "; ".join(f"{p}: {policy.source(p)}" for p in step.source_params if p in policy.settings)
             if other_rejects:
                 severity = Severity.WARNING
                 title = f"{step.why} in {list_name}, masked for now by {other}"
-            elif step.step is Step.UNKNOWN and step.check in (Check.POLICY_SERVICE, Check.ACCESS_MAP_OPAQUE):
+            elif step.step is Step.UNKNOWN:
                 severity = Severity.WARNING
                 title = f"{step.why} ({list_name})"
             else:

@@ -262,3 +262,18 @@ def test_restriction_class_is_walked_in_place():
     p = policy(smtpd_restriction_classes="strict", strict="reject_unauth_destination", mynetworks="127.0.0.0/8",
                smtpd_relay_restrictions="strict, permit_mynetworks", smtpd_recipient_restrictions="")
     assert not checks(p)
+
+
+def test_may_permit_in_both_lists_is_not_masked(tmp_path):
+    table = tmp_path / "sender.regexp"
+    table.write_text("/@lab\\.test$/ OK\n")
+    both = f"check_sender_access regexp:{table}, reject_unauth_destination"
+    p = policy(smtpd_relay_restrictions=both, smtpd_recipient_restrictions=both)
+    assert [f.severity for f in analyse(p) if f.check is Check.ACCESS_MAP_OK] == [Severity.CRITICAL] * 2
+
+
+def test_unevaluable_mynetworks_table_is_a_warning():
+    p = policy(mynetworks="hash:/nonexistent/mynetworks", smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination",
+               smtpd_recipient_restrictions="")
+    [finding] = [f for f in analyse(p) if f.check is Check.MYNETWORKS_LOOPBACK]
+    assert finding.severity is Severity.WARNING
