@@ -32,6 +32,7 @@ __all__ = ["AuditOptions", "AuditReport", "Endpoint", "Outcome", "audit_listener
 log = logging.getLogger(__name__)
 
 DEFAULT_TEST_DOMAIN = "example.com"
+SMTP_PORTS = {25, 465, 587, 2525}
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,10 @@ def audit_torrc(torrc: Path, options: AuditOptions = AuditOptions()) -> list[Aud
     for port in parse_torrc(torrc):
         if find_listener(services, port.target, inet_interfaces=globals_["inet_interfaces"],
                          queue_directory=globals_["queue_directory"],
-                         effective=_pass_name(options.config_dir)) is None:
-            log.info("%s: %s is not a Postfix smtpd listener, skipped", port.source, port.target)
+                         pass_service_name=_pass_name(options.config_dir)) is None:
+            level = logging.WARNING if port.virtual_port in SMTP_PORTS else logging.INFO
+            log.log(level, "%s: HiddenServicePort %s -> %s is not a Postfix smtpd listener, skipped",
+                    port.source, port.virtual_port, port.target)
             continue
         reports.append(audit_listener(port.target, options, port))
     return reports
@@ -140,7 +143,8 @@ def _policy_for(endpoint: Endpoint, config_dir: Path | None, report: AuditReport
     services = read_master(config_dir)
     globals_ = _globals(config_dir)
     match = find_listener(services, endpoint, inet_interfaces=globals_["inet_interfaces"],
-                          queue_directory=globals_["queue_directory"], effective=_pass_name(config_dir))
+                          queue_directory=globals_["queue_directory"],
+                          pass_service_name=_pass_name(config_dir))
     if match is None:
         report.findings.append(Finding(Severity.WARNING, Check.NO_SERVICE,
                                        "no smtpd or postscreen service of this Postfix listens here: "

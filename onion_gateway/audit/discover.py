@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,14 +274,15 @@ class ListenerMatch:
 
 def find_listener(services: list[MasterService], endpoint: Endpoint, *, inet_interfaces: str,
                   queue_directory: str,
-                  effective=None) -> ListenerMatch | None:
+                  pass_service_name: Callable[[MasterService], str] | None = None) -> ListenerMatch | None:
     """Find the smtpd or postscreen service that accepts connections on *endpoint*.
 
     :param services: from :func:`read_master`.
     :param endpoint: the HiddenServicePort target or ``--listener``.
     :param inet_interfaces: main.cf's expanded ``inet_interfaces`` (used for services without a host).
     :param queue_directory: expanded ``queue_directory`` (where unix services live).
-    :param effective: callable ``(service) -> smtpd_service_name`` for postscreen; default ``smtpd``.
+    :param pass_service_name: ``(postscreen service) -> its effective smtpd_service_name``; default
+        ``smtpd`` for every postscreen.
     :returns: the match, or ``None`` when no smtpd/postscreen service listens there.
     """
     for service in services:
@@ -303,7 +305,7 @@ def find_listener(services: list[MasterService], endpoint: Endpoint, *, inet_int
             bound, everywhere = hit
         smtpd = service
         if service.program == "postscreen":
-            name = effective(service) if effective else "smtpd"
+            name = pass_service_name(service) if pass_service_name else "smtpd"
             smtpd = next((s for s in services if s.type == "pass" and s.name == name), None)
             if smtpd is None:
                 log.warning("postscreen %s hands off to %s/pass, which master.cf lacks", service.label, name)

@@ -293,8 +293,8 @@ class Session:
 
     def command(self, verb: str, args: str = "") -> Reply:
         """Send one command and read its reply (``docmd``: the argument goes out verbatim)."""
-        assert self.client is not None
-        assert verb.upper() != "DATA", "the audit never sends DATA"
+        if verb.upper() in ("DATA", "BDAT"):
+            raise ValueError("the relay audit never sends message content")
         code, message = self.client.docmd(verb, args)
         reply = Reply.from_smtplib(code, message)
         if code >= 400:

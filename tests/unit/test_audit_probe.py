@@ -107,3 +107,12 @@ def test_xclient_claims_a_login_only_with_sasl():
     ctx = ProbeContext(test_domain="d.example", control_recipient=None, own_domain=None, hostname="mx",
                        xclient_login=True)
     assert xclient_spec(ctx).xclient.endswith(" LOGIN=audit")
+
+
+@pytest.mark.parametrize("verb", ["DATA", "data", "BDAT"])
+def test_session_refuses_to_send_message_content(verb):
+    from onion_gateway.audit.discover import Endpoint
+    from onion_gateway.audit.probe import Session
+
+    with pytest.raises(ValueError, match="never sends message content"):
+        Session(Endpoint(host="127.0.0.1", port=25), "localhost", 1.0).command(verb)
