@@ -162,8 +162,9 @@ def _policy_for(endpoint: Endpoint, config_dir: Path | None, report: AuditReport
 
 
 def _control_recipient(policy: EffectivePolicy) -> str | None:
-    """``postmaster@`` the first literal domain of virtual_mailbox_domains, mydestination,
-    virtual_alias_domains, relay_domains (in that order; ``localhost`` forms last)."""
+    """``postmaster@`` the first domain of virtual_mailbox_domains, mydestination, virtual_alias_domains,
+    relay_domains (in that order; tables listed with ``postmap -s``; ``localhost`` and onion names last;
+    ``.parent`` and ``*`` forms skipped)."""
     candidates: list[str] = []
     for name in ("virtual_mailbox_domains", "mydestination", "virtual_alias_domains", "relay_domains"):
         for item in split_list(policy.value(name)):
@@ -175,10 +176,10 @@ def _control_recipient(policy: EffectivePolicy) -> str | None:
                 candidates += [k for k, _ in pairs or [] if "." in k and not k.startswith(".")]
                 continue
             candidates.append(item)
-    candidates = [c.rstrip(".") for c in candidates if c and not c.endswith(".onion")]
+    candidates = [c.rstrip(".") for c in candidates if c]
     if not candidates:
         return None
-    candidates.sort(key=lambda d: d == "localhost" or d.startswith("localhost."))
+    candidates.sort(key=lambda d: (d == "localhost" or d.startswith("localhost."), d.endswith(".onion")))
     return f"postmaster@{candidates[0]}"
 
 

@@ -277,3 +277,17 @@ def test_unevaluable_mynetworks_table_is_a_warning():
                smtpd_recipient_restrictions="")
     [finding] = [f for f in analyse(p) if f.check is Check.MYNETWORKS_LOOPBACK]
     assert finding.severity is Severity.WARNING
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, "postmaster@lab.test"),
+    ({"virtual_mailbox_domains": "", "mydestination": "localhost, mx.lab.test"}, "postmaster@mx.lab.test"),
+    ({"virtual_mailbox_domains": "", "relay_domains": ".onion, partner.example"}, "postmaster@partner.example"),
+    ({"virtual_mailbox_domains": "abc.onion, lab.test"}, "postmaster@lab.test"),
+    ({"virtual_mailbox_domains": "abc.onion"}, "postmaster@abc.onion"),
+    ({"virtual_mailbox_domains": "", "relay_domains": "*"}, None),
+])
+def test_control_recipient_is_taken_from_the_served_domains(changes, expected):
+    from onion_gateway.audit import _control_recipient
+
+    assert _control_recipient(policy(**changes)) == expected
