@@ -382,6 +382,8 @@ def test_permit_mx_backup_is_risky_not_exploitable_now(dns_lab):
     finding = next(f for f in report["findings"] if f["check"] == "permit_mx_backup")
     assert finding["severity"] == "critical"
     assert not [p for p in report["probes"] if p["verdict"] == "accepted"]
+    # smtpd really asked the namespace's DNS for the test domain's MX (and got NXDOMAIN)
+    assert f"query[MX] {TEST_DOMAIN}" in (dns_lab[1].workdir / "dnsmasq.log").read_text()
     assert_never_data_never_queued(dns_lab[0])
 
 
