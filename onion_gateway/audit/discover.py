@@ -181,7 +181,7 @@ def _torrc_lines(path: Path, depth: int):
         line = _strip_comment(line).strip()
         if not line:
             continue
-        keyword, _, value = line.partition(" ") if " " in line else line.partition("\t")
+        keyword, value = (line.split(None, 1) + [""])[:2]
         value = value.strip()
         source = f"{path}:{start}"
         if keyword.lower() == "%include":

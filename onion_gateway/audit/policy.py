@@ -415,7 +415,7 @@ def table_entries(table: str, config_dir: Path | None = None) -> list[tuple[str,
                 if match:
                     entries.append((match.group(1), match.group(2)))
                 continue
-            key, _, action = line.partition(" ") if " " in line else line.partition("\t")
+            key, action = (line.split(None, 1) + [""])[:2]
             entries.append((key, action.strip()))
         return entries
     return postfix.postmap_dump(table, config_dir)

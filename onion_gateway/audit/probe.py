@@ -271,7 +271,9 @@ class Session:
         try:
             if self.endpoint.is_unix:
                 self.client = _UnixSMTP(self.endpoint.path, local_hostname=self.helo, timeout=self.timeout_seconds)
-                self.client.connect("localhost")
+                code, banner = self.client.connect("localhost")
+                if code != 220:
+                    raise Unreachable(f"greeting {code} {banner!r}")
                 self.client_address = "127.0.0.1 (unix socket)"
             else:
                 source = ("127.0.0.1", 0) if _is_loopback(self.endpoint.host) and ":" not in self.endpoint.host \
@@ -286,6 +288,9 @@ class Session:
             if code != 250:
                 code, _ = self.client.helo()
             self.extensions = dict(self.client.esmtp_features)
+        except Unreachable:
+            self.close()
+            raise
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
             raise Unreachable(f"{self.endpoint}: {exc}") from exc

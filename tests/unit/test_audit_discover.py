@@ -17,6 +17,7 @@ from onion_gateway.errors import ConfigError
     ("HiddenServicePort 25 unix:/run/postfix/onion", "unix:/run/postfix/onion"),
     ('HiddenServicePort 25 unix:"/run/with space/s"', "unix:/run/with space/s"),
     ("hiddenserviceport   25\t127.0.0.1:2526   # comment", "127.0.0.1:2526"),
+    ("HiddenServicePort\t25 127.0.0.1:2527", "127.0.0.1:2527"),
 ])
 def test_hidden_service_port_targets(tmp_path, line, target):
     torrc = tmp_path / "torrc"

@@ -247,7 +247,7 @@ def test_non_loopback_client_is_judged_by_its_own_address():
                                           ("192.0.2.0/24", False)])
 def test_client_access_key_matching_the_tor_client(tmp_path, key, matches):
     table = tmp_path / "clients"
-    table.write_text(f"{key} OK\n")
+    table.write_text(f"{key}\tOK\n")
     kind = "cidr" if "/" in key else "texthash"
     p = policy(smtpd_relay_restrictions=f"check_client_access {kind}:{table}, reject_unauth_destination",
                smtpd_recipient_restrictions="")
