@@ -44,6 +44,7 @@ PARAMETERS = (
 MAX_CLASS_DEPTH = 10
 
 RELAY_LISTS = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+EARLY_LISTS = ("smtpd_client_restrictions", "smtpd_helo_restrictions", "smtpd_sender_restrictions")
 ACCESS_CHECKS = re.compile(r"^check_\w+_access$|^check_\w+_(mx|ns|a)_access$")
 ALWAYS_REJECT = {"reject", "defer", "reject_all", "defer_all"}
 REJECT_FOREIGN = ALWAYS_REJECT | {"reject_unauth_destination", "defer_unauth_destination"}
@@ -437,10 +438,13 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
         outcomes[list_name] = outcome
         permits[list_name] = before
     relay_name, recipient_name = RELAY_LISTS
+    blocker = next((n for n in EARLY_LISTS if _always_rejects(policy, n)), None)
     for list_name in RELAY_LISTS:
         other = recipient_name if list_name == relay_name else relay_name
         # the other list stops a foreign recipient for sure only if nothing before its reject may permit
         other_rejects = outcomes[other] is Step.REJECT and not permits[other]
+        if blocker:
+            other, other_rejects = blocker, True
         for step in permits[list_name]:
             sources = "; ".join(f"{p}: {policy.source(p)}" for p in step.source_params if p in policy.settings)
             if other_rejects:
@@ -454,7 +458,7 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
                 title = f"{step.why} in {list_name}, before the unauthorized-destination reject"
             findings.append(Finding(severity, step.check, title,
                                     f"{list_name} = {policy.value(list_name)}; {step.value}", sources))
-    if all(outcomes[n] is not Step.REJECT for n in RELAY_LISTS) and not any(permits.values()):
+    if all(outcomes[n] is not Step.REJECT for n in RELAY_LISTS) and not any(permits.values()) and not blocker:
         findings.append(Finding(Severity.CRITICAL, Check.NO_REJECT,
                                 "neither relay list rejects an unauthorized destination",
                                 f"{relay_name} = {policy.value(relay_name)}; "
@@ -468,6 +472,19 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
                                 bound, "master.cf / inet_interfaces"))
     order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
     return sorted(findings, key=lambda f: order[f.severity])
+
+
+def _always_rejects(policy: EffectivePolicy, list_name: str) -> bool:
+    """True if *list_name* (client/helo/sender) rejects every client before anything may permit
+    (``smtpd_client_restrictions = reject``): then no recipient at all gets through."""
+    if list_name not in policy.settings:
+        return False
+    for name, arg in parse_restrictions(policy.value(list_name)):
+        if name in ALWAYS_REJECT:
+            return True
+        if name == "warn_if_reject" or classify_restriction(policy, list_name, name, arg).step is not Step.NEXT:
+            return False
+    return False
 
 
 def _walk(policy: EffectivePolicy, list_name: str, value: str | None = None,

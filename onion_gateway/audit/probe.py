@@ -237,6 +237,14 @@ class Unreachable(Exception):
     """The listener could not be connected to or greeted (internal to the audit package)."""
 
 
+class GreetingRefused(Unreachable):
+    """The listener answered, but with a non-220 greeting (e.g. ``554 5.7.1`` for every client)."""
+
+    def __init__(self, message: str, reply: "Reply"):
+        super().__init__(message)
+        self.reply = reply
+
+
 class _UnixSMTP(smtplib.SMTP):
     """smtplib over a unix-domain socket (Tor's ``unix:`` HiddenServicePort targets)."""
 
@@ -273,7 +281,7 @@ class Session:
                 self.client = _UnixSMTP(self.endpoint.path, local_hostname=self.helo, timeout=self.timeout_seconds)
                 code, banner = self.client.connect("localhost")
                 if code != 220:
-                    raise Unreachable(f"greeting {code} {banner!r}")
+                    raise GreetingRefused(f"greeting {code}", Reply.from_smtplib(code, banner))
                 self.client_address = "127.0.0.1 (unix socket)"
             else:
                 source = ("127.0.0.1", 0) if _is_loopback(self.endpoint.host) and ":" not in self.endpoint.host \
@@ -282,7 +290,7 @@ class Session:
                                            source_address=source)
                 code, banner = self.client.connect(self.endpoint.host, self.endpoint.port)
                 if code != 220:
-                    raise Unreachable(f"greeting {code} {banner!r}")
+                    raise GreetingRefused(f"greeting {code}", Reply.from_smtplib(code, banner))
                 self.client_address = self.client.sock.getsockname()[0]
             code, _ = self.client.ehlo()
             if code != 250:
@@ -365,10 +373,16 @@ def run_probes(endpoint: Endpoint, ctx: ProbeContext, *, helo: str = "localhost"
     :param helo: the EHLO name to send.
     :param timeout_seconds: per-command socket timeout.
     :returns: the :class:`ProbeRun`.
-    :raises Unreachable: if the first connection fails.
+    :raises Unreachable: if the first connection fails. A non-220 greeting is not raised: it comes
+        back as a failed control with no probes (inconclusive).
     """
     session = Session(endpoint, helo, timeout_seconds)
-    session.open()
+    try:
+        session.open()
+    except GreetingRefused as exc:            # reachable, but refuses everyone: proves nothing
+        spec = ProbeSpec("greeting", "", ())
+        return ProbeRun(expected_client_address(endpoint),
+                        ProbeResult(spec, Verdict.INCONCLUSIVE, "connect", exc.reply, "greeting refused"), [])
     client_address = session.client_address
     xclient_offered = "xclient" in session.extensions
     control = None

@@ -58,6 +58,8 @@ LISTENERS = {
                         "-o smtpd_relay_restrictions=permit_inet_interfaces,reject_unauth_destination"),
     "masked": ("-o syslog_name=postfix/masked "
                "-o smtpd_recipient_restrictions=reject_unauth_destination"),
+    "greets_554": ("-o syslog_name=postfix/greet554 -o smtpd_delay_reject=no "
+                   "-o smtpd_client_restrictions=reject"),
     "rejects_all": ("-o syslog_name=postfix/rejectall -o mynetworks= "
                     "-o smtpd_relay_restrictions=reject_unauth_destination "
                     "-o smtpd_recipient_restrictions=reject"),
@@ -194,6 +196,12 @@ def test_server_that_rejects_everything_is_inconclusive_never_safe(lab):
     report = lab.audit("rejects_all")
     assert not report.control_passed
     assert report.exit_code == 3
+
+
+def test_server_that_refuses_at_the_greeting_is_inconclusive(lab):
+    report = lab.audit("greets_554")
+    assert report.exit_code == 3, report.reasons
+    assert report.control.stage in ("connect", "rcpt", "mail"), report.control
 
 
 def test_control_recipient_option_is_used(lab):

@@ -291,3 +291,14 @@ def test_control_recipient_is_taken_from_the_served_domains(changes, expected):
     from onion_gateway.audit import _control_recipient
 
     assert _control_recipient(policy(**changes)) == expected
+
+
+def test_client_restrictions_that_reject_everyone_mask_every_relay_permit():
+    p = policy(mynetworks="127.0.0.0/8", smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination",
+               smtpd_recipient_restrictions="", smtpd_client_restrictions="reject")
+    [finding] = analyse(p)
+    assert (finding.check, finding.severity) == (Check.MYNETWORKS_LOOPBACK, Severity.WARNING)
+    assert "masked for now by smtpd_client_restrictions" in finding.title
+    p = policy(mynetworks="127.0.0.0/8", smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination",
+               smtpd_recipient_restrictions="", smtpd_client_restrictions="permit_mynetworks, reject")
+    assert Check.MYNETWORKS_LOOPBACK in checks(p)
