@@ -151,11 +151,13 @@ def lookup(key, config_file, log_level, **overrides) -> None:
     sys.exit(EXIT_TEMPFAIL)
 
 
+from onion_gateway.cli_audit import audit_command  # noqa: E402  (click only; the audit loads lazily)
 from onion_gateway.cli_setup import setup_command  # noqa: E402  (cheap: click only; the work is imported lazily)
 from onion_gateway.cli_status import status_command  # noqa: E402  (click only; status.py loads lazily)
 from onion_gateway.cli_trust import check_map, pins  # noqa: E402  (commands defined beside the group)
 
 main.add_command(setup_command)
+main.add_command(audit_command)
 main.add_command(status_command)
 main.add_command(pins)
 main.add_command(check_map)

@@ -169,3 +169,76 @@ def _table_keys(config_dir: Path | None, kind: str, name: str) -> set[str]:
         if line:
             keys.add(line.split()[0].lower().rstrip("."))
     return keys
+
+
+def explicit_parameters(config_dir: Path | None) -> dict[str, str]:
+    """The parameters set explicitly in main.cf, unexpanded (``postconf -n``).
+
+    :returns: ``{name: raw value}``; a name absent here takes Postfix's default.
+    :raises PostfixError: if postconf fails.
+    """
+    return _parse_name_value(postconf(config_dir, "-n"))
+
+
+def master_fields(config_dir: Path | None) -> list[dict[str, str]]:
+    """Every master.cf service entry, one dict per entry (``postconf -F``, postconf(1) "-F").
+
+    ``postconf -F`` prints ``service/type/field = value`` for the fields ``service``, ``type``,
+    ``private``, ``unprivileged``, ``chroot``, ``wakeup``, ``process_limit`` and ``command``
+    (the command with its arguments, ``-o`` options included).
+
+    :returns: ``[{"service": "127.0.0.1:25", "type": "inet", ..., "command": "smtpd -o ..."}, ...]``
+        in master.cf order.
+    :raises PostfixError: if postconf fails.
+    """
+    entries: dict[tuple[str, str], dict[str, str]] = {}
+    for key, value in _parse_name_value(postconf(config_dir, "-F")).items():
+        service_type, _, field_name = key.rpartition("/")
+        service, _, kind = service_type.rpartition("/")
+        entries.setdefault((service, kind), {})[field_name] = value
+    return list(entries.values())
+
+
+def master_overrides(config_dir: Path | None) -> dict[tuple[str, str], dict[str, str]]:
+    """The ``-o name=value`` parameter overrides of every master.cf service (``postconf -P``).
+
+    :returns: ``{(service, type): {name: raw value}}``, e.g.
+        ``{("127.0.0.1:2525", "inet"): {"mynetworks": ""}}``; services without overrides are absent.
+    :raises PostfixError: if postconf fails.
+    """
+    overrides: dict[tuple[str, str], dict[str, str]] = {}
+    for key, value in _parse_name_value(postconf(config_dir, "-P")).items():
+        service_type, _, name = key.rpartition("/")
+        service, _, kind = service_type.rpartition("/")
+        overrides.setdefault((service, kind), {})[name] = value
+    return overrides
+
+
+def postmap_dump(table: str, config_dir: Path | None = None) -> list[tuple[str, str]] | None:
+    """All ``(key, value)`` pairs of a lookup table (``postmap -s TABLE``).
+
+    :param table: ``type:name``, e.g. ``hash:/etc/postfix/sender_access`` or ``inline:{a=OK}``.
+    :returns: the pairs, or ``None`` when the table type cannot be listed (regexp, pcre, static, tcp,
+        socketmap, sql and others answer "sequence operation is not supported").
+    """
+    done = _run(["postmap", *_c(config_dir), "-s", table], check=False)
+    if done.returncode != 0:
+        return None
+    pairs = []
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition("\t")
+        pairs.append((key, value))
+    return pairs
+
+
+def _parse_name_value(text: str) -> dict[str, str]:
+    # postconf prints "name = value", or "name =" for an empty value.
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(" = ")
+        if not sep:
+            if not line.endswith(" ="):
+                continue
+            name, value = line[:-2], ""
+        values[name.strip()] = value
+    return values

@@ -1,0 +1,199 @@
+"""Prove that an onion-facing Postfix listener cannot relay (issue 4, ``onion-gateway audit-open-relay``).
+
+Map of the package (dependencies point down):
+
+* :mod:`.discover`  torrc ``HiddenServicePort`` (with ``%include``) -> master.cf service -> its smtpd
+* :mod:`.policy`    effective settings of that smtpd (``postconf -x -o``) and static findings
+* :mod:`.probe`     live SMTP probes from 127.0.0.1 (never DATA), reply classification
+* :mod:`.report`    :class:`AuditReport`, outcome/exit code, text and JSON
+
+Entry points: :func:`audit_listener` for one endpoint (``setup`` uses it to refuse an open listener)
+and :func:`audit_torrc` for every onion port of a torrc.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from onion_gateway import postfix
+from onion_gateway.audit.discover import Endpoint, OnionPort, find_listener, parse_torrc, read_master
+from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
+                                        split_list)
+from onion_gateway.audit.probe import ProbeContext, Unreachable, expected_client_address, run_probes
+from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
+from onion_gateway.errors import PostfixError
+
+__all__ = ["AuditOptions", "AuditReport", "Endpoint", "Outcome", "audit_listener", "audit_torrc",
+           "overall_exit_code", "to_json", "to_text"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEST_DOMAIN = "example.com"
+SMTP_PORTS = {25, 465, 587, 2525}
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """How to audit.
+
+    :param config_dir: Postfix configuration directory, ``None`` for the default instance.
+    :param test_domain: the foreign domain D that must never be relayed to.
+    :param control_recipient: an address the server must accept; default ``postmaster@<a local domain>``.
+    :param own_onion: the onion address of the service (else read from HiddenServiceDir/hostname).
+    :param helo: EHLO name the probes use.
+    :param timeout_seconds: per-command socket timeout.
+    :param probe: run the live probes (``False``: static analysis only, outcome at best INCONCLUSIVE).
+    """
+
+    config_dir: Path | None = None
+    test_domain: str = DEFAULT_TEST_DOMAIN
+    control_recipient: str | None = None
+    own_onion: str | None = None
+    helo: str = "localhost"
+    timeout_seconds: float = 30.0
+    probe: bool = True
+
+
+def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOptions(),
+                   onion_port: OnionPort | None = None) -> AuditReport:
+    """Audit one listener: find its smtpd, analyse the effective policy, probe it live.
+
+    :param endpoint: ``Endpoint`` or text (``127.0.0.1:2525``, ``unix:/path``).
+    :param options: see :class:`AuditOptions`.
+    :param onion_port: the torrc line that leads here, if any (for the report and the own onion).
+    :returns: the :class:`AuditReport`; its ``exit_code`` is the issue-4 exit code.
+    :raises ConfigError: if *endpoint* is not an endpoint.
+    :raises PostfixError: if postconf cannot read the configuration.
+    """
+    if isinstance(endpoint, str):
+        endpoint = Endpoint.parse(endpoint)
+    report = AuditReport(target=str(endpoint))
+    if onion_port is not None:
+        report.listener.update(source=f"{onion_port.source} HiddenServicePort {onion_port.virtual_port} "
+                                      f"{onion_port.target}",
+                               onion=onion_port.onion, virtual_port=onion_port.virtual_port)
+    own_onion = options.own_onion or (onion_port.onion if onion_port else None)
+
+    policy = _policy_for(endpoint, options.config_dir, report)
+    control = options.control_recipient or (_control_recipient(policy) if policy else None)
+    ctx = ProbeContext(
+        test_domain=options.test_domain,
+        control_recipient=control,
+        own_domain=control.rpartition("@")[2] if control and "@" in control else None,
+        hostname=policy.value("myhostname") if policy else "localhost",
+        own_onion=own_onion,
+        xclient_addr=_xclient_address(policy),
+        xclient_login=bool(policy and policy.value("smtpd_sasl_auth_enable").lower() == "yes"),
+    )
+    if not options.probe:
+        report.probed = False
+        return report
+    try:
+        run = run_probes(endpoint, ctx, helo=options.helo, timeout_seconds=options.timeout_seconds)
+    except Unreachable as exc:
+        report.error = str(exc)
+        return report
+    report.client_address = run.client_address
+    report.control = run.control
+    report.probes = run.probes
+    log.info("audit %s: %s", endpoint, report.outcome.name)
+    return report
+
+
+def audit_torrc(torrc: Path, options: AuditOptions = AuditOptions()) -> list[AuditReport]:
+    """Audit every Postfix listener a torrc's ``HiddenServicePort`` lines lead to.
+
+    Ports whose target is not an smtpd/postscreen service of this Postfix instance are skipped (and
+    logged): the same onion may also serve a web server.
+
+    :returns: one report per Postfix listener; empty if none.
+    :raises ConfigError: if the torrc cannot be read or parsed.
+    :raises PostfixError: if postconf fails.
+    """
+    reports = []
+    services = read_master(options.config_dir)
+    globals_ = _globals(options.config_dir)
+    for port in parse_torrc(torrc):
+        if find_listener(services, port.target, inet_interfaces=globals_["inet_interfaces"],
+                         queue_directory=globals_["queue_directory"],
+                         pass_service_name=_pass_name(options.config_dir)) is None:
+            level = logging.WARNING if port.virtual_port in SMTP_PORTS else logging.INFO
+            log.log(level, "%s: HiddenServicePort %s -> %s is not a Postfix smtpd listener, skipped",
+                    port.source, port.virtual_port, port.target)
+            continue
+        reports.append(audit_listener(port.target, options, port))
+    return reports
+
+
+def _globals(config_dir: Path | None) -> dict[str, str]:
+    return postfix.get_parameters(config_dir, ["inet_interfaces", "queue_directory"])
+
+
+def _pass_name(config_dir: Path | None):
+    def name(service) -> str:
+        overrides = [f"{k}={v}" for k, v in service.overrides.items()]
+        return postfix.get_parameter(config_dir, "smtpd_service_name", overrides=overrides).strip()
+    return name
+
+
+def _policy_for(endpoint: Endpoint, config_dir: Path | None, report: AuditReport) -> EffectivePolicy | None:
+    services = read_master(config_dir)
+    globals_ = _globals(config_dir)
+    match = find_listener(services, endpoint, inet_interfaces=globals_["inet_interfaces"],
+                          queue_directory=globals_["queue_directory"],
+                          pass_service_name=_pass_name(config_dir))
+    if match is None:
+        report.findings.append(Finding(Severity.WARNING, Check.NO_SERVICE,
+                                       "no smtpd or postscreen service of this Postfix listens here: "
+                                       "policy not analysed", str(endpoint),
+                                       f"master.cf in {config_dir or 'the default configuration directory'}"))
+        return None
+    report.listener.update(service=match.service.label, command=match.service.command,
+                           bound=match.bound_addresses)
+    if match.smtpd is not match.service:
+        report.listener["via"] = f"postscreen -> {match.smtpd.label}"
+    policy = effective_policy(config_dir, match.smtpd, expected_client_address(endpoint))
+    report.policy = policy
+    report.findings[:0] = analyse(policy, all_interfaces=match.all_interfaces, bound=match.bound_addresses)
+    return policy
+
+
+def _control_recipient(policy: EffectivePolicy) -> str | None:
+    """``postmaster@`` the first domain of virtual_mailbox_domains, mydestination, virtual_alias_domains,
+    relay_domains (in that order; tables listed with ``postmap -s``; ``localhost`` and onion names last;
+    ``.parent`` and ``*`` forms skipped)."""
+    candidates: list[str] = []
+    for name in ("virtual_mailbox_domains", "mydestination", "virtual_alias_domains", "relay_domains"):
+        for item in split_list(policy.value(name)):
+            if ":" in item or item.startswith("/") or item.startswith(".") or item == "*":
+                try:
+                    pairs = postfix.postmap_dump(item, policy.config_dir) if ":" in item else None
+                except PostfixError:
+                    pairs = None
+                candidates += [k for k, _ in pairs or [] if "." in k and not k.startswith(".")]
+                continue
+            candidates.append(item)
+    candidates = [c.rstrip(".") for c in candidates if c]
+    if not candidates:
+        return None
+    candidates.sort(key=lambda d: (d == "localhost" or d.startswith("localhost."), d.endswith(".onion")))
+    return f"postmaster@{candidates[0]}"
+
+
+def _xclient_address(policy: EffectivePolicy | None) -> str:
+    """An address to claim with XCLIENT: a non-loopback one inside mynetworks if there is one."""
+    if policy is None:
+        return "127.0.0.1"
+    for item in split_list(policy.value("mynetworks")):
+        try:
+            network = ipaddress.ip_network(item.replace("[", "").replace("]", ""), strict=False)
+        except ValueError:
+            continue
+        if network.version == 4 and not network.is_loopback:
+            hosts = network.hosts() if network.num_addresses > 2 else iter([network.network_address])
+            return str(next(hosts, network.network_address))
+    return "127.0.0.1"
+

@@ -1,0 +1,572 @@
+"""The effective relay policy of one smtpd service, and what is wrong with it (static analysis).
+
+Effective = main.cf, then the service's master.cf ``-o`` overrides, then Postfix's defaults, with
+``$name`` expanded: exactly what ``postconf -x -o name=value ... name`` prints (postconf(1)).
+
+How smtpd decides about a RCPT (postconf(5) smtpd_relay_restrictions, SMTPD_ACCESS_README):
+``smtpd_relay_restrictions`` is evaluated, then ``smtpd_recipient_restrictions``. In each list the
+first restriction that decides wins: ``permit``-like ends *that list* (the next list still runs),
+``reject``-like rejects the command; a list that runs off its end permits. A foreign recipient is
+relayed when neither list rejects it. The client/helo/sender lists run too (smtpd_delay_reject), but a
+permit there never skips the relay lists, so they only matter when they reject.
+
+The analysis models the attacker Tor gives us: a client at 127.0.0.1 (name ``localhost``) that chooses
+HELO, sender and recipient freely and cannot authenticate or present a client certificate.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onion_gateway import postfix
+from onion_gateway.audit.discover import MasterService
+
+log = logging.getLogger(__name__)
+
+CLIENT_ADDRESS = "127.0.0.1"       # where Tor connects from to a loopback target (and for unix: targets)
+CLIENT_NAME = "localhost"          # what Postfix names that client
+
+#: Parameters read for every audited smtpd (their effective values go into the report).
+PARAMETERS = (
+    "compatibility_level", "mynetworks", "mynetworks_style", "inet_interfaces", "proxy_interfaces",
+    "smtpd_client_restrictions", "smtpd_helo_restrictions", "smtpd_sender_restrictions",
+    "smtpd_relay_restrictions", "smtpd_recipient_restrictions",
+    "smtpd_authorized_xclient_hosts", "smtpd_authorized_xforward_hosts", "permit_mx_backup_networks",
+    "relay_domains", "mydestination", "virtual_mailbox_domains", "virtual_alias_domains",
+    "allow_untrusted_routing", "resolve_dequoted_address", "soft_bounce", "smtpd_sasl_auth_enable",
+    "myhostname", "mydomain", "myorigin", "queue_directory", "syslog_name", "smtpd_restriction_classes",
+)
+MAX_CLASS_DEPTH = 10
+
+RELAY_LISTS = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+EARLY_LISTS = ("smtpd_client_restrictions", "smtpd_helo_restrictions", "smtpd_sender_restrictions")
+ACCESS_CHECKS = re.compile(r"^check_\w+_access$|^check_\w+_(mx|ns|a)_access$")
+ALWAYS_REJECT = {"reject", "defer", "reject_all", "defer_all"}
+REJECT_FOREIGN = ALWAYS_REJECT | {"reject_unauth_destination", "defer_unauth_destination"}
+# Restrictions that take the next word (a table) as argument.
+TAKES_ARGUMENT = re.compile(r"^check_\w+$|^reject_rbl_client$|^reject_rhsbl_\w+$|^permit_dnswl_client$|"
+                            r"^permit_rhswl_client$|^reject_dnsbl_client$|^warn_if_reject$")
+PERMIT_ACTIONS = re.compile(r"^(ok|relay|permit\w*|\d+)$", re.IGNORECASE)
+
+
+class Severity(enum.Enum):
+    """How bad a finding is. CRITICAL findings make the audit fail (exit 2 unless a probe got through)."""
+
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Check(enum.Enum):
+    """Which static check produced a finding (stable identifiers for JSON consumers)."""
+
+    MYNETWORKS_LOOPBACK = "mynetworks_loopback"
+    INET_INTERFACES = "permit_inet_interfaces"
+    XCLIENT_LOOPBACK = "xclient_loopback"
+    XFORWARD_LOOPBACK = "xforward_loopback"
+    BARE_PERMIT = "bare_permit"
+    ACCESS_MAP_OK = "access_map_ok"
+    ACCESS_MAP_OPAQUE = "access_map_opaque"
+    POLICY_SERVICE = "policy_service"
+    MX_BACKUP = "permit_mx_backup"
+    RELAY_DOMAINS_ONION = "relay_domains_onion"
+    UNTRUSTED_ROUTING = "allow_untrusted_routing"
+    DEQUOTED = "resolve_dequoted_address"
+    EMPTY_RELAY_RESTRICTIONS = "empty_relay_restrictions"
+    COMPATIBILITY = "compatibility_level"
+    SOFT_BOUNCE = "soft_bounce"
+    ALL_INTERFACES = "all_interfaces"
+    NO_REJECT = "no_unauth_destination"
+    NO_SERVICE = "no_service"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective parameter: its expanded value and where it came from.
+
+    :param source: ``master.cf <service>/<type> -o``, ``main.cf`` or ``default``.
+    """
+
+    value: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One static finding: severity, what, the effective value and where it was set."""
+
+    severity: Severity
+    check: Check
+    title: str
+    value: str
+    source: str
+
+    def to_dict(self) -> dict:
+        return {"severity": self.severity.value, "check": self.check.value, "title": self.title,
+                "value": self.value, "source": self.source}
+
+
+@dataclass
+class EffectivePolicy:
+    """The settings of one smtpd service as it runs.
+
+    :param service: ``service/type`` label in master.cf.
+    :param settings: ``{parameter: Setting}`` for :data:`PARAMETERS`.
+    :param config_dir: the Postfix configuration directory (for table lookups).
+    :param client_address: the address Postfix will see Tor connect from (127.0.0.1 unless the
+        HiddenServicePort target is a non-loopback address).
+    """
+
+    service: str
+    settings: dict[str, Setting] = field(default_factory=dict)
+    config_dir: Path | None = None
+    client_address: str = CLIENT_ADDRESS
+
+    def value(self, name: str) -> str:
+        return self.settings[name].value
+
+    def source(self, name: str) -> str:
+        return self.settings[name].source
+
+    def to_dict(self) -> dict:
+        return {name: {"value": s.value, "source": s.source} for name, s in self.settings.items()}
+
+
+def effective_policy(config_dir: Path | None, service: MasterService,
+                     client_address: str = CLIENT_ADDRESS) -> EffectivePolicy:
+    """Compute the effective settings of *service* (``postconf -x -o k=v ... PARAMETERS``).
+
+    :param config_dir: Postfix configuration directory, ``None`` for the default instance.
+    :param service: the smtpd service (after following postscreen).
+    :param client_address: the address Tor's connections come from, as Postfix sees it.
+    :returns: :class:`EffectivePolicy` with the expanded value and source of each of :data:`PARAMETERS`.
+    :raises PostfixError: if postconf fails.
+    """
+    overrides = [f"{k}={v}" for k, v in service.overrides.items()]
+    values = postfix.get_parameters(config_dir, PARAMETERS, expand=True, overrides=overrides)
+    # restriction classes (smtpd_restriction_classes) are user-defined parameters used as restrictions
+    classes = [c for c in split_list(values["smtpd_restriction_classes"]) if re.match(r"^\w+$", c)]
+    if classes:
+        values.update(postfix.get_parameters(config_dir, classes, expand=True, overrides=overrides))
+    explicit = postfix.explicit_parameters(config_dir)
+    settings = {}
+    for name in [*PARAMETERS, *classes]:
+        if name in service.overrides:
+            source = f"master.cf {service.label} -o {name}"
+        elif name in explicit:
+            source = "main.cf"
+        else:
+            source = "default"
+        settings[name] = Setting(values[name].strip(), source)
+    return EffectivePolicy(service.label, settings, config_dir, client_address)
+
+
+def split_list(value: str) -> list[str]:
+    """Split a Postfix list value on whitespace and commas, keeping ``{ ... }`` groups whole.
+
+    >>> split_list("permit_mynetworks, check_policy_service { inet:127.0.0.1:9, timeout=1s }")
+    ['permit_mynetworks', 'check_policy_service', '{ inet:127.0.0.1:9, timeout=1s }']
+    """
+    words: list[str] = []
+    current = ""
+    depth = 0
+    for ch in value:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(0, depth - 1)
+        if depth == 0 and (ch.isspace() or ch == ","):
+            if current:
+                words.append(current)
+            current = ""
+            continue
+        current += ch
+    if current:
+        words.append(current)
+    return words
+
+
+def parse_restrictions(value: str) -> list[tuple[str, str | None]]:
+    """Restriction list -> ``[(restriction, argument or None)]``.
+
+    >>> parse_restrictions("permit_mynetworks, check_sender_access hash:/x, reject_unauth_destination")
+    [('permit_mynetworks', None), ('check_sender_access', 'hash:/x'), ('reject_unauth_destination', None)]
+    """
+    words = split_list(value)
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        name = word.lower()
+        if TAKES_ARGUMENT.match(name) and name != "warn_if_reject" and i + 1 < len(words):
+            out.append((name, words[i + 1]))
+            i += 2
+            continue
+        out.append((name, None))
+        i += 1
+    return out
+
+
+def address_in_list(address: str, name: str, value: str, config_dir: Path | None = None) -> bool | None:
+    """Does a Postfix address match list (mynetworks, *_authorized_*_hosts) contain *address*?
+
+    Handles CIDR and plain addresses (``[::1]/128`` too), ``!`` negation, ``localhost``-style names
+    matched against the client name ``localhost``, and ``type:table`` entries via ``postmap -q``.
+    A ``/file/name`` entry is read as more list items.
+
+    :returns: ``True``/``False``, or ``None`` if an entry cannot be evaluated.
+    """
+    ip = ipaddress.ip_address(address)
+    unknown = False
+    for raw in split_list(value):
+        negate = raw.startswith("!")
+        item = raw[1:] if negate else raw
+        hit: bool | None
+        if item.startswith("/"):
+            try:
+                hit = address_in_list(address, name, Path(item).read_text().replace("\n", " "), config_dir)
+            except OSError:
+                hit = None
+        elif re.match(r"^[a-z0-9]+:", item) and not _looks_like_ip(item):
+            code, out, err = postfix.postmap_query(address, item, config_dir)
+            if code != 0 and "fatal" not in err:
+                code, out, err = postfix.postmap_query(_client_name(address), item, config_dir)
+            if "fatal" in err:             # unreadable table or query error: cannot tell
+                hit = None
+            else:
+                hit = code == 0 and not out.strip().upper().startswith(("REJECT", "DUNNO"))
+        else:
+            hit = _ip_matches(ip, item, _client_name(address))
+        if hit is None:
+            unknown = True
+            continue
+        if hit:
+            return not negate
+    return None if unknown else False
+
+
+def _looks_like_ip(item: str) -> bool:
+    try:
+        ipaddress.ip_network(item.strip("[]").replace("]/", "/"), strict=False)
+        return True
+    except ValueError:
+        return item.startswith("[")
+
+
+def _client_name(address: str) -> str:
+    return CLIENT_NAME if ipaddress.ip_address(address).is_loopback else address
+
+
+def _ip_matches(ip, item: str, client_name: str) -> bool | None:
+    text = item.replace("[", "").replace("]", "")
+    try:
+        return ip in ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        pass
+    if re.match(r"^[\w.-]+$", text):                 # a host or domain name: matched against the client name
+        return text.lower() == client_name.lower()
+    return None
+
+
+def loopback_is_interface(inet_interfaces: str, client_address: str = CLIENT_ADDRESS) -> bool:
+    """True if ``permit_inet_interfaces`` matches the client: ``all``; for a loopback client also
+    ``loopback-only``, ``localhost`` and 127/8 addresses; else the client's own address."""
+    loopback = ipaddress.ip_address(client_address).is_loopback
+    for item in inet_interfaces.replace(",", " ").split():
+        item = item.strip("[]").lower()
+        if item == "all" or loopback and item in ("loopback-only", "localhost"):
+            return True
+        try:
+            ip = ipaddress.ip_address(item)
+        except ValueError:
+            continue
+        if (ip.is_loopback if loopback else str(ip) == client_address):
+            return True
+    return False
+
+
+class Step(enum.Enum):
+    """What one restriction does to a foreign recipient from the Tor client."""
+
+    PERMIT = "permit"              # permits now, whatever the envelope
+    MAY_PERMIT = "may_permit"      # permits for an envelope the attacker can choose or arrange
+    UNKNOWN = "unknown"            # an external decision we cannot read (policy service, tcp table)
+    REJECT = "reject"              # rejects a foreign recipient
+    NEXT = "next"                  # does not decide
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: Step
+    check: Check | None = None
+    why: str = ""
+    value: str = ""
+    source_params: tuple[str, ...] = ()
+
+
+def classify_restriction(policy: EffectivePolicy, list_name: str, name: str, arg: str | None) -> StepResult:
+    """What restriction *name* (with table *arg*) in *list_name* does for the Tor client.
+
+    :returns: a :class:`StepResult`; ``check`` names the finding to report when it permits.
+    """
+    if name in REJECT_FOREIGN:
+        return StepResult(Step.REJECT)
+    if name == "permit":
+        return StepResult(Step.PERMIT, Check.BARE_PERMIT, "bare 'permit'", "permit", (list_name,))
+    if name == "permit_mynetworks":
+        mynetworks = policy.value("mynetworks")
+        inside = address_in_list(policy.client_address, "mynetworks", mynetworks, policy.config_dir)
+        if inside is False:
+            return StepResult(Step.NEXT)
+        step = Step.PERMIT if inside else Step.UNKNOWN
+        return StepResult(step, Check.MYNETWORKS_LOOPBACK,
+                          f"permit_mynetworks with {policy.client_address} in mynetworks (every Tor client "
+                          f"arrives from {policy.client_address})", f"mynetworks = {mynetworks}",
+                          (list_name, "mynetworks"))
+    if name == "permit_inet_interfaces":
+        interfaces = policy.value("inet_interfaces")
+        if not loopback_is_interface(interfaces, policy.client_address):
+            return StepResult(Step.NEXT)
+        return StepResult(Step.PERMIT, Check.INET_INTERFACES,
+                          f"permit_inet_interfaces while {policy.client_address} is a local interface",
+                          f"inet_interfaces = {interfaces}", (list_name, "inet_interfaces"))
+    if name == "permit_mx_backup":
+        networks = policy.value("permit_mx_backup_networks")
+        covered = address_in_list(policy.client_address, "permit_mx_backup_networks", networks,
+                                  policy.config_dir) \
+            if networks else True
+        if covered is False:
+            return StepResult(Step.NEXT)
+        return StepResult(Step.MAY_PERMIT, Check.MX_BACKUP,
+                          "permit_mx_backup: anyone who points a domain's MX at this host can relay "
+                          "through it", f"permit_mx_backup_networks = {networks}",
+                          (list_name, "permit_mx_backup_networks"))
+    if name == "check_policy_service":
+        return StepResult(Step.UNKNOWN, Check.POLICY_SERVICE,
+                          "check_policy_service may answer OK before the relay check",
+                          f"check_policy_service {arg}", (list_name,))
+    if ACCESS_CHECKS.match(name) and arg:
+        return _access_table(policy, list_name, name, arg)
+    return StepResult(Step.NEXT)
+
+
+def _access_table(policy: EffectivePolicy, list_name: str, name: str, table: str) -> StepResult:
+    entries = table_entries(table, policy.config_dir)
+    where = f"{name} {table}"
+    if entries is None:
+        return StepResult(Step.UNKNOWN, Check.ACCESS_MAP_OPAQUE,
+                          f"{name} table cannot be listed; it may return OK before the relay check",
+                          where, (list_name,))
+    permits = [f"{k} {v}" for k, v in entries if PERMIT_ACTIONS.match(v.split()[0] if v.split() else "")]
+    if not permits:
+        return StepResult(Step.NEXT)
+    step = Step.MAY_PERMIT                 # helo, sender, recipient, MX/NS/A: the attacker chooses the key
+    if name in ("check_client_access", "check_client_a_access", "check_reverse_client_name_access"):
+        # the key is the Tor client itself, which nobody chooses: it permits everyone or no one
+        if not any(_client_key_matches(k.split()[0], policy.client_address) for k in permits):
+            return StepResult(Step.NEXT)
+        step = Step.PERMIT
+    elif name == "check_ccert_access":     # needs a client certificate the attacker cannot present here
+        return StepResult(Step.NEXT)
+    return StepResult(step, Check.ACCESS_MAP_OK,
+                      f"{name} can answer OK before the relay check",
+                      f"{where}: " + "; ".join(permits[:5]), (list_name,))
+
+
+def _client_key_matches(key: str, client_address: str) -> bool:
+    """Does a check_client_access key (address, prefix, CIDR in cidr tables, name) match the client?"""
+    key = key.lower().strip("[]")
+    if key == _client_name(client_address).lower() or key == "*":
+        return True
+    try:
+        return ipaddress.ip_address(client_address) in ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        pass
+    octets = client_address.split(".")
+    return key in {".".join(octets[:n]) for n in range(1, 5)}
+
+
+def table_entries(table: str, config_dir: Path | None = None) -> list[tuple[str, str]] | None:
+    """The ``(key, action)`` pairs of an access table, or ``None`` if it cannot be read.
+
+    Indexed tables are listed with ``postmap -s``; regexp/pcre/cidr/texthash files are read directly
+    (pattern, then action); ``static:VALUE`` is one entry matching everything.
+    """
+    kind, _, name = table.partition(":")
+    kind = kind.lower()
+    if kind == "static":
+        return [("*", name.strip("{} "))]
+    if kind in ("regexp", "pcre", "cidr", "texthash"):
+        try:
+            text = Path(name).read_text()
+        except OSError:
+            return None
+        entries = []
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or line.lower().startswith(("if ", "endif")):
+                continue
+            if kind in ("regexp", "pcre") and line[0] in "/!":
+                match = re.match(r"^(!?/.*?/\w*)\s+(.*)$", line)
+                if match:
+                    entries.append((match.group(1), match.group(2)))
+                continue
+            key, action = (line.split(None, 1) + [""])[:2]
+            entries.append((key, action.strip()))
+        return entries
+    return postfix.postmap_dump(table, config_dir)
+
+
+def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str = "") -> list[Finding]:
+    """All static findings for one smtpd's effective policy.
+
+    :param policy: from :func:`effective_policy`.
+    :param all_interfaces: the listener also listens beyond loopback (from discovery).
+    :param bound: what it binds to, for the finding's value.
+    :returns: findings, most severe first.
+    """
+    findings: list[Finding] = []
+    outcomes = {}
+    permits: dict[str, list[StepResult]] = {}
+    for list_name in RELAY_LISTS:
+        outcome, before = _walk(policy, list_name)
+        outcomes[list_name] = outcome
+        permits[list_name] = before
+    relay_name, recipient_name = RELAY_LISTS
+    blocker = next((n for n in EARLY_LISTS if _always_rejects(policy, n)), None)
+    for list_name in RELAY_LISTS:
+        other = recipient_name if list_name == relay_name else relay_name
+        # the other list stops a foreign recipient for sure only if nothing before its reject may permit
+        other_rejects = outcomes[other] is Step.REJECT and not permits[other]
+        if blocker:
+            other, other_rejects = blocker, True
+        for step in permits[list_name]:
+            sources = "; ".join(f"{p}: {policy.source(p)}" for p in step.source_params if p in policy.settings)
+            if other_rejects:
+                severity = Severity.WARNING
+                title = f"{step.why} in {list_name}, masked for now by {other}"
+            elif step.step is Step.UNKNOWN:
+                severity = Severity.WARNING
+                title = f"{step.why} ({list_name})"
+            else:
+                severity = Severity.CRITICAL
+                title = f"{step.why} in {list_name}, before the unauthorized-destination reject"
+            findings.append(Finding(severity, step.check, title,
+                                    f"{list_name} = {policy.value(list_name)}; {step.value}", sources))
+    if all(outcomes[n] is not Step.REJECT for n in RELAY_LISTS) and not any(permits.values()) and not blocker:
+        findings.append(Finding(Severity.CRITICAL, Check.NO_REJECT,
+                                "neither relay list rejects an unauthorized destination",
+                                f"{relay_name} = {policy.value(relay_name)}; "
+                                f"{recipient_name} = {policy.value(recipient_name)}",
+                                f"{relay_name}: {policy.source(relay_name)}; "
+                                f"{recipient_name}: {policy.source(recipient_name)}"))
+    findings += _parameter_findings(policy)
+    if all_interfaces:
+        findings.append(Finding(Severity.WARNING, Check.ALL_INTERFACES,
+                                "the onion listener also listens beyond loopback: clients reach it without Tor",
+                                bound, "master.cf / inet_interfaces"))
+    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    return sorted(findings, key=lambda f: order[f.severity])
+
+
+def _always_rejects(policy: EffectivePolicy, list_name: str) -> bool:
+    """True if *list_name* (client/helo/sender) rejects every client before anything may permit
+    (``smtpd_client_restrictions = reject``): then no recipient at all gets through."""
+    if list_name not in policy.settings:
+        return False
+    for name, arg in parse_restrictions(policy.value(list_name)):
+        if name in ALWAYS_REJECT:
+            return True
+        if name == "warn_if_reject" or classify_restriction(policy, list_name, name, arg).step is not Step.NEXT:
+            return False
+    return False
+
+
+def _walk(policy: EffectivePolicy, list_name: str, value: str | None = None,
+          depth: int = 0) -> tuple[Step, list[StepResult]]:
+    """Walk one restriction list: its outcome for a foreign recipient and the permits met on the way.
+
+    The outcome is REJECT if a rejecting restriction is reached (possibly after MAY_PERMIT/UNKNOWN
+    steps, which the attacker may or may not satisfy), PERMIT if an unconditional permit comes first,
+    NEXT if the list runs off its end. A restriction class named in the list is walked in place
+    (smtpd_check.c evaluates it like an inline list).
+    """
+    met: list[StepResult] = []
+    skip_next = False
+    classes = set(split_list(policy.value("smtpd_restriction_classes"))) if "smtpd_restriction_classes" \
+        in policy.settings else set()
+    for name, arg in parse_restrictions(policy.value(list_name) if value is None else value):
+        if skip_next:                      # warn_if_reject X: X only logs
+            skip_next = False
+            continue
+        if name == "warn_if_reject":
+            skip_next = True
+            continue
+        if name in classes and name in policy.settings and depth < MAX_CLASS_DEPTH:
+            outcome, inner = _walk(policy, list_name, policy.value(name), depth + 1)
+            met += inner
+            if outcome is Step.NEXT:
+                continue
+            return outcome, met
+        result = classify_restriction(policy, list_name, name, arg)
+        if result.step is Step.REJECT:
+            return Step.REJECT, met
+        if result.step is Step.PERMIT:
+            return Step.PERMIT, met + [result]
+        if result.step in (Step.MAY_PERMIT, Step.UNKNOWN):
+            met.append(result)
+    return Step.NEXT, met
+
+
+def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
+    findings = []
+
+    def add(severity, check, title, name):
+        findings.append(Finding(severity, check, title, f"{name} = {policy.value(name)}", policy.source(name)))
+
+    xclient = policy.value("smtpd_authorized_xclient_hosts")
+    if xclient and address_in_list(policy.client_address, "xclient", xclient, policy.config_dir) is not False:
+        add(Severity.CRITICAL, Check.XCLIENT_LOOPBACK,
+            f"XCLIENT authorised for {policy.client_address}: any Tor client can claim another client "
+            "address or login",
+            "smtpd_authorized_xclient_hosts")
+    xforward = policy.value("smtpd_authorized_xforward_hosts")
+    if xforward and address_in_list(policy.client_address, "xforward", xforward, policy.config_dir) is not False:
+        add(Severity.WARNING, Check.XFORWARD_LOOPBACK,
+            f"XFORWARD authorised for {policy.client_address}: Tor clients can forge the logged client identity",
+            "smtpd_authorized_xforward_hosts")
+    relay_domains = split_list(policy.value("relay_domains"))
+    if any(d.lower().strip(".") in ("onion", "*") for d in relay_domains):
+        add(Severity.CRITICAL, Check.RELAY_DOMAINS_ONION,
+            "relay_domains covers every onion address (or everything): the server relays to any onion service"
+            " (a leading-dot form matches nothing only while parent_domain_matches_subdomains lists relay_domains)",
+            "relay_domains")
+    if policy.value("allow_untrusted_routing").lower() == "yes":
+        add(Severity.WARNING, Check.UNTRUSTED_ROUTING,
+            "allow_untrusted_routing = yes: sender-specified routing (user%domain@relay) is passed on",
+            "allow_untrusted_routing")
+    if policy.value("resolve_dequoted_address").lower() == "no":
+        add(Severity.WARNING, Check.DEQUOTED,
+            "resolve_dequoted_address = no: quoted local parts with @ or % can hide a second hop",
+            "resolve_dequoted_address")
+    if not policy.value("smtpd_relay_restrictions"):
+        add(Severity.WARNING, Check.EMPTY_RELAY_RESTRICTIONS,
+            "smtpd_relay_restrictions is empty: relay protection rests on smtpd_recipient_restrictions alone",
+            "smtpd_relay_restrictions")
+    if _level(policy.value("compatibility_level")) < (3, 6):
+        add(Severity.INFO, Check.COMPATIBILITY,
+            "compatibility_level below 3.6: backwards-compatible defaults are in effect", "compatibility_level")
+    if policy.value("soft_bounce").lower() == "yes":
+        add(Severity.WARNING, Check.SOFT_BOUNCE,
+            "soft_bounce = yes: every reject becomes a temporary 4xx reply", "soft_bounce")
+    return findings
+
+
+def _level(text: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", text)
+    return tuple(int(p) for p in parts) if parts else (0,)

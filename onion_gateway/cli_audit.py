@@ -1,0 +1,72 @@
+"""``onion-gateway audit-open-relay``: prove the onion-facing listener cannot relay (issue 4).
+
+Thin: options -> :func:`onion_gateway.audit.audit_listener` / :func:`~onion_gateway.audit.audit_torrc`
+-> text or JSON -> exit code (0 safe, 1 open relay, 2 risky, 3 inconclusive, 64 usage, 69 unreachable).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_USAGE = 64
+
+
+@click.command("audit-open-relay")
+@click.option("--torrc", type=click.Path(dir_okay=False, path_type=Path),
+              help="torrc whose HiddenServicePort lines name the listeners (default /etc/tor/torrc).")
+@click.option("--listener", "listeners", multiple=True, metavar="HOST:PORT|unix:PATH",
+              help="Audit this listener directly (repeatable); the torrc is then not read.")
+@click.option("--postfix-config-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Postfix configuration directory (default: Postfix's own, /etc/postfix).")
+@click.option("--test-domain", default=None, metavar="DOMAIN",
+              help="Foreign domain the probes try to relay to (default example.com).")
+@click.option("--control-recipient", default=None, metavar="ADDR",
+              help="Address the server must accept (default postmaster@ a domain it serves).")
+@click.option("--onion", "own_onion", default=None, metavar="NAME.onion",
+              help="The service's own onion address (default: read from HiddenServiceDir/hostname).")
+@click.option("--helo", default="localhost", show_default=True, help="EHLO name the probes send.")
+@click.option("--timeout", "timeout_seconds", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="Per-command timeout.")
+@click.option("--static-only", is_flag=True, help="Analyse the configuration only; no live probes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def audit_command(torrc, listeners, postfix_config_dir, test_domain, control_recipient, own_onion, helo,
+                  timeout_seconds, static_only, as_json, log_level) -> None:
+    """Prove the onion-facing Postfix listener cannot relay (static policy analysis + live probes).
+
+    Exit 0 safe, 1 open relay confirmed, 2 risky configuration not exploitable now, 3 inconclusive,
+    64 usage error, 69 target unreachable.
+    """
+    from onion_gateway.audit import (DEFAULT_TEST_DOMAIN, AuditOptions, audit_listener, audit_torrc,
+                                     overall_exit_code, to_json, to_text)
+    from onion_gateway.errors import OnionGatewayError
+
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
+                        format="onion-gateway[%(process)d] %(levelname)s %(name)s: %(message)s")
+    if listeners and torrc:
+        _usage("give --listener or --torrc, not both")
+    options = AuditOptions(config_dir=postfix_config_dir, test_domain=test_domain or DEFAULT_TEST_DOMAIN,
+                           control_recipient=control_recipient, own_onion=own_onion, helo=helo,
+                           timeout_seconds=timeout_seconds, probe=not static_only)
+    try:
+        if listeners:
+            reports = [audit_listener(item, options) for item in listeners]
+        else:
+            reports = audit_torrc(torrc or Path("/etc/tor/torrc"), options)
+            if not reports:
+                _usage(f"no HiddenServicePort in {torrc or '/etc/tor/torrc'} leads to a Postfix smtpd; "
+                       "use --listener HOST:PORT")
+    except OnionGatewayError as exc:
+        _usage(str(exc))
+    click.echo(to_json(reports) if as_json else to_text(reports))
+    sys.exit(overall_exit_code(reports))
+
+
+def _usage(message: str) -> None:
+    click.echo(f"onion-gateway audit-open-relay: {message}", err=True)
+    sys.exit(EXIT_USAGE)

@@ -1,0 +1,122 @@
+"""torrc parsing (HiddenServicePort forms, %include of files, directories and globs) and listener matching."""
+
+from __future__ import annotations
+
+import pytest
+
+from onion_gateway.audit.discover import Endpoint, MasterService, find_listener, parse_torrc
+from onion_gateway.errors import ConfigError
+
+
+@pytest.mark.parametrize("line, target", [
+    ("HiddenServicePort 25", "127.0.0.1:25"),                      # default target 127.0.0.1:VIRTPORT
+    ("HiddenServicePort 25 2526", "127.0.0.1:2526"),               # bare port
+    ("HiddenServicePort 25 127.0.0.2:2526", "127.0.0.2:2526"),
+    ("HiddenServicePort 25 127.0.0.3", "127.0.0.3:25"),            # bare address takes VIRTPORT
+    ("HiddenServicePort 25 [::1]:2526", "[::1]:2526"),
+    ("HiddenServicePort 25 unix:/run/postfix/onion", "unix:/run/postfix/onion"),
+    ('HiddenServicePort 25 unix:"/run/with space/s"', "unix:/run/with space/s"),
+    ("hiddenserviceport   25\t127.0.0.1:2526   # comment", "127.0.0.1:2526"),
+    ("HiddenServicePort\t25 127.0.0.1:2527", "127.0.0.1:2527"),
+])
+def test_hidden_service_port_targets(tmp_path, line, target):
+    torrc = tmp_path / "torrc"
+    torrc.write_text(f"HiddenServiceDir {tmp_path}/hs\n{line}\n")
+    [port] = parse_torrc(torrc)
+    assert str(port.target) == target
+    assert port.virtual_port == 25
+    assert port.source == f"{torrc}:2"
+
+
+def test_include_file_directory_and_glob_in_order(tmp_path):
+    (tmp_path / "hs").mkdir()
+    (tmp_path / "hs" / "hostname").write_text("abc.onion\n")
+    d = tmp_path / "torrc.d"
+    d.mkdir()
+    (d / "20-b.conf").write_text("HiddenServicePort 26 127.0.0.1:2602\n")
+    (d / "10-a.conf").write_text(f"HiddenServiceDir {tmp_path}/hs\nHiddenServicePort 25 127.0.0.1:2601\n")
+    (d / ".hidden").write_text("HiddenServicePort 99 127.0.0.1:9999\n")     # dot-files are skipped
+    g = tmp_path / "glob"
+    g.mkdir()
+    (g / "x.conf").write_text("HiddenServicePort 27 127.0.0.1:2603\n")
+    (g / "x.txt").write_text("HiddenServicePort 98 127.0.0.1:9998\n")
+    (tmp_path / "single").write_text("%include glob/*.conf\n")           # relative to the including file
+    (tmp_path / "torrc").write_text(f"%include {d}\n%include {tmp_path}/single\nHiddenServicePort 28\n")
+    ports = parse_torrc(tmp_path / "torrc")
+    assert [(p.virtual_port, str(p.target)) for p in ports] == [
+        (25, "127.0.0.1:2601"), (26, "127.0.0.1:2602"), (27, "127.0.0.1:2603"), (28, "127.0.0.1:28")]
+    assert ports[0].onion == "abc.onion"                    # read from HiddenServiceDir/hostname
+    assert ports[1].service_dir == f"{tmp_path}/hs"          # the directory carries across files
+    assert ports[2].source == f"{g / 'x.conf'}:1"
+
+
+def test_continuation_lines(tmp_path):
+    (tmp_path / "torrc").write_text("HiddenServicePort 25 \\\n  127.0.0.1:2526\n")
+    [port] = parse_torrc(tmp_path / "torrc")
+    assert str(port.target) == "127.0.0.1:2526"
+
+
+def test_include_loop_is_an_error_not_a_hang(tmp_path):
+    (tmp_path / "torrc").write_text(f"%include {tmp_path}/torrc\n")
+    with pytest.raises(ConfigError, match="nested deeper"):
+        parse_torrc(tmp_path / "torrc")
+
+
+def test_missing_torrc_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read torrc"):
+        parse_torrc(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:x", "unix:", ":25"])
+def test_bad_listener_text(text):
+    with pytest.raises(ConfigError):
+        Endpoint.parse(text)
+
+
+SERVICES = [
+    MasterService("smtp", "inet", "n", "smtpd"),
+    MasterService("127.0.0.1:2526", "inet", "n", "smtpd -o syslog_name=postfix/onion"),
+    MasterService("*:2527", "inet", "n", "smtpd"),
+    MasterService("2528", "inet", "n", "postscreen"),
+    MasterService("smtpd", "pass", "-", "smtpd"),
+    MasterService("onion", "unix", "-", "smtpd"),
+    MasterService("2529", "inet", "n", "qmqpd"),
+]
+
+
+def _find(endpoint: str, interfaces: str = "127.0.0.1"):
+    return find_listener(SERVICES, Endpoint.parse(endpoint), inet_interfaces=interfaces,
+                         queue_directory="/var/spool/postfix")
+
+
+def test_service_with_explicit_host():
+    match = _find("127.0.0.1:2526")
+    assert match.service.name == "127.0.0.1:2526" and match.smtpd is match.service
+    assert not match.all_interfaces
+
+
+def test_service_on_all_addresses_is_flagged():
+    assert _find("127.0.0.1:2527").all_interfaces
+
+
+def test_hostless_service_uses_inet_interfaces():
+    assert _find("127.0.0.1:25").service.name == "smtp"           # port name from /etc/services
+    assert not _find("127.0.0.1:25", "loopback-only").all_interfaces
+    assert _find("127.0.0.1:25", "all").all_interfaces
+    assert _find("127.0.0.1:25", "192.0.2.10") is None             # not bound to loopback at all
+
+
+def test_postscreen_is_followed_to_the_pass_service():
+    match = _find("127.0.0.1:2528")
+    assert (match.service.program, match.smtpd.label) == ("postscreen", "smtpd/pass")
+
+
+def test_unix_socket_service():
+    match = _find("unix:/var/spool/postfix/private/onion")
+    assert match.service.label == "onion/unix"
+    assert _find("unix:/var/spool/postfix/public/onion") is None
+
+
+def test_non_smtpd_services_are_not_listeners():
+    assert _find("127.0.0.1:2529") is None
+    assert _find("127.0.0.1:9") is None
