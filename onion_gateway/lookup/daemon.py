@@ -232,7 +232,8 @@ async def run_daemon(settings: ServeSettings,
         address = settings.metrics_address
         metrics = MetricsServer(address.host or "127.0.0.1", address.port or 0, server.stats, Sources(
             connections_open=lambda: server.connection_count, cache_entries=lambda: len(cache),
-            refusals=lambda: dict(router.refusals), healthy=lambda: not stopping.is_set()))
+            refusals=lambda: dict(router.refusals), healthy=lambda: not stopping.is_set(),
+            pin_changes=lambda: router.pins.changes if router.pins is not None else 0))
         await metrics.start()
     try:
         bound = await server.start()

@@ -18,6 +18,7 @@ Exposed metrics (all prefixed ``onion_gateway_``)::
     dns_query_seconds                 histogram of SRV query latency
     connections_open                  client connections open now
     refusals_total{reason}            onion targets refused; reason = v2_onion | clearnet | bad_checksum | ...
+    pin_changes_total                 domains whose SRV onion set changed from the pinned one
     process_*                         prometheus_client's process collector (CPU seconds, RSS, fds)
 
 ``GET /healthz`` answers ``200 ok`` while the listeners accept, ``503`` once shutdown began.
@@ -81,12 +82,14 @@ class Sources:
     :param connections_open: returns the number of open client connections.
     :param cache_entries: returns the number of cache entries.
     :param refusals: returns ``{reason: count}`` of refused onion targets.
+    :param pin_changes: returns how many onion-set changes the pin store has seen.
     :param healthy: returns True while the listeners accept.
     """
 
     connections_open: Callable[[], int] = lambda: 0
     cache_entries: Callable[[], int] = lambda: 0
     refusals: Callable[[], dict[str, int]] = dict
+    pin_changes: Callable[[], int] = lambda: 0
     healthy: Callable[[], bool] = lambda: True
 
 
@@ -135,6 +138,8 @@ class _Collector:
         for reason, count in sorted(self._sources.refusals().items()):
             refusals.add_metric([reason], count)
         yield refusals
+        yield CounterMetricFamily("onion_gateway_pin_changes", "SRV onion sets that differed from the pinned one",
+                                  value=self._sources.pin_changes())
 
 
 class MetricsServer:

@@ -102,7 +102,10 @@ def test_changed_srv_target_warns_and_strict_mode_holds_it_until_accepted(mode):
     pins_file = work / "pins.json"
     config = work / "og.toml"
     dns = Dnsmasq(work / "dns", local_zones=["moved.test"], srv=[SrvEntry("moved.test", ONION_A)]).start()
+    from tests.support.procs import free_port
+    metrics_port = free_port()
     config.write_text(f'[serve]\ndns_servers = ["{dns.address}"]\npins_file = "{pins_file}"\npinning = "{mode}"\n'
+                      f'metrics_address = "127.0.0.1:{metrics_port}"\n'
                       'cache_max_entries = 0\n')      # every lookup asks DNS: the change is seen at once
     daemon = ServeProcess(["--config", str(config)]).start()
     try:
@@ -110,6 +113,9 @@ def test_changed_srv_target_warns_and_strict_mode_holds_it_until_accepted(mode):
         dns.restart([SrvEntry("moved.test", ONION_B)])
         second = postmap("a@moved.test", daemon.socketmap)
         assert f"onion set of moved.test changed: pinned {ONION_A}, SRV now says {ONION_B}" in daemon.log()
+        import urllib.request
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert "onion_gateway_pin_changes_total 1.0" in scraped
         if mode == "warn":
             assert second.stdout.strip() == f"smtptor:[{ONION_B}]:25"
             assert "PENDING" not in cli("pins", "list", "--pins-file", str(pins_file)).stdout
