@@ -101,6 +101,7 @@ class _Collector:
         self._sources = sources
 
     def collect(self):
+        """Yield the metric families (prometheus_client collector protocol), read at scrape time."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         s = self._stats

@@ -99,6 +99,7 @@ class MapConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the connection, or close it at once past ``max_connections``."""
         self._transport = transport  # type: ignore[assignment]
         self.last_activity = self._server.loop.time()
         if not self._server.register(self):
@@ -107,12 +108,14 @@ class MapConnection(asyncio.Protocol):
             transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection and cancel its pending lookups (nobody is left to answer)."""
         self._server.unregister(self)
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
+        """Decode every complete request in *data* (any split) and answer or queue each, in order."""
         now = self.last_activity = self._server.loop.time()
         if self._final_reply is not None:
             return                      # framing is lost; everything after it is ignored
