@@ -54,6 +54,8 @@ def _path_options(func):
               help="Table put first in transport_maps (default: from the [serve] socketmap listener).")
 @click.option("--relay-restrictions", default=None, metavar="LIST",
               help="smtpd_relay_restrictions of the listener (default reject_unauth_destination).")
+@click.option("--recipient-restrictions", default=None, metavar="LIST",
+              help="smtpd_recipient_restrictions of the listener (default: none; main.cf's are not inherited).")
 @click.option("--tls-level", "smtp_tls_security_level", default=None, metavar="LEVEL",
               help="smtp_tls_security_level of the smtptor transport (default none).")
 @click.option("--torsocks-isolation/--no-torsocks-isolation", default=None,

@@ -73,6 +73,8 @@ def test_setup_result_reads_back_through_postfix_and_tor(gateway):
                      "smtptor/unix/smtp_tls_security_level = none",
                      f"{gateway.listener}/inet/mynetworks =",
                      f"{gateway.listener}/inet/smtpd_relay_restrictions = reject_unauth_destination",
+                     f"{gateway.listener}/inet/smtpd_recipient_restrictions =",
+                     f"{gateway.listener}/inet/allow_untrusted_routing = no",
                      f"{gateway.listener}/inet/syslog_name = postfix/onion"]:
         assert expected in service
     pf.postfix("check")
@@ -258,6 +260,36 @@ def test_refuses_an_open_relay_listener(gateway):
     assert f"the listener {gateway.listener} would be an open relay" in result.output
     assert "permit_mynetworks" in result.output and "nothing was changed" in result.output
     assert gateway.snapshot() == before
+
+
+def test_refuses_a_listener_the_old_own_check_let_through(gateway):
+    """No permit_mynetworks, no bare permit, ends in reject_unauth_destination: open all the same."""
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", "--relay-restrictions", "permit_inet_interfaces,reject_unauth_destination",
+                           expect=1)
+    assert f"the listener {gateway.listener} would be an open relay" in result.output
+    assert "[permit_inet_interfaces: smtpd_relay_restrictions = permit_inet_interfaces," in result.output
+    assert "nothing was changed" in result.output
+    assert gateway.snapshot() == before
+
+
+def test_refuses_a_listener_that_inherits_an_open_setting_from_main_cf(gateway):
+    """relay_domains is not the listener's to override: main.cf making every onion a relay domain stops setup."""
+    gateway.pf.postconf("-e", "relay_domains = onion")
+    age_config(gateway.pf.config_dir)
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", expect=1)
+    assert f"the listener {gateway.listener} would be an open relay" in result.output
+    assert "[relay_domains_onion: relay_domains = onion (set in main.cf)]" in result.output
+    assert gateway.snapshot() == before                # main.cf/master.cf byte-identical, mtimes too
+    assert not gateway.state_dir.exists() and not gateway.hs_dir.exists()
+
+
+def test_masked_recipient_permit_is_applied_with_a_note(gateway):
+    result = gateway.setup("--yes", "--recipient-restrictions", "permit_inet_interfaces")
+    assert "note: relay audit of the listener" in result.output and "masked for now" in result.output
+    assert f"{gateway.listener}/inet/smtpd_recipient_restrictions = permit_inet_interfaces" in \
+        gateway.pf.postconf("-P").splitlines()
 
 
 def test_refuses_without_torsocks(gateway):
