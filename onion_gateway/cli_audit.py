@@ -1,7 +1,7 @@
 """``onion-gateway audit-open-relay``: prove the onion-facing listener cannot relay (issue 4).
 
 Thin: options -> :func:`onion_gateway.audit.audit_listener` / :func:`~onion_gateway.audit.audit_torrc`
--> text or JSON -> exit code (0 safe, 1 open relay, 2 risky, 3 inconclusive, 64 usage, 69 unreachable).
+/ :func:`~onion_gateway.audit.audit_setup` (``--state-dir``, ``--config``) -> text or JSON -> exit code (0 safe, 1 open relay, 2 risky, 3 inconclusive, 64 usage, 69 unreachable).
 """
 
 from __future__ import annotations

@@ -98,6 +98,8 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
         else:
             click.echo(plan.describe(), nl=False)
             if dry_run:
+                for note in plan.notes:
+                    click.echo(f"note: {note}")
                 click.echo("dry run: nothing was changed")
                 return
             if not yes and not click.confirm("Apply these changes?", default=False):

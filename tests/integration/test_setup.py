@@ -183,6 +183,9 @@ def test_moving_the_listener_replaces_the_old_one(gateway):
     assert gateway.listener in services and old_listener not in services
     assert (gateway.etc / "onion-gateway.torrc").read_text().splitlines()[-1] == \
         f"HiddenServicePort 25 {gateway.listener}"
+    from onion_gateway.audit import read_setup_state
+
+    assert str(read_setup_state(gateway.state_dir).listener) == gateway.listener     # the audit follows the move
 
 
 def test_existing_transport_maps_are_kept_after_ours(gateway):
@@ -286,6 +289,8 @@ def test_refuses_a_listener_that_inherits_an_open_setting_from_main_cf(gateway):
 
 
 def test_masked_recipient_permit_is_applied_with_a_note(gateway):
+    dry = gateway.setup("--dry-run", "--recipient-restrictions", "permit_inet_interfaces").output
+    assert "note: relay audit of the listener" in dry and "masked for now" in dry
     result = gateway.setup("--yes", "--recipient-restrictions", "permit_inet_interfaces")
     assert "note: relay audit of the listener" in result.output and "masked for now" in result.output
     assert f"{gateway.listener}/inet/smtpd_recipient_restrictions = permit_inet_interfaces" in \
