@@ -1,7 +1,8 @@
 """``onion-gateway audit-open-relay``: prove the onion-facing listener cannot relay (issue 4).
 
 Thin: options -> :func:`onion_gateway.audit.audit_listener` / :func:`~onion_gateway.audit.audit_torrc`
-/ :func:`~onion_gateway.audit.audit_setup` (``--state-dir``, ``--config``) -> text or JSON -> exit code (0 safe, 1 open relay, 2 risky, 3 inconclusive, 64 usage, 69 unreachable).
+/ :func:`~onion_gateway.audit.audit_setup` (``--state-dir``, ``--config``) -> text or JSON -> exit code
+(0 safe, 1 open relay, 2 risky, 3 inconclusive, 64 usage, 69 unreachable).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ EXIT_USAGE = 64
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, test_domain, control_recipient, own_onion, helo,
-                  timeout_seconds, static_only, as_json, log_level) -> None:
+def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, test_domain, control_recipient,
+                  own_onion, helo, timeout_seconds, static_only, as_json, log_level) -> None:
     """Prove the onion-facing Postfix listener cannot relay (static policy analysis + live probes).
 
     Exit 0 safe, 1 open relay confirmed, 2 risky configuration not exploitable now, 3 inconclusive,
@@ -49,8 +50,6 @@ def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, 
     """
     from onion_gateway.audit import (DEFAULT_TEST_DOMAIN, AuditOptions, audit_listener, audit_setup, audit_torrc,
                                      overall_exit_code, read_setup_state, setup_record, to_json, to_text)
-    from onion_gateway.config import load_config_file
-    from onion_gateway.setup_config import setup_settings
     from onion_gateway.errors import OnionGatewayError
 
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
@@ -66,9 +65,7 @@ def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, 
         elif state_dir:
             reports = [audit_setup(read_setup_state(state_dir), options)]
         elif config_file:
-            settings = setup_settings(load_config_file(config_file).get("setup", {}), None,
-                                      config_file.resolve().parent)
-            reports = [audit_setup(setup_record(settings, str(config_file)), options)]
+            reports = [audit_setup(setup_record(config_file), options)]
         else:
             reports = audit_torrc(torrc or Path("/etc/tor/torrc"), options)
             if not reports:

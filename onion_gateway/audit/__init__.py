@@ -29,7 +29,8 @@ from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severit
 from onion_gateway.audit.probe import ProbeContext, Unreachable, expected_client_address, run_probes
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
 from onion_gateway.errors import PostfixError
-from onion_gateway.setup_config import SetupSettings
+from onion_gateway.config import load_config_file
+from onion_gateway.setup_config import setup_settings
 
 __all__ = ["AuditOptions", "AuditReport", "Endpoint", "Outcome", "SetupRecord", "analyse_listener",
            "audit_listener", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
@@ -167,19 +168,21 @@ def audit_setup(record: SetupRecord, options: AuditOptions = AuditOptions()) -> 
     return audit_listener(record.listener, replace(options, config_dir=config_dir), record.as_onion_port())
 
 
-def setup_record(settings: SetupSettings, source: str) -> SetupRecord:
-    """The listener of a ``[setup]`` table: what setup recorded in its state directory if it ran, else
-    what the table itself says (listener, onion_port, hidden_service_dir, postfix_config_dir).
+def setup_record(config_file: Path) -> SetupRecord:
+    """The listener of a config file's ``[setup]`` table: what setup recorded in that table's state
+    directory if it ran, else what the table itself says (``listener``, ``onion_port``,
+    ``hidden_service_dir``, ``postfix_config_dir``; defaults as for ``onion-gateway setup``).
 
-    :param settings: the parsed ``[setup]`` table.
-    :param source: where the table came from (the config file), for the report.
+    :param config_file: the TOML file (relative paths in it are taken from its directory).
     :returns: a :class:`SetupRecord`.
-    :raises ConfigError: if the state directory holds an unreadable manifest.
+    :raises ConfigError: if the file or its ``[setup]`` table is invalid, or the state directory holds
+        an unreadable manifest.
     """
+    settings = setup_settings(load_config_file(config_file).get("setup", {}), None, config_file.resolve().parent)
     if (settings.state_dir / SETUP_MANIFEST).exists():
         return read_setup_state(settings.state_dir)
     return SetupRecord(Endpoint.parse(str(settings.listener)), settings.onion_port, str(settings.hidden_service_dir),
-                       settings.postfix_config_dir, f"{source} [setup]")
+                       settings.postfix_config_dir, f"{config_file} [setup]")
 
 
 def _globals(config_dir: Path | None) -> dict[str, str]:

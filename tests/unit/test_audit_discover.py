@@ -191,3 +191,25 @@ def test_cli_takes_one_discovery_source(tmp_path):
     result = CliRunner().invoke(main, ["audit-open-relay", "--state-dir", str(tmp_path), "--listener", "127.0.0.1:25"])
     assert result.exit_code == 64
     assert "give one of --listener, --torrc, --state-dir, --config" in result.output
+
+
+def test_config_file_before_setup_ran_names_the_table_listener(tmp_path):
+    from onion_gateway.audit import setup_record
+
+    config = tmp_path / "og.toml"
+    config.write_text('[setup]\nlistener = "127.0.0.1:2600"\nstate_dir = "state"\npostfix_config_dir = "pf"\n'
+                      'hidden_service_dir = "hs"\n')
+    record = setup_record(config)
+    assert (str(record.listener), record.onion_port) == ("127.0.0.1:2600", 25)
+    assert record.postfix_config_dir == tmp_path / "pf" and record.hidden_service_dir == str(tmp_path / "hs")
+    assert record.source == f"{config} [setup]"
+
+
+def test_config_file_after_setup_ran_uses_the_record(tmp_path):
+    from onion_gateway.audit import setup_record
+
+    _manifest(tmp_path / "state", {"listener": "127.0.0.1:2601", "onion_port": 25,
+                                   "hidden_service_dir": str(tmp_path / "hs"), "postfix_config_dir": None})
+    config = tmp_path / "og.toml"
+    config.write_text('[setup]\nlistener = "127.0.0.1:2600"\nstate_dir = "state"\n')
+    assert str(setup_record(config).listener) == "127.0.0.1:2601"

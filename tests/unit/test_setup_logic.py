@@ -173,6 +173,16 @@ def test_policy_check_sees_permit_inet_interfaces(scratch_postfix):
         check_listener_policy(scratch_postfix, "127.0.0.1:2525")
 
 
+def test_policy_check_sees_a_client_access_table_that_trusts_loopback(scratch_postfix):
+    """A [setup] relay_restrictions the old own check passed: the table answers OK for 127.0.0.1."""
+    table = scratch_postfix / "clients.cidr"
+    table.write_text("192.0.2.0/24 OK\n127.0.0.0/8 OK\n")
+    settings = setup_settings({"relay_restrictions": f"check_client_access cidr:{table}, reject_unauth_destination"})
+    _add_rendered_listener(scratch_postfix, relay_restrictions=settings.relay_restrictions)
+    with pytest.raises(SetupError, match=r"access_map_ok: .*127\.0\.0\.0/8 OK"):
+        check_listener_policy(scratch_postfix, "127.0.0.1:2525")
+
+
 def test_policy_check_refuses_xclient_hosts(scratch_postfix):
     _add_listener(scratch_postfix, "-o mynetworks= -o smtpd_relay_restrictions=reject_unauth_destination "
                                    "-o smtpd_authorized_xclient_hosts=127.0.0.1")
