@@ -679,6 +679,7 @@ def apply_plan(plan: Plan) -> SetupResult:
     s = plan.settings
     if plan.is_empty:
         address = plan.onion.address or read_onion_address(s.hidden_service_dir)
+        _refresh_listener_record(s.state_dir, plan.listener_record)
         return SetupResult(address, _records(plan, address), [], ["nothing to change", *plan.notes])
     stale = [str(c.path) for c in [*plan.files, *plan.postconf] if _read(c.path) != c.old]
     if stale:
@@ -747,6 +748,14 @@ def _load_manifest(state_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SetupError(f"cannot read {path}: {exc}") from exc
+
+
+def _refresh_listener_record(state_dir: Path, record: dict[str, Any]) -> None:
+    """Add the listener record to a manifest written before setup recorded it (else nothing is written)."""
+    manifest = _load_manifest(state_dir)
+    if (state_dir / MANIFEST).exists() and manifest.get("listener") != record:
+        manifest["listener"] = record
+        _write_json(state_dir / MANIFEST, manifest)
 
 
 def _commit(journal: _Journal, state_dir: Path) -> None:

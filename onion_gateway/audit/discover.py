@@ -203,7 +203,7 @@ def read_setup_state(state_dir: Path) -> SetupRecord:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     record = data.get("listener") if isinstance(data, dict) else None
     if not isinstance(record, dict) or not record.get("listener"):
-        raise ConfigError(f"{path} records no listener: run setup again (it records it), or use --listener")
+        raise ConfigError(f"{path} records no listener (written by an older setup): run setup again, or use --listener")
     try:
         onion_port = _port(str(record.get("onion_port", 25)))
         listener = Endpoint.parse(str(record["listener"]))

@@ -136,6 +136,23 @@ def test_second_run_reports_nothing_and_touches_nothing(gateway):
     assert gateway.snapshot() == before                # bytes, modes and mtimes
 
 
+def test_a_run_with_nothing_to_change_adds_a_missing_listener_record(gateway):
+    """A manifest from before setup recorded its listener gets the record, and nothing else changes."""
+    import json
+
+    from onion_gateway.audit import read_setup_state
+
+    gateway.setup("--yes")
+    manifest = gateway.state_dir / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["listener"]
+    manifest.write_text(json.dumps(data))
+    before = {k: v for k, v in gateway.snapshot().items() if k != str(manifest)}
+    assert gateway.setup().output.startswith("nothing to change")
+    assert str(read_setup_state(gateway.state_dir).listener) == gateway.listener
+    assert {k: v for k, v in gateway.snapshot().items() if k != str(manifest)} == before
+
+
 def test_onion_address_survives_a_tor_restart(gateway):
     address = gateway.address_line(gateway.setup("--yes").output)
     gateway.tor.restart()                              # same torrc: now with setup's %include
