@@ -1,7 +1,8 @@
 """``onion-gateway audit-open-relay``: prove the onion-facing listener cannot relay (issue 4).
 
 Thin: options -> :func:`onion_gateway.audit.audit_listener` / :func:`~onion_gateway.audit.audit_torrc`
--> text or JSON -> exit code (0 safe, 1 open relay, 2 risky, 3 inconclusive, 64 usage, 69 unreachable).
+/ :func:`~onion_gateway.audit.audit_setup` (``--state-dir``, ``--config``) -> text or JSON -> exit code
+(0 safe, 1 open relay, 2 risky, 3 inconclusive, 64 usage, 69 unreachable).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ EXIT_USAGE = 64
               help="torrc whose HiddenServicePort lines name the listeners (default /etc/tor/torrc).")
 @click.option("--listener", "listeners", multiple=True, metavar="HOST:PORT|unix:PATH",
               help="Audit this listener directly (repeatable); the torrc is then not read.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Audit the listener 'onion-gateway setup' recorded in this state directory (no torrc).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Audit the listener of this config file's [setup] table (its state directory's record "
+                   "if setup ran, else the table's listener).")
 @click.option("--postfix-config-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Postfix configuration directory (default: Postfix's own, /etc/postfix).")
 @click.option("--test-domain", default=None, metavar="DOMAIN",
@@ -35,27 +41,31 @@ EXIT_USAGE = 64
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def audit_command(torrc, listeners, postfix_config_dir, test_domain, control_recipient, own_onion, helo,
-                  timeout_seconds, static_only, as_json, log_level) -> None:
+def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, test_domain, control_recipient,
+                  own_onion, helo, timeout_seconds, static_only, as_json, log_level) -> None:
     """Prove the onion-facing Postfix listener cannot relay (static policy analysis + live probes).
 
     Exit 0 safe, 1 open relay confirmed, 2 risky configuration not exploitable now, 3 inconclusive,
     64 usage error, 69 target unreachable.
     """
-    from onion_gateway.audit import (DEFAULT_TEST_DOMAIN, AuditOptions, audit_listener, audit_torrc,
-                                     overall_exit_code, to_json, to_text)
+    from onion_gateway.audit import (DEFAULT_TEST_DOMAIN, AuditOptions, audit_listener, audit_setup, audit_torrc,
+                                     overall_exit_code, read_setup_state, setup_record, to_json, to_text)
     from onion_gateway.errors import OnionGatewayError
 
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
                         format="onion-gateway[%(process)d] %(levelname)s %(name)s: %(message)s")
-    if listeners and torrc:
-        _usage("give --listener or --torrc, not both")
+    if sum(map(bool, (listeners, torrc, state_dir, config_file))) > 1:
+        _usage("give one of --listener, --torrc, --state-dir, --config")
     options = AuditOptions(config_dir=postfix_config_dir, test_domain=test_domain or DEFAULT_TEST_DOMAIN,
                            control_recipient=control_recipient, own_onion=own_onion, helo=helo,
                            timeout_seconds=timeout_seconds, probe=not static_only)
     try:
         if listeners:
             reports = [audit_listener(item, options) for item in listeners]
+        elif state_dir:
+            reports = [audit_setup(read_setup_state(state_dir), options)]
+        elif config_file:
+            reports = [audit_setup(setup_record(config_file), options)]
         else:
             reports = audit_torrc(torrc or Path("/etc/tor/torrc"), options)
             if not reports:

@@ -54,6 +54,8 @@ def _path_options(func):
               help="Table put first in transport_maps (default: from the [serve] socketmap listener).")
 @click.option("--relay-restrictions", default=None, metavar="LIST",
               help="smtpd_relay_restrictions of the listener (default reject_unauth_destination).")
+@click.option("--recipient-restrictions", default=None, metavar="LIST",
+              help="smtpd_recipient_restrictions of the listener (default: none; main.cf's are not inherited).")
 @click.option("--tls-level", "smtp_tls_security_level", default=None, metavar="LEVEL",
               help="smtp_tls_security_level of the smtptor transport (default none).")
 @click.option("--torsocks-isolation/--no-torsocks-isolation", default=None,
@@ -96,6 +98,8 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
         else:
             click.echo(plan.describe(), nl=False)
             if dry_run:
+                for note in plan.notes:
+                    click.echo(f"note: {note}")
                 click.echo("dry run: nothing was changed")
                 return
             if not yes and not click.confirm("Apply these changes?", default=False):

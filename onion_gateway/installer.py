@@ -20,12 +20,14 @@ Shaped after certbot's installers. Map of the module:
 - :func:`rollback`: restores every file in the manifest byte for byte, removes the files setup
   created, and drops the onion service from the running Tor (its key directory is kept: the address
   may be published in DNS; delete the directory by hand to forget it).
-- :func:`check_listener_policy`: the "not an open relay" check of the onion-facing listener,
-  computed by Postfix itself (``postconf -x -o ...`` with the listener's master.cf options).
+- :func:`check_listener_policy`: the "not an open relay" refusal of the onion-facing listener: the
+  relay audit's static analysis (:mod:`onion_gateway.audit.policy`) run on the planned configuration.
 
 State directory layout::
 
-    STATE_DIR/manifest.json      {"files": [{"path", "backup" | null, "mode", "uid", "gid"}], "onion": {...}}
+    STATE_DIR/manifest.json      {"files": [{"path", "backup" | null, "mode", "uid", "gid"}], "onion": {...},
+                                  "managed": {...}, "listener": {"listener": "127.0.0.1:2525", "onion_port": 25,
+                                  "hidden_service_dir": PATH, "postfix_config_dir": PATH | null}}
     STATE_DIR/backups/NNNN       original bytes of changed files
     STATE_DIR/journal/journal.json, journal/backups/NNNN   the run in progress (absent when idle)
 
@@ -50,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from onion_gateway import postfix
+from onion_gateway.audit import analyse_listener
+from onion_gateway.audit.policy import Severity
 from onion_gateway.config import ServeSettings
 from onion_gateway.errors import OnionGatewayError, SetupError, TorError
 from onion_gateway.render import (MainCf, MasterCf, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
@@ -142,6 +146,9 @@ class Plan:
     :param onion: the onion service step.
     :param notes: things the postmaster should know (warnings, next steps).
     :param srv_service: the SRV service label (``onion-mx``).
+    :param listener_record: what the relay audit needs to find the listener without a torrc
+        (``audit-open-relay --state-dir``): ``{"listener", "onion_port", "hidden_service_dir",
+        "postfix_config_dir"}``, written to the manifest's ``listener`` key on success.
     :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
         ...], "transport_map": table}``; a later run removes what it no longer wants.
     """
@@ -153,6 +160,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     srv_service: str = "onion-mx"
     managed: dict[str, Any] = field(default_factory=dict)
+    listener_record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -253,48 +261,35 @@ def main_parameters(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def check_listener_policy(config_dir: Path | None, service: str) -> list[str]:
-    """Why the smtpd *service* would relay for loopback (onion) clients; empty if it would not.
+def check_listener_policy(config_dir: Path, listener: str) -> list[str]:
+    """Refuse a listener that would relay for onion clients; return the lesser warnings.
 
-    The effective settings are Postfix's own: main.cf with the service's master.cf ``-o`` options
-    applied (``postconf -P`` to read them, ``postconf -x -o ...`` to evaluate). A listener behind an
-    onion service receives every Tor client from 127.0.0.1, so: ``mynetworks`` must be empty, the relay
-    restrictions must end in ``reject_unauth_destination`` (or ``reject``) and hold no
-    ``permit_mynetworks`` / bare ``permit``, and no host may use XCLIENT/XFORWARD.
-    (A small own check; the relay audit's static analysis can replace it.)
+    The one relay-policy analysis of the project does the judging: the audit's static analysis
+    (:func:`onion_gateway.audit.analyse_listener`, i.e. ``postconf -x -o ...`` with the listener's
+    master.cf options, then every restriction list walked as smtpd does, for a client at 127.0.0.1).
+    Setup runs it on the scratch copy of the planned main.cf/master.cf, so a critical finding stops the
+    run before anything is written. A finding is critical when a Tor client can relay (a permit before
+    the unauthorized-destination reject, XCLIENT for loopback, ``relay_domains`` covering ``onion``,
+    no reject at all); a permit masked by the other relay list, an opaque policy service and the like
+    are warnings: setup proceeds and prints them as notes.
 
-    :param config_dir: the Postfix config directory.
-    :param service: the master.cf service, e.g. ``127.0.0.1:2525/inet``.
-    :returns: the problems found, as sentences.
+    :param config_dir: the (scratch) Postfix configuration directory holding the planned files.
+    :param listener: the listener's endpoint, ``IP:PORT``.
+    :returns: one note per warning finding (empty for the hardened template on a sane main.cf).
+    :raises SetupError: naming every critical finding (title, effective value, where it was set), or
+        when the planned master.cf has no smtpd on *listener*.
     :raises PostfixError: if postconf fails.
     """
-    prefix = f"{service}/"
-    overrides = []
-    for line in postfix.postconf(config_dir, "-P").splitlines():
-        key, sep, value = line.partition(" = ")
-        if not sep and line.endswith(" ="):
-            key, value, sep = line[:-2], "", " = "
-        if sep and key.startswith(prefix):
-            overrides.append(f"{key[len(prefix):]}={value}")
-    names = ["mynetworks", "smtpd_relay_restrictions", "smtpd_authorized_xclient_hosts",
-             "smtpd_authorized_xforward_hosts"]
-    values = postfix.get_parameters(config_dir, names, overrides=overrides)
-    problems = []
-    if values["mynetworks"].strip():
-        problems.append(f"mynetworks is {values['mynetworks']!r}: onion clients come from 127.0.0.1 "
-                        "and would be trusted")
-    restrictions = [r for r in values["smtpd_relay_restrictions"].replace(",", " ").split() if r]
-    if "permit_mynetworks" in restrictions:
-        problems.append("smtpd_relay_restrictions contains permit_mynetworks")
-    if "permit" in restrictions:
-        problems.append("smtpd_relay_restrictions contains a bare permit")
-    if not restrictions or restrictions[-1] not in ("reject_unauth_destination", "reject"):
-        problems.append(f"smtpd_relay_restrictions ({values['smtpd_relay_restrictions']!r}) does not end "
-                        "in reject_unauth_destination")
-    for name in ("smtpd_authorized_xclient_hosts", "smtpd_authorized_xforward_hosts"):
-        if values[name].strip():
-            problems.append(f"{name} is {values[name]!r}: those hosts could pose as any client")
-    return problems
+    report = analyse_listener(listener, config_dir)
+    if report.policy is None:
+        raise SetupError(f"the planned master.cf has no smtpd listening on {listener}; nothing was changed")
+    critical = [f for f in report.findings if f.severity is Severity.CRITICAL]
+    if critical:
+        reasons = "; ".join(f"{f.title} [{f.check.value}: {f.value} (set in {f.source})]" for f in critical)
+        raise SetupError(f"the listener {listener} would be an open relay for onion clients "
+                         f"(relay audit of the planned configuration): {reasons}; nothing was changed")
+    return [f"relay audit of the listener {listener}: {f.title} [{f.check.value}: {f.value} (set in {f.source})]"
+            for f in report.findings if f.severity is Severity.WARNING]
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -411,10 +406,7 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         managed_before = _load_manifest(settings.state_dir).get("managed") or {}
         postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command, transport_map,
                                                    managed_before)
-        problems = check_listener_policy(scratch / "postfix", f"{listener}/inet")
-        if problems:
-            raise SetupError(f"the listener {listener} would be an open relay for onion clients: "
-                             + "; ".join(problems) + "; nothing was changed")
+        notes += check_listener_policy(scratch / "postfix", listener)
         if settings.torrc is not None:
             _verify_torrc_in_scratch(settings, scratch)
 
@@ -423,7 +415,10 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         notes.append(f"{daemon_directory}/smtp does not exist: check daemon_directory")
     if settings.systemd_unit is not None and any(c.path == settings.systemd_unit for c in files):
         notes.append(f"then: systemctl daemon-reload && systemctl enable --now {settings.systemd_unit.name}")
-    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed)
+    record = {"listener": listener, "onion_port": settings.onion_port,
+              "hidden_service_dir": str(settings.hidden_service_dir),
+              "postfix_config_dir": str(cdir) if cdir is not None else None}
+    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record)
 
 
 def _check_wrapper_syntax(scratch: Path, text: str) -> None:
@@ -451,7 +446,8 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
                                                                    before.get("transport_map"))))
     master_text = render(MasterCf(transport=transport, command=command,
                                   tls_level=settings.smtp_tls_security_level, listener=str(settings.listener),
-                                  relay_restrictions=settings.relay_restrictions))
+                                  relay_restrictions=settings.relay_restrictions,
+                                  recipient_restrictions=settings.recipient_restrictions))
     entries = master_entries(master_text)
     keys = [key for key, _ in entries]
     stale = [key for key in before.get("services", []) if key not in keys]     # e.g. the listener moved
@@ -683,13 +679,15 @@ def apply_plan(plan: Plan) -> SetupResult:
     s = plan.settings
     if plan.is_empty:
         address = plan.onion.address or read_onion_address(s.hidden_service_dir)
+        _refresh_listener_record(s.state_dir, plan.listener_record)
         return SetupResult(address, _records(plan, address), [], ["nothing to change", *plan.notes])
     stale = [str(c.path) for c in [*plan.files, *plan.postconf] if _read(c.path) != c.old]
     if stale:
         raise SetupError(f"changed since the plan was made: {', '.join(stale)}; nothing was changed, run setup again")
     s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cdir = s.postfix_config_dir
-    journal = _Journal(s.state_dir, {"postfix_config_dir": str(cdir) if cdir else None, "managed": plan.managed})
+    journal = _Journal(s.state_dir, {"postfix_config_dir": str(cdir) if cdir else None, "managed": plan.managed,
+                                     "listener": plan.listener_record})
     step = "start"
     try:
         for change in plan.files:
@@ -752,6 +750,14 @@ def _load_manifest(state_dir: Path) -> dict[str, Any]:
         raise SetupError(f"cannot read {path}: {exc}") from exc
 
 
+def _refresh_listener_record(state_dir: Path, record: dict[str, Any]) -> None:
+    """Add the listener record to a manifest written before setup recorded it (else nothing is written)."""
+    manifest = _load_manifest(state_dir)
+    if (state_dir / MANIFEST).exists() and manifest.get("listener") != record:
+        manifest["listener"] = record
+        _write_json(state_dir / MANIFEST, manifest)
+
+
 def _commit(journal: _Journal, state_dir: Path) -> None:
     """Fold the journal into the manifest: keep the first-ever original of each file."""
     manifest = _load_manifest(state_dir)
@@ -768,6 +774,7 @@ def _commit(journal: _Journal, state_dir: Path) -> None:
     if manifest.get("onion") is None and journal.data["onion"] is not None:
         manifest["onion"] = journal.data["onion"]
     manifest["managed"] = journal.data["context"]["managed"]
+    manifest["listener"] = journal.data["context"].get("listener")
     _write_json(state_dir / MANIFEST, manifest)
     shutil.rmtree(journal.dir)
 

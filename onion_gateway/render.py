@@ -58,6 +58,8 @@ class MasterCf:
     :param tls_level: ``smtp_tls_security_level`` for the transport.
     :param listener: the listener's service name, ``IP:PORT``.
     :param relay_restrictions: ``smtpd_relay_restrictions`` of the listener, comma-separated, no spaces.
+    :param recipient_restrictions: ``smtpd_recipient_restrictions`` of the listener, same form; empty =
+        none (main.cf's list is never inherited).
     """
 
     transport: str
@@ -65,6 +67,7 @@ class MasterCf:
     tls_level: str
     listener: str
     relay_restrictions: str = "reject_unauth_destination"
+    recipient_restrictions: str = ""
     template = "postfix/master.cf.j2"
 
 

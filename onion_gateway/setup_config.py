@@ -46,6 +46,9 @@ class SetupSettings:
         ``[serve]`` listeners (``socketmap:inet:HOST:PORT:onion``, else ``tcp:HOST:PORT``).
     :param relay_restrictions: ``smtpd_relay_restrictions`` of the listener (comma-separated); setup
         refuses a value that would relay for loopback (:func:`onion_gateway.installer.check_listener_policy`).
+    :param recipient_restrictions: ``smtpd_recipient_restrictions`` of the listener (comma-separated);
+        empty (the default) = none: main.cf's list is not inherited (it usually starts with
+        ``permit_mynetworks``, and SPF or DNSBL checks would judge every Tor client as 127.0.0.1).
     :param smtp_tls_security_level: TLS level of the smtptor transport (``none``: the onion already
         authenticates and encrypts, as the onionmx documentation argues).
     :param wrapper_path: where the ``smtp_tor`` wrapper goes; empty = ``$daemon_directory/smtp_tor``.
@@ -77,6 +80,7 @@ class SetupSettings:
     domains: tuple[str, ...] = ()
     transport_map: str = ""
     relay_restrictions: str = "reject_unauth_destination"
+    recipient_restrictions: str = ""
     smtp_tls_security_level: str = "none"
     wrapper_path: Path | None = None
     torsocks: str = "torsocks"
@@ -164,9 +168,10 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
                 if domain not in domains:
                     domains.append(domain)
         return tuple(domains)
-    if key == "relay_restrictions":
+    if key in ("relay_restrictions", "recipient_restrictions"):
         words = [w for w in str(value).replace(",", " ").split() if w]
-        if not words or not all(re.fullmatch(r"[A-Za-z0-9_:./-]+", w) for w in words):
+        if (not words and key == "relay_restrictions") or \
+                not all(re.fullmatch(r"[A-Za-z0-9_:./-]+", w) for w in words):
             raise ConfigError(f"{where}: expected smtpd restriction names, got {value!r}")
         return ",".join(words)
     if key == "smtp_tls_security_level":

@@ -2,31 +2,38 @@
 
 Map of the package (dependencies point down):
 
-* :mod:`.discover`  torrc ``HiddenServicePort`` (with ``%include``) -> master.cf service -> its smtpd
+* :mod:`.discover`  torrc ``HiddenServicePort`` (with ``%include``) or setup's record -> master.cf
+  service -> its smtpd
 * :mod:`.policy`    effective settings of that smtpd (``postconf -x -o``) and static findings
 * :mod:`.probe`     live SMTP probes from 127.0.0.1 (never DATA), reply classification
 * :mod:`.report`    :class:`AuditReport`, outcome/exit code, text and JSON
 
-Entry points: :func:`audit_listener` for one endpoint (``setup`` uses it to refuse an open listener)
-and :func:`audit_torrc` for every onion port of a torrc.
+Entry points: :func:`audit_listener` for one endpoint, :func:`audit_torrc` for every onion port of a
+torrc, :func:`audit_setup` for the listener ``onion-gateway setup`` recorded, and
+:func:`analyse_listener`, the static half alone (``setup`` runs it on its planned configuration and
+refuses a listener with a critical finding).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onion_gateway import postfix
-from onion_gateway.audit.discover import Endpoint, OnionPort, find_listener, parse_torrc, read_master
+from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
+                                          parse_torrc, read_master, read_setup_state)
 from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
                                         split_list)
 from onion_gateway.audit.probe import ProbeContext, Unreachable, expected_client_address, run_probes
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
 from onion_gateway.errors import PostfixError
+from onion_gateway.config import load_config_file
+from onion_gateway.setup_config import setup_settings
 
-__all__ = ["AuditOptions", "AuditReport", "Endpoint", "Outcome", "audit_listener", "audit_torrc",
+__all__ = ["AuditOptions", "AuditReport", "Endpoint", "Outcome", "SetupRecord", "analyse_listener",
+           "audit_listener", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
            "overall_exit_code", "to_json", "to_text"]
 
 log = logging.getLogger(__name__)
@@ -70,14 +77,9 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
     """
     if isinstance(endpoint, str):
         endpoint = Endpoint.parse(endpoint)
-    report = AuditReport(target=str(endpoint))
-    if onion_port is not None:
-        report.listener.update(source=f"{onion_port.source} HiddenServicePort {onion_port.virtual_port} "
-                                      f"{onion_port.target}",
-                               onion=onion_port.onion, virtual_port=onion_port.virtual_port)
+    report = analyse_listener(endpoint, options.config_dir, onion_port)
     own_onion = options.own_onion or (onion_port.onion if onion_port else None)
-
-    policy = _policy_for(endpoint, options.config_dir, report)
+    policy = report.policy
     control = options.control_recipient or (_control_recipient(policy) if policy else None)
     ctx = ProbeContext(
         test_domain=options.test_domain,
@@ -100,6 +102,32 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
     report.control = run.control
     report.probes = run.probes
     log.info("audit %s: %s", endpoint, report.outcome.name)
+    return report
+
+
+def analyse_listener(endpoint: Endpoint | str, config_dir: Path | None = None,
+                     onion_port: OnionPort | None = None) -> AuditReport:
+    """The static half of the audit: find the smtpd behind *endpoint* and analyse its effective policy.
+
+    Nothing connects to the listener, so this also works on a configuration that is not running yet
+    (``setup`` runs it on its scratch copy of main.cf/master.cf before changing anything).
+
+    :param endpoint: ``Endpoint`` or text (``127.0.0.1:2525``, ``unix:/path``).
+    :param config_dir: Postfix configuration directory, ``None`` for the default instance.
+    :param onion_port: the torrc line (or setup record) that leads here, if any, for the report.
+    :returns: an :class:`AuditReport` with ``policy`` (``None`` when no smtpd listens there: then a
+        ``no_service`` warning is its only finding) and the static ``findings``; ``probed`` is left as is.
+    :raises ConfigError: if *endpoint* is not an endpoint.
+    :raises PostfixError: if postconf cannot read the configuration.
+    """
+    if isinstance(endpoint, str):
+        endpoint = Endpoint.parse(endpoint)
+    report = AuditReport(target=str(endpoint))
+    if onion_port is not None:
+        report.listener.update(source=f"{onion_port.source} HiddenServicePort {onion_port.virtual_port} "
+                                      f"{onion_port.target}",
+                               onion=onion_port.onion, virtual_port=onion_port.virtual_port)
+    _policy_for(endpoint, config_dir, report)
     return report
 
 
@@ -126,6 +154,35 @@ def audit_torrc(torrc: Path, options: AuditOptions = AuditOptions()) -> list[Aud
             continue
         reports.append(audit_listener(port.target, options, port))
     return reports
+
+
+def audit_setup(record: SetupRecord, options: AuditOptions = AuditOptions()) -> AuditReport:
+    """Audit the listener ``onion-gateway setup`` recorded (no torrc needed).
+
+    :param record: from :func:`~onion_gateway.audit.discover.read_setup_state` or :func:`setup_record`.
+    :param options: see :class:`AuditOptions`; its ``config_dir``, when set, wins over the recorded one.
+    :returns: the :class:`AuditReport` (see :func:`audit_listener`).
+    :raises PostfixError: if postconf cannot read the configuration.
+    """
+    config_dir = options.config_dir if options.config_dir is not None else record.postfix_config_dir
+    return audit_listener(record.listener, replace(options, config_dir=config_dir), record.as_onion_port())
+
+
+def setup_record(config_file: Path) -> SetupRecord:
+    """The listener of a config file's ``[setup]`` table: what setup recorded in that table's state
+    directory if it ran, else what the table itself says (``listener``, ``onion_port``,
+    ``hidden_service_dir``, ``postfix_config_dir``; defaults as for ``onion-gateway setup``).
+
+    :param config_file: the TOML file (relative paths in it are taken from its directory).
+    :returns: a :class:`SetupRecord`.
+    :raises ConfigError: if the file or its ``[setup]`` table is invalid, or the state directory holds
+        an unreadable manifest.
+    """
+    settings = setup_settings(load_config_file(config_file).get("setup", {}), None, config_file.resolve().parent)
+    if (settings.state_dir / SETUP_MANIFEST).exists():
+        return read_setup_state(settings.state_dir)
+    return SetupRecord(Endpoint.parse(str(settings.listener)), settings.onion_port, str(settings.hidden_service_dir),
+                       settings.postfix_config_dir, f"{config_file} [setup]")
 
 
 def _globals(config_dir: Path | None) -> dict[str, str]:

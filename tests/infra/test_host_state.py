@@ -62,7 +62,7 @@ def test_listener_is_on_loopback_only(host, gateway: Gateway):
     assert not host.socket(f"tcp://:::{gateway.listener_port}").is_listening
 
 
-@pytest.mark.parametrize("parameter", ["mynetworks", "smtpd_authorized_xclient_hosts",
+@pytest.mark.parametrize("parameter", ["mynetworks", "smtpd_recipient_restrictions", "smtpd_authorized_xclient_hosts",
                                        "smtpd_authorized_xforward_hosts"])
 def test_listener_trusts_nobody(host, gateway: Gateway, parameter):
     line = f"{gateway.listener}/inet/{parameter} ="

@@ -73,6 +73,8 @@ def test_setup_result_reads_back_through_postfix_and_tor(gateway):
                      "smtptor/unix/smtp_tls_security_level = none",
                      f"{gateway.listener}/inet/mynetworks =",
                      f"{gateway.listener}/inet/smtpd_relay_restrictions = reject_unauth_destination",
+                     f"{gateway.listener}/inet/smtpd_recipient_restrictions =",
+                     f"{gateway.listener}/inet/allow_untrusted_routing = no",
                      f"{gateway.listener}/inet/syslog_name = postfix/onion"]:
         assert expected in service
     pf.postfix("check")
@@ -134,6 +136,23 @@ def test_second_run_reports_nothing_and_touches_nothing(gateway):
     assert gateway.snapshot() == before                # bytes, modes and mtimes
 
 
+def test_a_run_with_nothing_to_change_adds_a_missing_listener_record(gateway):
+    """A manifest from before setup recorded its listener gets the record, and nothing else changes."""
+    import json
+
+    from onion_gateway.audit import read_setup_state
+
+    gateway.setup("--yes")
+    manifest = gateway.state_dir / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["listener"]
+    manifest.write_text(json.dumps(data))
+    before = {k: v for k, v in gateway.snapshot().items() if k != str(manifest)}
+    assert gateway.setup().output.startswith("nothing to change")
+    assert str(read_setup_state(gateway.state_dir).listener) == gateway.listener
+    assert {k: v for k, v in gateway.snapshot().items() if k != str(manifest)} == before
+
+
 def test_onion_address_survives_a_tor_restart(gateway):
     address = gateway.address_line(gateway.setup("--yes").output)
     gateway.tor.restart()                              # same torrc: now with setup's %include
@@ -181,6 +200,9 @@ def test_moving_the_listener_replaces_the_old_one(gateway):
     assert gateway.listener in services and old_listener not in services
     assert (gateway.etc / "onion-gateway.torrc").read_text().splitlines()[-1] == \
         f"HiddenServicePort 25 {gateway.listener}"
+    from onion_gateway.audit import read_setup_state
+
+    assert str(read_setup_state(gateway.state_dir).listener) == gateway.listener     # the audit follows the move
 
 
 def test_existing_transport_maps_are_kept_after_ours(gateway):
@@ -258,6 +280,38 @@ def test_refuses_an_open_relay_listener(gateway):
     assert f"the listener {gateway.listener} would be an open relay" in result.output
     assert "permit_mynetworks" in result.output and "nothing was changed" in result.output
     assert gateway.snapshot() == before
+
+
+def test_refuses_a_listener_the_old_own_check_let_through(gateway):
+    """No permit_mynetworks, no bare permit, ends in reject_unauth_destination: open all the same."""
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", "--relay-restrictions", "permit_inet_interfaces,reject_unauth_destination",
+                           expect=1)
+    assert f"the listener {gateway.listener} would be an open relay" in result.output
+    assert "[permit_inet_interfaces: smtpd_relay_restrictions = permit_inet_interfaces," in result.output
+    assert "nothing was changed" in result.output
+    assert gateway.snapshot() == before
+
+
+def test_refuses_a_listener_that_inherits_an_open_setting_from_main_cf(gateway):
+    """relay_domains is not the listener's to override: main.cf making every onion a relay domain stops setup."""
+    gateway.pf.postconf("-e", "relay_domains = onion")
+    age_config(gateway.pf.config_dir)
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", expect=1)
+    assert f"the listener {gateway.listener} would be an open relay" in result.output
+    assert "[relay_domains_onion: relay_domains = onion (set in main.cf)]" in result.output
+    assert gateway.snapshot() == before                # main.cf/master.cf byte-identical, mtimes too
+    assert not gateway.state_dir.exists() and not gateway.hs_dir.exists()
+
+
+def test_masked_recipient_permit_is_applied_with_a_note(gateway):
+    dry = gateway.setup("--dry-run", "--recipient-restrictions", "permit_inet_interfaces").output
+    assert "note: relay audit of the listener" in dry and "masked for now" in dry
+    result = gateway.setup("--yes", "--recipient-restrictions", "permit_inet_interfaces")
+    assert "note: relay audit of the listener" in result.output and "masked for now" in result.output
+    assert f"{gateway.listener}/inet/smtpd_recipient_restrictions = permit_inet_interfaces" in \
+        gateway.pf.postconf("-P").splitlines()
 
 
 def test_refuses_without_torsocks(gateway):

@@ -120,3 +120,96 @@ def test_unix_socket_service():
 def test_non_smtpd_services_are_not_listeners():
     assert _find("127.0.0.1:2529") is None
     assert _find("127.0.0.1:9") is None
+
+
+# --- setup's state directory (manifest.json "listener", written by installer.apply_plan) ---------------
+
+def _manifest(state_dir, listener_record) -> None:
+    import json
+
+    state_dir.mkdir(exist_ok=True)
+    (state_dir / "manifest.json").write_text(json.dumps({"files": [], "onion": None, "managed": {},
+                                                         "listener": listener_record}))
+
+
+def test_setup_state_gives_the_listener_its_onion_and_postfix_directory(tmp_path):
+    from onion_gateway.audit.discover import read_setup_state
+
+    hs_dir = tmp_path / "hs"
+    hs_dir.mkdir()
+    (hs_dir / "hostname").write_text("abc.onion\n")
+    _manifest(tmp_path / "state", {"listener": "127.0.0.1:2526", "onion_port": 25,
+                                   "hidden_service_dir": str(hs_dir), "postfix_config_dir": "/srv/pf"})
+    record = read_setup_state(tmp_path / "state")
+    assert str(record.listener) == "127.0.0.1:2526"
+    assert str(record.postfix_config_dir) == "/srv/pf"
+    port = record.as_onion_port()
+    assert (port.virtual_port, port.onion, port.service_dir) == (25, "abc.onion", str(hs_dir))
+    assert port.source == f"{tmp_path / 'state' / 'manifest.json'} (setup record)"
+
+
+def test_setup_state_for_the_default_postfix_instance(tmp_path):
+    from onion_gateway.audit.discover import read_setup_state
+
+    _manifest(tmp_path, {"listener": "127.0.0.1:2525", "onion_port": 25, "hidden_service_dir": "/nonexistent",
+                         "postfix_config_dir": None})
+    record = read_setup_state(tmp_path)
+    assert record.postfix_config_dir is None
+    assert record.as_onion_port().onion is None        # hostname unreadable: no onion name, no error
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist: setup has not run"),
+    ("{not json", "cannot read"),
+    ('{"files": [], "onion": null, "managed": {}}', "records no listener"),
+    ('{"listener": {"listener": "127.0.0.1:99999"}}', "port out of range"),
+])
+def test_setup_state_without_a_usable_record_is_a_config_error(tmp_path, content, message):
+    from onion_gateway.audit.discover import read_setup_state
+
+    if content is not None:
+        (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_setup_state(tmp_path)
+
+
+def test_cli_state_dir_without_a_record_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from onion_gateway.cli import main
+
+    result = CliRunner().invoke(main, ["audit-open-relay", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 64
+    assert "setup has not run with this state directory" in result.output
+
+
+def test_cli_takes_one_discovery_source(tmp_path):
+    from click.testing import CliRunner
+
+    from onion_gateway.cli import main
+
+    result = CliRunner().invoke(main, ["audit-open-relay", "--state-dir", str(tmp_path), "--listener", "127.0.0.1:25"])
+    assert result.exit_code == 64
+    assert "give one of --listener, --torrc, --state-dir, --config" in result.output
+
+
+def test_config_file_before_setup_ran_names_the_table_listener(tmp_path):
+    from onion_gateway.audit import setup_record
+
+    config = tmp_path / "og.toml"
+    config.write_text('[setup]\nlistener = "127.0.0.1:2600"\nstate_dir = "state"\npostfix_config_dir = "pf"\n'
+                      'hidden_service_dir = "hs"\n')
+    record = setup_record(config)
+    assert (str(record.listener), record.onion_port) == ("127.0.0.1:2600", 25)
+    assert record.postfix_config_dir == tmp_path / "pf" and record.hidden_service_dir == str(tmp_path / "hs")
+    assert record.source == f"{config} [setup]"
+
+
+def test_config_file_after_setup_ran_uses_the_record(tmp_path):
+    from onion_gateway.audit import setup_record
+
+    _manifest(tmp_path / "state", {"listener": "127.0.0.1:2601", "onion_port": 25,
+                                   "hidden_service_dir": str(tmp_path / "hs"), "postfix_config_dir": None})
+    config = tmp_path / "og.toml"
+    config.write_text('[setup]\nlistener = "127.0.0.1:2600"\nstate_dir = "state"\n')
+    assert str(setup_record(config).listener) == "127.0.0.1:2601"

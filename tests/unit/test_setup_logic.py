@@ -132,35 +132,83 @@ def _add_listener(config_dir: Path, options: str) -> None:
     _age(config_dir)
 
 
-def test_policy_check_accepts_the_rendered_listener(scratch_postfix):
-    text = render(MasterCf(transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525"))
-    entry = dict(master_entries(text))["127.0.0.1:2525/inet"]
+def _add_rendered_listener(config_dir: Path, **template) -> None:
     from onion_gateway import postfix
 
-    postfix.postconf(scratch_postfix, "-M", f"127.0.0.1:2525/inet={entry}")
-    _age(scratch_postfix)
-    assert check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet") == []
+    text = render(MasterCf(transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525",
+                           **template))
+    entry = dict(master_entries(text))["127.0.0.1:2525/inet"]
+    postfix.postconf(config_dir, "-M", f"127.0.0.1:2525/inet={entry}")
+    _age(config_dir)
+
+
+def test_policy_check_accepts_the_rendered_listener_on_a_loopback_trusting_main_cf(scratch_postfix):
+    _add_rendered_listener(scratch_postfix)
+    assert check_listener_policy(scratch_postfix, "127.0.0.1:2525") == []
+
+
+def test_rendered_listener_overrides_every_inherited_setting_the_audit_flags(scratch_postfix):
+    """main.cf trusts loopback everywhere it can; the template's -o options must shadow all of it."""
+    from onion_gateway import postfix
+
+    for setting in ("smtpd_authorized_xclient_hosts = 127.0.0.1", "smtpd_authorized_xforward_hosts = 127.0.0.0/8",
+                    "smtpd_recipient_restrictions = permit_mynetworks, permit_inet_interfaces, "
+                    "reject_unauth_destination", "allow_untrusted_routing = yes"):
+        postfix.postconf(scratch_postfix, "-e", setting)
+    _add_rendered_listener(scratch_postfix)
+    assert check_listener_policy(scratch_postfix, "127.0.0.1:2525") == []
 
 
 def test_policy_check_sees_main_cf_trusting_loopback(scratch_postfix):
     _add_listener(scratch_postfix, "-o syslog_name=postfix/onion")
-    problems = check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet")
-    assert any("mynetworks" in p for p in problems)
-    assert any("permit_mynetworks" in p for p in problems)
+    with pytest.raises(SetupError, match=r"would be an open relay .*mynetworks_loopback: .*"
+                                         r"mynetworks = 127\.0\.0\.0/8 \(set in .*mynetworks: main\.cf"):
+        check_listener_policy(scratch_postfix, "127.0.0.1:2525")
 
 
-def test_policy_check_requires_reject_unauth_destination_last(scratch_postfix):
-    _add_listener(scratch_postfix, "-o mynetworks= -o smtpd_relay_restrictions=reject_unauth_destination,permit")
-    problems = check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet")
-    assert any("bare permit" in p for p in problems)
-    assert any("does not end" in p for p in problems)
+def test_policy_check_sees_permit_inet_interfaces(scratch_postfix):
+    """Not in mynetworks, no bare permit, ends in reject_unauth_destination, and still open."""
+    _add_rendered_listener(scratch_postfix, relay_restrictions="permit_inet_interfaces,reject_unauth_destination")
+    with pytest.raises(SetupError, match="permit_inet_interfaces.*nothing was changed"):
+        check_listener_policy(scratch_postfix, "127.0.0.1:2525")
+
+
+def test_policy_check_sees_a_client_access_table_that_trusts_loopback(scratch_postfix):
+    """A [setup] relay_restrictions the old own check passed: the table answers OK for 127.0.0.1."""
+    table = scratch_postfix / "clients.cidr"
+    table.write_text("192.0.2.0/24 OK\n127.0.0.0/8 OK\n")
+    settings = setup_settings({"relay_restrictions": f"check_client_access cidr:{table}, reject_unauth_destination"})
+    _add_rendered_listener(scratch_postfix, relay_restrictions=settings.relay_restrictions)
+    with pytest.raises(SetupError, match=r"access_map_ok: .*127\.0\.0\.0/8 OK"):
+        check_listener_policy(scratch_postfix, "127.0.0.1:2525")
 
 
 def test_policy_check_refuses_xclient_hosts(scratch_postfix):
     _add_listener(scratch_postfix, "-o mynetworks= -o smtpd_relay_restrictions=reject_unauth_destination "
                                    "-o smtpd_authorized_xclient_hosts=127.0.0.1")
-    assert check_listener_policy(scratch_postfix, "127.0.0.1:2525/inet") == [
-        "smtpd_authorized_xclient_hosts is '127.0.0.1': those hosts could pose as any client"]
+    with pytest.raises(SetupError, match=r"xclient_loopback: smtpd_authorized_xclient_hosts = 127\.0\.0\.1 "
+                                         r"\(set in master\.cf 127\.0\.0\.1:2525/inet"):
+        check_listener_policy(scratch_postfix, "127.0.0.1:2525")
+
+
+def test_policy_check_refuses_relay_domains_covering_onion_inherited_from_main_cf(scratch_postfix):
+    from onion_gateway import postfix
+
+    postfix.postconf(scratch_postfix, "-e", "relay_domains = onion")
+    _add_rendered_listener(scratch_postfix)
+    with pytest.raises(SetupError, match=r"relay_domains_onion: relay_domains = onion \(set in main\.cf\)"):
+        check_listener_policy(scratch_postfix, "127.0.0.1:2525")
+
+
+def test_policy_check_returns_a_masked_permit_as_a_warning(scratch_postfix):
+    _add_rendered_listener(scratch_postfix, recipient_restrictions="permit_inet_interfaces")
+    notes = check_listener_policy(scratch_postfix, "127.0.0.1:2525")
+    assert len(notes) == 1 and "permit_inet_interfaces" in notes[0] and "masked" in notes[0]
+
+
+def test_policy_check_refuses_a_plan_without_the_listener(scratch_postfix):
+    with pytest.raises(SetupError, match="no smtpd listening on 127.0.0.1:2525"):
+        check_listener_policy(scratch_postfix, "127.0.0.1:2525")
 
 
 def test_example_config_documents_every_setup_key_with_valid_values():
