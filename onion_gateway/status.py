@@ -7,14 +7,19 @@ the order mail uses them::
 
     check            asks                                                           source
     tor_control      AUTHENTICATE, GETINFO status/bootstrap-phase, net/listeners/socks  control-spec.txt §3.9, §4.1.10
+    onion_service    GETINFO hs/service/desc/id/<id> (served here), HSFETCH <id>    control-spec.txt §3.26, §4.1.25
+                     answered by an HSDir (published)
     map_listener     one real lookup of "*" (answered without DNS) per listener     tcp_table(5), socketmap_table(5)
     srv_record       _<service>._tcp.<domain>. IN SRV through the daemon's resolvers  RFC 2782, rend-spec-v3 §6
     transport_maps   postconf -hx transport_maps names one of the daemon's listeners  postconf(5) transport_maps
-    smtptor_service  postconf -M <transport>/unix exists; its effective                master(5), postconf(5)
+    smtptor_service  postconf -M <transport>/unix exists, its command (the smtp_tor  master(5), postconf(5)
+                     wrapper) is an executable file; effective
                      smtp_dns_support_level=disabled and smtp_host_lookup=native
+    relay_audit      the relay audit of every onion-facing listener the torrc names  docs/audit.md
+                     (static analysis + live probes, never DATA): safe
 
-stem is imported only in :func:`_tor_bootstrap_status` (there is no ``onion_gateway.tor`` module on this
-branch yet; when there is, that helper moves there). Nothing here prints: the CLI formats the report.
+The Tor questions go through :mod:`onion_gateway.tor` (the only module importing stem).
+Nothing here prints: the CLI formats the report.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import re
 import socket
 import time
@@ -104,6 +110,9 @@ class StatusSettings:
     :param domains: domains whose SRV record must point at *onion*.
     :param onion: the onion address those records must name; ``None`` accepts any valid v3 target.
     :param timeout_seconds: budget of each network check (seconds).
+    :param audit_torrc: the torrc whose ``HiddenServicePort`` lines name the onion-facing listeners to
+        audit for open relaying; ``None`` skips the audit.
+    :param audit_test_domain: the foreign domain the audit's probes try to relay to.
     """
 
     serve: ServeSettings = field(default_factory=ServeSettings)
@@ -114,63 +123,11 @@ class StatusSettings:
     domains: tuple[str, ...] = ()
     onion: str | None = None
     timeout_seconds: float = PROBE_TIMEOUT_SECONDS
+    audit_torrc: Path | None = None
+    audit_test_domain: str = "example.com"
 
 
 # --- Tor -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TorBootstrap:
-    """What the control port said. ``progress`` is 0-100; ``summary`` is tor's SUMMARY text."""
-
-    version: str
-    progress: int
-    summary: str
-    socks_listeners: tuple[str, ...]
-
-
-def _tor_bootstrap_status(host: str, port: int, password: str | None,
-                          timeout_seconds: float) -> TorBootstrap:
-    """Ask a Tor ControlPort for its bootstrap phase (the only place this branch imports stem).
-
-    Wire example (control-spec.txt §4.1.10)::
-
-        GETINFO status/bootstrap-phase
-        250-status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"
-
-    :raises TorError: if the port cannot be reached, authentication fails, or tor refuses GETINFO.
-    """
-    import stem
-    import stem.connection
-    import stem.control
-    import stem.socket
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_seconds)   # stem's ControlPort socket has no timeout of its own
-    try:
-        controller = stem.control.Controller.from_port(address=host, port=port)
-    except stem.SocketError as exc:
-        raise TorError(f"cannot connect to the Tor control port {host}:{port}: {exc}") from exc
-    finally:
-        socket.setdefaulttimeout(previous)
-    try:
-        try:
-            controller.authenticate(password=password)
-        except stem.connection.AuthenticationFailure as exc:
-            raise TorError(f"Tor control port {host}:{port} refused authentication: {exc}") from exc
-        try:
-            phase = controller.get_info("status/bootstrap-phase")
-            socks = controller.get_info("net/listeners/socks", "")
-            version = str(controller.get_version()).split()[0]
-        except (stem.ControllerError, stem.SocketError) as exc:
-            raise TorError(f"Tor control port {host}:{port}: GETINFO failed: {exc}") from exc
-    finally:
-        controller.close()
-    progress = re.search(r"\bPROGRESS=(\d+)", phase)
-    summary = re.search(r'\bSUMMARY="([^"]*)"', phase)
-    return TorBootstrap(version, int(progress.group(1)) if progress else 0,
-                        summary.group(1) if summary else phase,
-                        tuple(s.strip('"') for s in socks.split()))
 
 
 def check_tor(host: str, port: int, password: str | None = None,
@@ -184,9 +141,11 @@ def check_tor(host: str, port: int, password: str | None = None,
     :returns: ``OK`` at 100 %, ``FAIL`` below it or when the port does not answer. A bootstrapped Tor
         without a SocksPort is ``WARN`` (the smtptor transport needs one).
     """
+    from onion_gateway.tor import bootstrap_status
+
     target = f"{host}:{port}"
     try:
-        status = _tor_bootstrap_status(host, port, password, timeout_seconds)
+        status = bootstrap_status(host, port, password, timeout_seconds)
     except TorError as exc:
         return Check("tor_control", target, Verdict.FAIL, str(exc))
     detail = f"tor {status.version}, bootstrapped {status.progress}% ({status.summary})"
@@ -195,6 +154,30 @@ def check_tor(host: str, port: int, password: str | None = None,
     if not status.socks_listeners:
         return Check("tor_control", target, Verdict.WARN, detail + "; no SocksPort listener")
     return Check("tor_control", target, Verdict.OK, detail + f"; SocksPort {', '.join(status.socks_listeners)}")
+
+
+def check_onion_service(host: str, port: int, onion: str, password: str | None = None,
+                        timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Check:
+    """Does the Tor on ``host:port`` serve *onion*, and is its descriptor on the network?
+
+    :param host: control port address.
+    :param port: control port.
+    :param onion: this gateway's onion address.
+    :param password: control-port password, or ``None`` for cookie/no authentication.
+    :param timeout_seconds: budget of the control connection and of the descriptor fetch (seconds).
+    :returns: ``OK`` when an HSDir returned the descriptor; ``FAIL`` when this Tor does not serve the
+        address, the fetch failed or timed out, or the control port does not answer.
+    """
+    from onion_gateway.tor import onion_service_status
+
+    target = normalize_onion(onion)
+    try:
+        state = onion_service_status(host, port, target, password, timeout_seconds)
+    except TorError as exc:
+        return Check("onion_service", target, Verdict.FAIL, str(exc))
+    verdict = Verdict.OK if state.hosted and state.published else Verdict.FAIL
+    prefix = "published: " if verdict is Verdict.OK else ("not published: " if state.hosted else "")
+    return Check("onion_service", target, verdict, prefix + state.detail)
 
 
 # --- the daemon's listeners --------------------------------------------------------------------------------
@@ -404,14 +387,64 @@ def check_smtptor_service(config_dir: Path | None, transport: str) -> Check:
         return Check("smtptor_service", target, Verdict.FAIL, str(exc))
     command = fields[7] if len(fields) > 7 else "?"
     problems = []
+    program = _service_program(config_dir, command)
+    if program is None:
+        problems.append(f"its command {command} is not an executable file")
     if values["smtp_dns_support_level"] != "disabled":
         problems.append(f"smtp_dns_support_level={values['smtp_dns_support_level'] or '(default)'}")
     if values["smtp_host_lookup"] != "native":
         problems.append(f"smtp_host_lookup={values['smtp_host_lookup']}")
     if problems:
-        return Check("smtptor_service", target, Verdict.FAIL,
-                     f"{', '.join(problems)}: onion names could go to DNS (need disabled/native)")
-    return Check("smtptor_service", target, Verdict.OK, f"command {command}")
+        dns_risk = len(problems) > (program is None)
+        return Check("smtptor_service", target, Verdict.FAIL, ", ".join(problems)
+                     + (": onion names could go to DNS (need disabled/native)" if dns_risk else ""))
+    return Check("smtptor_service", target, Verdict.OK, f"command {command} ({program})")
+
+
+def _service_program(config_dir: Path | None, command: str) -> Path | None:
+    """The file master(8) runs for a service *command*: ``$daemon_directory/<command>`` (a relative
+    path like ``../../../srv/smtp_tor`` included), or *command* itself when absolute; ``None`` when it
+    is not an executable file.
+
+    :raises PostfixError: if postconf fails.
+    """
+    path = Path(command)
+    if not path.is_absolute():
+        path = Path(postfix.get_parameter(config_dir, "daemon_directory")) / command
+    return path.resolve() if path.is_file() and os.access(path, os.X_OK) else None
+
+
+# --- the relay audit -----------------------------------------------------------------------------------------
+
+
+def check_relay_audit(torrc: Path, config_dir: Path | None, test_domain: str = "example.com",
+                      timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Check:
+    """Can any onion-facing listener named by *torrc* relay? (``onion-gateway audit-open-relay``.)
+
+    :param torrc: the torrc to read (``%include`` followed).
+    :param config_dir: the Postfix configuration directory.
+    :param test_domain: the foreign domain the probes try to relay to (one the server can resolve,
+        or the probes end "inconclusive").
+    :param timeout_seconds: per-command budget of the probes (seconds).
+    :returns: ``OK`` when every listener is safe (audit exit 0); ``FAIL`` with the outcome and first
+        reason otherwise, or when no listener was found.
+    """
+    from onion_gateway.audit import AuditOptions, audit_torrc, overall_exit_code
+    from onion_gateway.errors import OnionGatewayError
+
+    target = str(torrc)
+    options = AuditOptions(config_dir=config_dir, test_domain=test_domain, timeout_seconds=timeout_seconds)
+    try:
+        reports = audit_torrc(torrc, options)
+    except OnionGatewayError as exc:
+        return Check("relay_audit", target, Verdict.FAIL, str(exc))
+    if not reports:
+        return Check("relay_audit", target, Verdict.FAIL, "no HiddenServicePort leads to a Postfix smtpd")
+    shown = ", ".join(f"{r.target} {r.outcome.name.lower()}" for r in reports)
+    if overall_exit_code(reports) != 0:
+        reasons = [reason for r in reports for reason in r.reasons][:1]
+        return Check("relay_audit", target, Verdict.FAIL, shown + (f": {reasons[0]}" if reasons else ""))
+    return Check("relay_audit", target, Verdict.OK, shown)
 
 
 # --- all of it -----------------------------------------------------------------------------------------------
@@ -429,6 +462,9 @@ def run_status(settings: StatusSettings) -> StatusReport:
     if settings.tor_control is not None:
         checks.append(check_tor(*settings.tor_control, password=settings.tor_password,
                                 timeout_seconds=settings.timeout_seconds))
+        if settings.onion is not None:
+            checks.append(check_onion_service(*settings.tor_control, settings.onion, password=settings.tor_password,
+                                              timeout_seconds=settings.timeout_seconds))
     serve = settings.serve
     name = next(iter(sorted(serve.socketmap_names)), DEFAULT_SOCKETMAP_NAME)
     for address in serve.tcp_table:
@@ -440,6 +476,9 @@ def run_status(settings: StatusSettings) -> StatusReport:
     if settings.check_postfix:
         checks.append(check_transport_maps(settings.postfix_config_dir, serve))
         checks.append(check_smtptor_service(settings.postfix_config_dir, serve.transport))
+    if settings.audit_torrc is not None:
+        checks.append(check_relay_audit(settings.audit_torrc, settings.postfix_config_dir,
+                                        settings.audit_test_domain, settings.timeout_seconds))
     for check in checks:
         log.debug("status %s %s: %s %s", check.name, check.target, check.verdict.value, check.detail)
     return StatusReport(tuple(checks))

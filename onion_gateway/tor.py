@@ -11,6 +11,9 @@ Map of the module:
   left us in a broken state. Dying." and **exit** (seen on this project's lab machine), so setup must
   never send one.
 - :func:`read_onion_address`: the ``hostname`` file Tor writes into the directory (rend-spec-v3 §6 address).
+- :func:`bootstrap_status` and :func:`onion_service_status`: what ``onion-gateway status`` asks a Tor
+  (bootstrap phase and SocksPorts; whether an onion service is hosted here and its descriptor can be
+  fetched back from the network's HSDirs).
 
 Design decision: a ``HiddenServiceDir`` that Tor loads, not an ephemeral ``ADD_ONION``
 ------------------------------------------------------------------------------------------------------
@@ -31,9 +34,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import re
 import shutil
+import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import stem
@@ -245,3 +252,152 @@ def verify_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: 
         complaints = [line for line in (done.stdout + done.stderr).splitlines()
                       if "[warn]" in line or "[err]" in line]
         raise TorError(f"tor --verify-config rejected {torrc}: " + (" | ".join(complaints) or done.stdout.strip()))
+
+
+# --- status: bootstrap phase and onion-service publication ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TorBootstrap:
+    """What the control port said about the bootstrap.
+
+    :param version: tor's version, e.g. ``"0.4.9.11"``.
+    :param progress: 0-100.
+    :param summary: tor's SUMMARY text (``"Done"``).
+    :param socks_listeners: ``("127.0.0.1:9050", ...)`` from ``net/listeners/socks``.
+    """
+
+    version: str
+    progress: int
+    summary: str
+    socks_listeners: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OnionServiceState:
+    """Whether a Tor hosts an onion service and whether its descriptor is on the network.
+
+    :param hosted: this Tor has a current descriptor of its own for the address (it runs the service).
+    :param published: an ``HSFETCH`` of the address came back with the descriptor from an HSDir.
+    :param detail: one line for a human (the HSDir that answered, or why not).
+    """
+
+    hosted: bool
+    published: bool
+    detail: str
+
+
+def _connect(host: str, port: int, password: str | None, timeout_seconds: float) -> stem.control.Controller:
+    """An authenticated controller on ``host:port``; the caller closes it.
+
+    :raises TorError: if the port cannot be reached or authentication fails.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_seconds)   # stem's ControlPort socket has no timeout of its own
+    try:
+        controller = stem.control.Controller.from_port(address=host, port=port)
+    except stem.SocketError as exc:
+        raise TorError(f"cannot connect to the Tor control port {host}:{port}: {exc}") from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+    try:
+        controller.authenticate(password=password)
+    except (stem.connection.AuthenticationFailure, stem.SocketError) as exc:
+        controller.close()
+        raise TorError(f"Tor control port {host}:{port} refused authentication: {exc}") from exc
+    return controller
+
+
+def bootstrap_status(host: str, port: int, password: str | None = None,
+                     timeout_seconds: float = 5.0) -> TorBootstrap:
+    """Ask a Tor ControlPort for its bootstrap phase and SocksPorts.
+
+    Wire example (control-spec.txt §4.1.10)::
+
+        GETINFO status/bootstrap-phase
+        250-status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"
+
+    :param host: control port address (an IP, normally loopback).
+    :param port: control port.
+    :param password: control-port password, or ``None`` for cookie/no authentication.
+    :param timeout_seconds: connect budget (seconds).
+    :returns: a :class:`TorBootstrap`.
+    :raises TorError: if the port cannot be reached, authentication fails, or tor refuses GETINFO.
+    """
+    controller = _connect(host, port, password, timeout_seconds)
+    try:
+        phase = controller.get_info("status/bootstrap-phase")
+        socks = controller.get_info("net/listeners/socks", "")
+        version = str(controller.get_version()).split()[0]
+    except (stem.ControllerError, stem.SocketError) as exc:
+        raise TorError(f"Tor control port {host}:{port}: GETINFO failed: {exc}") from exc
+    finally:
+        controller.close()
+    progress = re.search(r"\bPROGRESS=(\d+)", phase)
+    summary = re.search(r'\bSUMMARY="([^"]*)"', phase)
+    return TorBootstrap(version, int(progress.group(1)) if progress else 0,
+                        summary.group(1) if summary else phase,
+                        tuple(s.strip('"') for s in socks.split()))
+
+
+def onion_service_status(host: str, port: int, onion: str, password: str | None = None,
+                         timeout_seconds: float = 5.0) -> OnionServiceState:
+    """Is *onion* served by the Tor on ``host:port``, and can its descriptor be fetched from the network?
+
+    Two questions on one control connection (control-spec.txt §3.9 GETINFO, §3.26 HSFETCH, §4.1.25 HS_DESC)::
+
+        GETINFO hs/service/desc/id/<56 chars>      250+... the descriptor this Tor built for its own service
+        HSFETCH <56 chars>                         250 OK, then events:
+        650 HS_DESC RECEIVED <56 chars> NO_AUTH $<HSDir fingerprint>~<nick> <blinded id>
+        650 HS_DESC FAILED <56 chars> NO_AUTH $<HSDir> <id> REASON=NOT_FOUND
+
+    The first says this Tor runs the service; only the second proves the descriptor was uploaded, since
+    it comes back from an HSDir exactly as a sending gateway's Tor would fetch it.
+
+    :param host: control port address.
+    :param port: control port.
+    :param onion: the address, ``<56 chars>.onion``.
+    :param password: control-port password, or ``None`` for cookie/no authentication.
+    :param timeout_seconds: budget for connecting and for the fetch (seconds).
+    :returns: an :class:`OnionServiceState` (a missing or unpublished service is a value, not an error).
+    :raises TorError: if the control port cannot be reached or refuses a command.
+    """
+    service_id = onion.lower().removesuffix(".onion")
+    controller = _connect(host, port, password, timeout_seconds)
+    try:
+        try:
+            controller.get_info(f"hs/service/desc/id/{service_id}")
+        except stem.OperationFailed as exc:     # 552: not a service of this Tor, no descriptor built yet
+            return OnionServiceState(False, False, f"this Tor does not serve it, or has no descriptor for it "
+                                                   f"yet ({exc})")
+        except (stem.ControllerError, stem.SocketError) as exc:
+            raise TorError(f"Tor control port {host}:{port}: GETINFO hs/service/desc failed: {exc}") from exc
+        events: queue.Queue = queue.Queue()
+
+        def listener(event) -> None:
+            if getattr(event, "address", None) == service_id:
+                events.put(event)
+
+        try:
+            controller.add_event_listener(listener, stem.control.EventType.HS_DESC)
+            reply = controller.msg(f"HSFETCH {service_id}")
+        except (stem.ControllerError, stem.SocketError) as exc:
+            raise TorError(f"Tor control port {host}:{port}: HSFETCH failed: {exc}") from exc
+        if not reply.is_ok():
+            return OnionServiceState(True, False, f"HSFETCH refused: {reply}")
+        failures: list[str] = []
+        deadline = time.monotonic() + timeout_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = events.get(timeout=left)
+            except queue.Empty:
+                break
+            action = str(event.action)
+            if action == "RECEIVED":
+                return OnionServiceState(True, True, f"descriptor fetched back from HSDir {event.directory}")
+            if action == "FAILED":
+                failures.append(f"{event.directory}: {event.reason or 'failed'}")
+        shown = "; ".join(failures[-3:]) or "no answer"
+        return OnionServiceState(True, False, f"descriptor not fetched within {timeout_seconds:g} s ({shown})")
+    finally:
+        controller.close()

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from onion_gateway.config import serve_settings
-from onion_gateway.status import StatusSettings, Verdict, format_report, run_status
-from tests.e2e.conftest import BADSUM_DOMAIN, BOOTSTRAP_TIMEOUT_SECONDS, RX_DOMAIN, MailLab
-from tests.support.handmade import ONION_SYSLOG_NAME
+from tests.e2e.conftest import (BADSUM_DOMAIN, BOOTSTRAP_TIMEOUT_SECONDS, FOREIGN_DOMAIN, ONION_SYSLOG_NAME,
+                                RX_DOMAIN, LabGateway, MailLab, og_command)
 from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +24,7 @@ pytestmark = pytest.mark.e2e
 DELIVERY_TIMEOUT_SECONDS = 60
 DEFER_TIMEOUT_SECONDS = 30
 FLUSH_INTERVAL_SECONDS = 5
+STATUS_RECOVERY_TIMEOUT_SECONDS = 60
 # an IPv4 address, not a version number ("Tor 0.4.9.11 running on Linux")
 _IPV4 = re.compile(r"(?<![\w.])(?<!Tor )(\d{1,3}(?:\.\d{1,3}){3})(?!\.?\d)")
 
@@ -81,26 +80,56 @@ def test_mail_goes_over_the_onion_to_the_hardened_listener(lab: MailLab) -> None
     assert lab.trap.count() == 0, "mail reached the clear-route relayhost"
 
 
-def test_status_sees_a_healthy_gateway(lab: MailLab) -> None:
-    """``onion-gateway status`` on tx's side: Tor bootstrapped, daemon answering on both listeners,
-    rx.test's SRV naming the onion, Postfix using the map and the smtptor service: all ok."""
-    settings = StatusSettings(
-        serve=serve_settings({"tcp_table": [f"127.0.0.1:{lab.serve.tcp_port}"],
-                              "socketmap": [f"127.0.0.1:{lab.serve.socketmap_port}"],
-                              "dns_servers": [lab.dns.address]}),
-        tor_control=("127.0.0.1", lab.tor.client_control_port), postfix_config_dir=lab.tx.config_dir,
-        domains=(RX_DOMAIN,), onion=lab.onion)
-    report = run_status(settings)
-    assert [(c.name, c.verdict) for c in report.checks] == [
-        ("tor_control", Verdict.OK), ("map_listener", Verdict.OK), ("map_listener", Verdict.OK),
-        ("srv_record", Verdict.OK), ("transport_maps", Verdict.OK), ("smtptor_service", Verdict.OK)], \
-        "\n".join(format_report(report))
-    assert f"SocksPort 127.0.0.1:{lab.tor.client_socks_port}" in report.checks[0].detail
+def status_verdicts(gw: LabGateway, *extra: str) -> tuple[int, dict[str, set[str]], str]:
+    """Run ``onion-gateway status`` for *gw*.
+
+    :returns: its exit code, ``{check name: {verdict, ...}}`` and its whole output (for messages).
+    """
+    done = gw.status(*extra)
+    verdicts: dict[str, set[str]] = {}
+    for line in done.stdout.splitlines():
+        verdict, name = line.split()[:2]
+        verdicts.setdefault(name, set()).add(verdict)
+    return done.returncode, verdicts, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("side", ["rx", "tx"])
+def test_status_sees_a_healthy_gateway(lab: MailLab, side: str) -> None:
+    """``onion-gateway status`` (the CLI) on each gateway: Tor bootstrapped with a SocksPort, the
+    gateway's onion service published, the daemon answering on both listeners, the domain's SRV naming
+    the onion setup printed, Postfix using the map, the smtptor service and its wrapper in place, and the
+    relay audit of the onion listener clean: every check ok, exit 0."""
+    gw = lab.rx_gw if side == "rx" else lab.tx_gw
+    done = gw.status()
+    report = done.stdout + done.stderr
+    names = [line.split()[1] for line in done.stdout.splitlines()]
+    assert names == ["tor_control", "onion_service", "map_listener", "map_listener", "srv_record",
+                     "transport_maps", "smtptor_service", "relay_audit"], report
+    assert all(line.startswith("ok ") for line in done.stdout.splitlines()), report
+    assert done.returncode == 0, report
+    assert f"SocksPort 127.0.0.1:{gw.tor.socks_port}" in report
+    assert gw.onion in report
+
+
+def test_setup_output_and_relay_audit(lab: MailLab) -> None:
+    """setup printed, for each gateway, the SRV record the lab publishes; ``onion-gateway audit-open-relay``
+    finds rx's onion listener through the torrc setup extended (%include of its piece) and proves it
+    cannot relay (exit 0, SAFE)."""
+    for gw in (lab.rx_gw, lab.tx_gw):
+        assert f"%include {gw.root / 'onion-gateway.torrc'}" in gw.tor.torrc.read_text()
+        assert (gw.hidden_service_dir / "hostname").read_text().strip() == gw.onion
+    done = og_command("audit-open-relay", "--torrc", str(lab.rx_gw.tor.torrc), "--test-domain", FOREIGN_DOMAIN,
+                      "--postfix-config-dir", str(lab.rx.config_dir), timeout_seconds=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"== {lab.rx_gw.listener}  ->  SAFE (exit 0)" in done.stdout, done.stdout
+    assert "control passed" in done.stdout, done.stdout
 
 
 def test_tor_client_down_defers_and_keeps_the_mail(lab: MailLab) -> None:
-    """Without the tor client the message is deferred (4.x.x) and stays queued; it never takes another
-    route. With the client back, ``postqueue -f`` delivers it over the onion."""
+    """Without tx's tor the message is deferred (4.x.x) and stays queued; it never takes another route,
+    and ``status`` on tx fails the Tor and onion-service checks (only those). With the tor back (it
+    reloads tx's onion service from setup's torrc piece), ``postqueue -f`` delivers the message over the
+    onion and ``status`` is all ok again."""
     trap_before = lab.trap.count()
     lab.tor.stop_client()
     try:
@@ -112,6 +141,12 @@ def test_tor_client_down_defers_and_keeps_the_mail(lab: MailLab) -> None:
         assert queue_id in lab.tx.queue_ids()
         assert not lab.mailbox_has(token)
         assert lab.trap.count() == trap_before, "the message took the clear route while tor was down"
+        code, verdicts, report = status_verdicts(lab.tx_gw)
+        assert code == 1 and verdicts["tor_control"] == {"fail"}, report
+        assert verdicts["onion_service"] == {"fail"}, report
+        others = {name: v for name, v in verdicts.items() if name not in ("tor_control", "onion_service")}
+        assert set(others) == {"map_listener", "srv_record", "transport_maps", "smtptor_service", "relay_audit"}
+        assert all(v == {"ok"} for v in others.values()), report
     finally:
         lab.tor.start_client()
     lab.tor.wait_bootstrapped(BOOTSTRAP_TIMEOUT_SECONDS, [lab.tor.client])
@@ -122,11 +157,18 @@ def test_tor_client_down_defers_and_keeps_the_mail(lab: MailLab) -> None:
                  10, "the retried message sent through smtptor")
     assert queue_id not in lab.tx.queue_ids()
     assert lab.trap.count() == trap_before
+    # tx's tor serves tx's onion again (its torrc %includes setup's piece): status recovers on its own
+    deadline = time.monotonic() + STATUS_RECOVERY_TIMEOUT_SECONDS
+    while (result := status_verdicts(lab.tx_gw))[0] != 0:
+        assert time.monotonic() < deadline, f"status still failing after the restart:\n{result[2]}\n" \
+                                            f"{lab.diagnostics()}"
+        time.sleep(1)
 
 
 def test_dns_down_is_a_temporary_failure(lab: MailLab) -> None:
     """With the DNS server gone the daemon answers "temporary failure": tx refuses the recipient with
-    451 4.3.0 (or defers the message); nothing is sent in clear and nothing is delivered."""
+    451 4.3.0 (or defers the message); nothing is sent in clear and nothing is delivered. ``status`` on
+    tx fails the SRV check ("DNS failure") and only that."""
     trap_before = lab.trap.count()
     # a domain the daemon has never asked about: rx.test's own route is in the route cache by now and
     # rightly keeps working through a DNS outage until its TTL ends
@@ -147,6 +189,12 @@ def test_dns_down_is_a_temporary_failure(lab: MailLab) -> None:
         assert "to=<carol@" not in "".join(line for line in lab.tx.log_text().splitlines()
                                            if "status=sent" in line)
         assert lab.trap.count() == trap_before, "a DNS failure sent mail down the clear route"
+        # --no-audit: with DNS down every audit probe would wait out a DNS timeout (its answers: 451)
+        code, verdicts, report = status_verdicts(lab.tx_gw, "--no-audit")
+        assert code == 1 and verdicts["srv_record"] == {"fail"} and "DNS failure" in report, report
+        others = {name: v for name, v in verdicts.items() if name != "srv_record"}
+        assert set(others) == {"tor_control", "onion_service", "map_listener", "transport_maps", "smtptor_service"}
+        assert all(v == {"ok"} for v in others.values()), report
     finally:
         lab.dns.start()
 

@@ -1,11 +1,13 @@
 """``onion-gateway status`` against real components: the serve daemon, dnsmasq, Postfix's postconf, tor.
 
-The healthy-Tor case needs a bootstrapped tor, so it lives in tests/e2e (private Tor network);
-here tor runs with ``DisableNetwork 1`` and must be reported as not bootstrapped.
+The healthy Tor, onion-service and relay-audit cases need a bootstrapped tor and a gateway built by
+setup, so they live in tests/e2e (private Tor network); here tor runs with ``DisableNetwork 1`` and must
+be reported as not bootstrapped and as not serving the onion.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,10 +19,9 @@ from click.testing import CliRunner
 
 from onion_gateway.cli import main
 from onion_gateway.config import parse_listen_address, serve_settings
-from onion_gateway.status import (Verdict, check_map_listener, check_smtptor_service, check_srv, check_tor,
-                                  check_transport_maps)
+from onion_gateway.status import (Verdict, check_map_listener, check_onion_service, check_relay_audit,
+                                  check_smtptor_service, check_srv, check_tor, check_transport_maps)
 from tests.conftest import require
-from tests.support.handmade import hand_made_smtptor, hand_made_torsocks_conf
 from tests.support.onions import ONION_A, ONION_B
 from tests.support.postfix import new_instance
 from tests.support.procs import free_port, port_accepts, public_tempdir, tail, wait_for
@@ -41,10 +42,26 @@ def gateway_postfix(serve):
     """A (stopped) Postfix whose transport_maps queries the daemon and which has the smtptor service."""
     require("postfix", "postconf")
     instance = new_instance("og-status-pf-", hostname="tx.lab.test")
-    hand_made_smtptor(instance, hand_made_torsocks_conf(instance.root / "torsocks.conf", free_port()))
+    add_smtptor(instance)
     instance.postconf("-e", f"transport_maps = hash:{instance.config_dir}/transport, {serve.socketmap}")
     yield instance
     shutil.rmtree(instance.root, ignore_errors=True)
+
+
+def add_smtptor(instance) -> Path:
+    """The smtptor service in the shape setup writes (templates/postfix/master.cf.j2), with a stand-in
+    wrapper: status only checks that master.cf names an executable file and the smtp client's DNS options.
+
+    :returns: the wrapper file.
+    """
+    wrapper = instance.root / "smtp_tor"
+    wrapper.write_text('#!/bin/sh\nexec torsocks "$(postconf -h daemon_directory)/smtp" "$@"\n')
+    wrapper.chmod(0o755)
+    command = os.path.relpath(wrapper, instance.postconf("-h", "daemon_directory").strip())
+    instance.postconf("-M", f"smtptor/unix=smtptor unix - - n - - {command}")
+    for option in ("syslog_name=postfix/smtptor", "smtp_dns_support_level=disabled", "smtp_host_lookup=native"):
+        instance.postconf("-P", f"smtptor/unix/{option}")
+    return wrapper
 
 
 @pytest.fixture
@@ -145,11 +162,67 @@ def test_tor_not_bootstrapped_fails(unbootstrapped_tor: int) -> None:
     assert "bootstrapped 0%" in check.detail
 
 
+def test_onion_service_not_served_by_this_tor_fails(unbootstrapped_tor: int) -> None:
+    """A Tor that does not host the address: FAIL before any fetch (GETINFO hs/service/desc/id refused).
+
+    The address is a real one (a key tor made, then dropped): tor refuses addresses whose key is no
+    ed25519 point with another message, and this test is about a valid address served elsewhere.
+    """
+    from stem.control import Controller
+
+    with Controller.from_port(address="127.0.0.1", port=unbootstrapped_tor) as controller:
+        controller.authenticate()
+        service = controller.create_ephemeral_hidden_service({25: 1}, await_publication=False)
+        controller.remove_ephemeral_hidden_service(service.service_id)
+    check = check_onion_service("127.0.0.1", unbootstrapped_tor, f"{service.service_id}.onion")
+    assert check.verdict is Verdict.FAIL and "does not serve it" in check.detail, check
+
+
+def test_onion_service_tor_unreachable_fails() -> None:
+    check = check_onion_service("127.0.0.1", free_port(), ONION_A, timeout_seconds=2)
+    assert check.verdict is Verdict.FAIL and "cannot connect" in check.detail, check
+
+
+def test_relay_audit_without_onion_listener_fails(gateway_postfix, tmp_path: Path) -> None:
+    """A torrc with no HiddenServicePort leading to this Postfix: nothing proven, FAIL."""
+    torrc = tmp_path / "torrc"
+    torrc.write_text("SocksPort 0\n")
+    check = check_relay_audit(torrc, gateway_postfix.config_dir)
+    assert check.verdict is Verdict.FAIL and "no HiddenServicePort" in check.detail, check
+
+
+def test_relay_audit_of_an_open_listener_fails(tmp_path: Path) -> None:
+    """The onion's port leads to a listener that trusts loopback (the stock mynetworks): FAIL, not safe."""
+    require("postfix", "postconf")
+    instance = new_instance("og-status-pf-open-", hostname="open.lab.test")
+    try:
+        instance.start()
+        torrc = tmp_path / "torrc"
+        torrc.write_text(f"HiddenServiceDir {tmp_path / 'hs'}\nHiddenServicePort 25 127.0.0.1:{instance.smtp_port}\n")
+        check = check_relay_audit(torrc, instance.config_dir, test_domain="example.com", timeout_seconds=10)
+    finally:
+        instance.stop()
+        shutil.rmtree(instance.root, ignore_errors=True)
+    assert check.verdict is Verdict.FAIL and f"127.0.0.1:{instance.smtp_port} open_relay" in check.detail, check
+
+
 def test_postfix_using_the_daemon_is_ok(gateway_postfix, serve_cfg) -> None:
     maps = check_transport_maps(gateway_postfix.config_dir, serve_cfg)
     service = check_smtptor_service(gateway_postfix.config_dir, "smtptor")
     assert maps.verdict is Verdict.OK and maps.detail.endswith(":onion"), maps
     assert service.verdict is Verdict.OK and "smtp_tor" in service.detail, service
+
+
+def test_smtptor_without_its_wrapper_fails(gateway_postfix) -> None:
+    """master.cf names the wrapper, but the file is not executable: the transport cannot run, FAIL."""
+    wrapper = gateway_postfix.root / "smtp_tor"
+    wrapper.chmod(0o644)
+    try:
+        check = check_smtptor_service(gateway_postfix.config_dir, "smtptor")
+    finally:
+        wrapper.chmod(0o755)
+    assert check.verdict is Verdict.FAIL and "not an executable file" in check.detail, check
+    assert "DNS" not in check.detail, check
 
 
 def test_postfix_without_the_daemon_fails(serve_cfg) -> None:
@@ -184,7 +257,7 @@ def _config(tmp_path: Path, serve, dns_server) -> Path:
 def test_cli_status_all_ok_exits_0(tmp_path, serve, dns_server, gateway_postfix) -> None:
     result = CliRunner().invoke(main, ["status", "--config", str(_config(tmp_path, serve, dns_server)),
                                        "--no-tor", "--postfix-config-dir", str(gateway_postfix.config_dir),
-                                       "--domain", "single.example.test", "--onion", ONION_A])
+                                       "--no-audit", "--domain", "single.example.test", "--onion", ONION_A])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split()[:2] for line in lines] == [["ok", "map_listener"], ["ok", "map_listener"],
@@ -198,7 +271,7 @@ def test_cli_status_a_failed_check_exits_1(tmp_path, serve, dns_server) -> None:
                                        "--domain", "single.example.test", "--onion", ONION_B])
     assert result.exit_code == 1, result.output
     verdicts = {line.split()[1]: line.split()[0] for line in result.output.splitlines()}
-    assert verdicts == {"tor_control": "fail", "map_listener": "ok", "srv_record": "fail"}
+    assert verdicts == {"tor_control": "fail", "onion_service": "fail", "map_listener": "ok", "srv_record": "fail"}
 
 
 def test_cli_status_bad_onion_is_a_usage_error() -> None:

@@ -4,8 +4,11 @@ Nodes (every port a free 127.0.0.1 port, nothing fixed, so tests of other sessio
 
     a0 a1 a2   directory authorities   ORPort, DirPort, ControlPort; keys from tor-gencert
     r3 r4 r5   non-exit relays         ORPort, DirPort, ControlPort
-    c6         client                  SocksPort (ExtendedErrors), ControlPort
-    h7         onion-service node      ControlPort only (services are added with ADD_ONION); optional
+    c6         client                  SocksPort (ExtendedErrors), ControlPort; the sending gateway's tor
+    h7         onion-service node      SocksPort, ControlPort; the receiving gateway's tor (optional)
+
+The mail lab (tests/e2e/conftest.py) points ``onion-gateway setup`` at c6's and h7's ControlPorts: setup
+adds a ``HiddenServiceDir`` through SETCONF and an ``%include`` of its torrc piece to the node's torrc.
 
 Safety (the project's hard network rule): every torrc has ``TestingTorNetwork 1`` (tor then refuses to
 run with the public authorities), only loopback ``DirAuthority`` lines, ``UseDefaultFallbackDirs 0`` and
@@ -34,7 +37,6 @@ from pathlib import Path
 
 from tests.support.procs import free_port, tail
 
-PUBLICATION_TIMEOUT_SECONDS = 60
 BOOTSTRAP_DONE = "Bootstrapped 100%"
 STARTED = "Bootstrapped 0%"          # logged after every listener is open (or tor has exited)
 BIND_FAILURE = "Could not bind to"    # on stdout only: the notice log file is not open yet
@@ -94,7 +96,7 @@ SocksPort 127.0.0.1:{socks_port} ExtendedErrors
 """
 
 ONION_NODE_TORRC = """\
-SocksPort 0
+SocksPort 127.0.0.1:{socks_port} ExtendedErrors
 """
 
 
@@ -108,7 +110,7 @@ class TorNode:
     :param control_port: its ControlPort on 127.0.0.1 (cookie authentication).
     :param or_port: ORPort (authorities and relays), else 0.
     :param dir_port: DirPort (authorities and relays), else 0.
-    :param socks_port: SocksPort (the client), else 0.
+    :param socks_port: SocksPort (the client and the onion node), else 0.
     """
 
     nick: str
@@ -174,7 +176,8 @@ class TorNetwork:
     """The private network: :meth:`setup` (keys, torrcs), :meth:`start`, :meth:`wait_bootstrapped`, :meth:`stop`.
 
     :param workdir: an existing directory for every node's DataDirectory (a ``public_tempdir``).
-    :param with_onion_node: also run ``h7``, a tor with only a ControlPort, to host onion services.
+    :param with_onion_node: also run ``h7``, a second client tor (SocksPort + ControlPort) that hosts onion
+        services: in the mail lab it is the receiving gateway's own tor.
     :param n_authorities: directory authorities (3: a majority must sign the consensus).
     :param n_relays: non-exit relays (3: enough for guard + middle + rendezvous paths).
     """
@@ -209,7 +212,7 @@ class TorNetwork:
 
     @property
     def hs_control_port(self) -> int:
-        """ControlPort of the onion-service node (ADD_ONION goes there)."""
+        """ControlPort of the onion-service node (the receiving gateway's setup points here)."""
         return self.onion_node.control_port
 
     def _node(self, kind: str) -> TorNode:
@@ -230,7 +233,7 @@ class TorNetwork:
         :raises AssertionError: if tor-gencert or tor fails (with its stderr).
         """
         self.empty_defaults.write_text("")
-        ports = _distinct_free_ports(3 * (self.n_authorities + self.n_relays) + 3)
+        ports = _distinct_free_ports(3 * (self.n_authorities + self.n_relays) + 4)
         specs = [("authority", f"a{i}") for i in range(self.n_authorities)]
         specs += [("relay", f"r{i}") for i in range(self.n_authorities, self.n_authorities + self.n_relays)]
         specs.append(("client", f"c{len(specs)}"))
@@ -244,7 +247,7 @@ class TorNetwork:
             node = TorNode(nick, kind, data_dir, control_port=ports.pop())
             if node.is_relay:
                 node.or_port, node.dir_port = ports.pop(), ports.pop()
-            if kind == "client":
+            if kind in ("client", "onion"):
                 node.socks_port = ports.pop()
             self.nodes.append(node)
         for node in self.nodes:
@@ -479,19 +482,3 @@ def smtp_banner_via_socks(socks_port: int, host: str, port: int = 25, timeout_se
             sock.sendall(b"QUIT\r\n")
         return banner
 
-
-def add_onion_service(control_port: int, target_port: int) -> str:
-    """ADD_ONION on the onion-service node (a detached service, port 25 -> 127.0.0.1:target_port).
-
-    Waits until the descriptor is uploaded (stem ``await_publication``; about 1 s here).
-
-    :returns: the onion address ``<56 chars>.onion``.
-    """
-    from stem.control import Controller
-
-    with Controller.from_port(address="127.0.0.1", port=control_port) as controller:
-        controller.authenticate()
-        response = controller.create_ephemeral_hidden_service(
-            {25: target_port}, key_type="NEW", key_content="ED25519-V3", await_publication=True,
-            timeout=PUBLICATION_TIMEOUT_SECONDS, detached=True)
-    return f"{response.service_id}.onion"
