@@ -5,8 +5,8 @@
 - :func:`run_daemon` binds the listeners, logs one ``ready`` line, and serves until SIGTERM/SIGINT
   (graceful: stop accepting, drain pending lookups, exit) -- a second SIGTERM cuts the drain short.
   SIGHUP reloads the exclusion list and static map; a broken file keeps the old table and logs why.
-  With a cache file, the cache is loaded before the listeners bind, saved every
-  ``cache_save_interval_seconds`` when it changed, and saved once more at shutdown.
+  With a cache file, the cache is loaded right after the listeners bind (in chunks, answering
+  meanwhile), saved every ``cache_save_interval_seconds`` when it changed, and once more at shutdown.
   With a metrics address, ``/metrics`` and ``/healthz`` are served (see :mod:`.metrics`).
 - :func:`run` is the blocking entry point for the CLI: it runs :func:`run_daemon` on uvloop when
   uvloop is installed (the ``fast`` extra), else on the standard asyncio loop.
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from onion_gateway.config import ServeSettings, read_domain_list, read_static_map
 from onion_gateway.errors import ConfigError
 from onion_gateway.lookup.cache import CachePolicy, RouteCache
-from onion_gateway.lookup.dns import SrvResolver
+from onion_gateway.lookup.udpdns import UdpSrvResolver
 from onion_gateway.lookup.metrics import MetricsServer, Sources
 from onion_gateway.lookup.routing import Router, RoutingTable, build_routing_table
 from onion_gateway.lookup.server import Limits, MapProtocol, MapServer
@@ -30,6 +30,7 @@ from onion_gateway.lookup.server import Limits, MapProtocol, MapServer
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_SECONDS = 10.0
+RESTORE_CHUNK_ROWS = 5000       # cache-file rows restored between two turns of the event loop
 
 
 def load_routing_table(settings: ServeSettings) -> RoutingTable:
@@ -53,7 +54,7 @@ def build_router(settings: ServeSettings) -> Router:
     :raises ConfigError: if the routing files are bad or no resolver can be configured.
     """
     try:
-        resolver = SrvResolver(settings.dns_servers, settings.dns_timeout_seconds)
+        resolver = UdpSrvResolver(settings.dns_servers, settings.dns_timeout_seconds)
     except Exception as exc:  # dnspython: NoResolverConfiguration and friends
         raise ConfigError(f"serve.dns_servers: no usable resolver ({exc}); give --dns-server") from exc
     return Router(resolver, load_routing_table(settings), service=settings.service,
@@ -120,7 +121,19 @@ async def _save_cache(cache: RouteCache, settings: ServeSettings) -> None:
     log.debug("saved %d cache entries to %s", len(rows), settings.cache_file)
 
 
-async def _save_periodically(cache: RouteCache, settings: ServeSettings) -> None:
+async def _load_then_save(cache: RouteCache, settings: ServeSettings) -> None:
+    """Load the cache file (after the listeners are up: start-up is not delayed by a big file), then
+    save the cache every ``cache_save_interval_seconds`` when it changed."""
+    from onion_gateway.lookup.persist import read_rows, restore_rows
+
+    assert settings.cache_file is not None
+    rows = await asyncio.to_thread(read_rows, settings.cache_file, cache_fingerprint(settings))
+    loaded = 0
+    for start in range(0, len(rows), RESTORE_CHUNK_ROWS):     # keep answering between chunks
+        loaded += restore_rows(cache, rows[start:start + RESTORE_CHUNK_ROWS], settings.cache_file)
+        await asyncio.sleep(0)
+    del rows
+    log.info("loaded %d cache entries from %s", loaded, settings.cache_file)
     while True:
         await asyncio.sleep(settings.cache_save_interval_seconds)
         if cache.changed:
@@ -139,11 +152,6 @@ async def run_daemon(settings: ServeSettings,
     """
     router = build_router(settings)
     cache = build_cache(settings, router)
-    if settings.cache_file is not None:
-        from onion_gateway.lookup.persist import load_cache
-
-        loaded = load_cache(cache, settings.cache_file, cache_fingerprint(settings))
-        log.info("loaded %d cache entries from %s", loaded, settings.cache_file)
     server = build_server(settings, router, cache)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -177,7 +185,7 @@ async def run_daemon(settings: ServeSettings,
         if metrics is not None:
             await metrics.stop()
         raise
-    saver = loop.create_task(_save_periodically(cache, settings)) if settings.cache_file is not None else None
+    saver = loop.create_task(_load_then_save(cache, settings)) if settings.cache_file is not None else None
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for signum in handled:
         loop.add_signal_handler(signum, on_hup if signum == signal.SIGHUP else on_term)

@@ -12,7 +12,7 @@ Schema (version 1)::
 
     CREATE TABLE meta  (key TEXT PRIMARY KEY, value TEXT)   -- ("schema", "1"), ("settings", fingerprint)
     CREATE TABLE entry (domain TEXT, outcome TEXT, value TEXT,     -- rowid order = LRU order
-                        ttl_seconds REAL, expires_at REAL, stale_until REAL)   -- epoch seconds
+                        expires_at REAL, stale_until REAL)                     -- epoch seconds
 """
 
 from __future__ import annotations
@@ -30,20 +30,19 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 
 
-def load_cache(cache: RouteCache, path: Path, fingerprint: str = "") -> int:
-    """Fill *cache* from *path*.
+def read_rows(path: Path, fingerprint: str = "") -> list[tuple]:
+    """Read the saved entries of *path* (blocking: the daemon runs it in a worker thread).
 
-    :param cache: the (usually empty) :class:`RouteCache`.
     :param path: the sqlite file.
     :param fingerprint: the settings the answers depend on (service, transport, ...); a file saved
-        with another fingerprint is not loaded.
-    :returns: the number of entries loaded; 0 (with a warning logged) if the file is missing,
-        unreadable, corrupt, of another schema or saved under other settings.
+        with another fingerprint is not used.
+    :returns: rows for :meth:`RouteCache.restore`, oldest first; ``[]`` (with a warning logged) if the
+        file is missing, unreadable, corrupt, of another schema or saved under other settings.
     :raises: nothing for a bad file.
     """
     if not path.exists():
         log.warning("cache file %s does not exist yet: starting with an empty cache", path)
-        return 0
+        return []
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -53,17 +52,36 @@ def load_cache(cache: RouteCache, path: Path, fingerprint: str = "") -> int:
             saved = connection.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
             if saved is None or saved[0] != fingerprint:
                 raise ValueError(f"saved under other settings ({saved[0] if saved else 'unknown'})")
-            rows = connection.execute("SELECT domain, outcome, value, ttl_seconds, expires_at, stale_until "
+            return connection.execute("SELECT domain, outcome, value, expires_at, stale_until "
                                       "FROM entry ORDER BY rowid").fetchall()
         finally:
             connection.close()
-        return cache.restore(rows)
-    except (sqlite3.Error, ValueError, TypeError) as exc:
+    except (sqlite3.Error, ValueError) as exc:
         log.warning("cache file %s is unusable (%s): starting with an empty cache", path, exc)
+        return []
+
+
+def restore_rows(cache: RouteCache, rows: list[tuple], path: Path) -> int:
+    """Put *rows* (from :func:`read_rows`) into *cache*; bad rows make it stop with a warning.
+
+    :returns: the number of entries loaded.
+    """
+    try:
+        return cache.restore(rows)
+    except (ValueError, TypeError) as exc:
+        log.warning("cache file %s holds a bad entry (%s): the rest of it is ignored", path, exc)
         return 0
 
 
-def save_rows(rows: list[tuple[str, str, str, float, float, float]], path: Path, fingerprint: str = "") -> None:
+def load_cache(cache: RouteCache, path: Path, fingerprint: str = "") -> int:
+    """Fill *cache* from *path* now (blocking); see :func:`read_rows` for what a bad file does.
+
+    :returns: the number of entries loaded (0 for a missing or bad file).
+    """
+    return restore_rows(cache, read_rows(path, fingerprint), path)
+
+
+def save_rows(rows: list[tuple[str, str, str, float, float]], path: Path, fingerprint: str = "") -> None:
     """Write *rows* (from :meth:`RouteCache.export`) to *path* atomically (temp file + rename).
 
     :param fingerprint: the settings the answers depend on (checked by :func:`load_cache`).
@@ -82,9 +100,9 @@ def save_rows(rows: list[tuple[str, str, str, float, float, float]], path: Path,
             connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
             connection.executemany("INSERT INTO meta VALUES (?, ?)",
                                    [("schema", SCHEMA_VERSION), ("settings", fingerprint)])
-            connection.execute("CREATE TABLE entry (domain TEXT, outcome TEXT, value TEXT, ttl_seconds REAL, "
+            connection.execute("CREATE TABLE entry (domain TEXT, outcome TEXT, value TEXT, "
                                "expires_at REAL, stale_until REAL)")
-            connection.executemany("INSERT INTO entry VALUES (?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany("INSERT INTO entry VALUES (?, ?, ?, ?, ?)", rows)
     finally:
         connection.close()
     os.replace(tmp, path)
