@@ -124,15 +124,16 @@ async def _save_cache(cache: RouteCache, settings: ServeSettings) -> None:
 async def _load_then_save(cache: RouteCache, settings: ServeSettings) -> None:
     """Load the cache file (after the listeners are up: start-up is not delayed by a big file), then
     save the cache every ``cache_save_interval_seconds`` when it changed."""
-    from onion_gateway.lookup.persist import read_rows, restore_rows
+    from onion_gateway.lookup.persist import read_chunks, restore_rows
 
     assert settings.cache_file is not None
-    rows = await asyncio.to_thread(read_rows, settings.cache_file, cache_fingerprint(settings))
+    chunks = read_chunks(settings.cache_file, cache_fingerprint(settings), RESTORE_CHUNK_ROWS)
     loaded = 0
-    for start in range(0, len(rows), RESTORE_CHUNK_ROWS):     # keep answering between chunks
-        loaded += restore_rows(cache, rows[start:start + RESTORE_CHUNK_ROWS], settings.cache_file)
-        await asyncio.sleep(0)
-    del rows
+    while True:   # sqlite reads in a worker thread, restores on the loop; requests are answered between
+        rows = await asyncio.to_thread(next, chunks, None)
+        if rows is None:
+            break
+        loaded += restore_rows(cache, rows, settings.cache_file)
     log.info("loaded %d cache entries from %s", loaded, settings.cache_file)
     while True:
         await asyncio.sleep(settings.cache_save_interval_seconds)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from onion_gateway.lookup.cache import RouteCache
@@ -30,21 +31,23 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 
 
-def read_rows(path: Path, fingerprint: str = "") -> list[tuple]:
-    """Read the saved entries of *path* (blocking: the daemon runs it in a worker thread).
+def read_chunks(path: Path, fingerprint: str = "", chunk_rows: int = 5000) -> Iterator[list[tuple]]:
+    """Yield the saved entries of *path* in chunks, oldest first (blocking; the daemon advances it in a
+    worker thread, one chunk at a time, so 100,000 rows are never all in memory at once).
 
     :param path: the sqlite file.
     :param fingerprint: the settings the answers depend on (service, transport, ...); a file saved
         with another fingerprint is not used.
-    :returns: rows for :meth:`RouteCache.restore`, oldest first; ``[]`` (with a warning logged) if the
-        file is missing, unreadable, corrupt, of another schema or saved under other settings.
-    :raises: nothing for a bad file.
+    :param chunk_rows: rows per chunk.
+    :returns: an iterator of row lists for :meth:`RouteCache.restore`; empty (with a warning logged)
+        if the file is missing, unreadable, corrupt, of another schema or saved under other settings.
+    :raises: nothing for a bad file (a file that breaks half-way stops with a warning).
     """
     if not path.exists():
         log.warning("cache file %s does not exist yet: starting with an empty cache", path)
-        return []
+        return
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         try:
             version = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
@@ -52,13 +55,22 @@ def read_rows(path: Path, fingerprint: str = "") -> list[tuple]:
             saved = connection.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
             if saved is None or saved[0] != fingerprint:
                 raise ValueError(f"saved under other settings ({saved[0] if saved else 'unknown'})")
-            return connection.execute("SELECT domain, outcome, value, expires_at, stale_until "
-                                      "FROM entry ORDER BY rowid").fetchall()
+            cursor = connection.execute("SELECT domain, outcome, value, expires_at, stale_until "
+                                        "FROM entry ORDER BY rowid")
+            while True:
+                rows = cursor.fetchmany(chunk_rows)
+                if not rows:
+                    return
+                yield rows
         finally:
             connection.close()
     except (sqlite3.Error, ValueError) as exc:
         log.warning("cache file %s is unusable (%s): starting with an empty cache", path, exc)
-        return []
+
+
+def read_rows(path: Path, fingerprint: str = "") -> list[tuple]:
+    """All rows of *path* at once (see :func:`read_chunks`; ``[]`` for a missing or bad file)."""
+    return [row for chunk in read_chunks(path, fingerprint) for row in chunk]
 
 
 def restore_rows(cache: RouteCache, rows: list[tuple], path: Path) -> int:
