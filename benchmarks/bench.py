@@ -250,12 +250,13 @@ class Server:
         started = time.perf_counter()
         self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, stdout=log.open("ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        protocol = self.protocols[0]
         deadline = started + 20
+        waiting = list(self.protocols)          # ready = every listener answers
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: see {log}")
-            if _probe(protocol, self.ports[protocol], self.probe(protocol), self.map_name):
+            waiting = [p for p in waiting if not _probe(p, self.ports[p], self.probe(p), self.map_name)]
+            if not waiting:
                 self.ready_seconds = time.perf_counter() - started
                 return
             time.sleep(0.002)
