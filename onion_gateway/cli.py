@@ -119,7 +119,7 @@ def lookup(key, config_file, log_level, **overrides) -> None:
     import asyncio
 
     from onion_gateway.errors import ConfigError
-    from onion_gateway.lookup.daemon import build_router
+    from onion_gateway.lookup.daemon import build_router, lookup_once
     from onion_gateway.lookup.result import Outcome
 
     _configure_logging("warning" if log_level == "info" else log_level)
@@ -127,7 +127,7 @@ def lookup(key, config_file, log_level, **overrides) -> None:
         router = build_router(_settings(config_file, overrides))
     except ConfigError as exc:
         _fail(EXIT_CONFIG, str(exc))
-    result = asyncio.run(router.lookup(key))
+    result = asyncio.run(lookup_once(router, key))
     if result.outcome is Outcome.FOUND:
         click.echo(result.value)
         return

@@ -106,6 +106,19 @@ def run(settings: ServeSettings) -> int:
         return runner.run(run_daemon(settings))
 
 
+async def lookup_once(router: Router, key: str):
+    """Route one *key* (the ``lookup`` command) and close the resolver's sockets afterwards.
+
+    :returns: the :class:`~onion_gateway.lookup.result.LookupResult`.
+    """
+    try:
+        return await router.lookup(key)
+    finally:
+        close = getattr(router.resolver, "close", None)
+        if close is not None:
+            close()
+
+
 async def _save_cache(cache: RouteCache, settings: ServeSettings) -> None:
     from onion_gateway.lookup.persist import save_rows
 
@@ -216,3 +229,6 @@ async def run_daemon(settings: ServeSettings,
             await _save_cache(cache, settings)
         if metrics is not None:
             await metrics.stop()
+        close = getattr(router.resolver, "close", None)
+        if close is not None:
+            close()

@@ -222,6 +222,14 @@ class UdpSrvResolver:
         self._pools: list[list[_Channel | None]] = [[None] * SOCKETS_PER_SERVER for _ in self.nameservers]
         self._turn = 0
 
+    def close(self) -> None:
+        """Close every socket (pending queries fail); the next query opens new ones."""
+        for pool in self._pools:
+            for index, channel in enumerate(pool):
+                if channel is not None and channel.transport is not None:
+                    channel.transport.close()
+                pool[index] = None
+
     async def _channel(self, server: int) -> _Channel:
         pool = self._pools[server]
         self._turn = (self._turn + 1) % SOCKETS_PER_SERVER
