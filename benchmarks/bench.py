@@ -21,6 +21,7 @@ SRV records, and nothing else (NXDOMAIN). Scenarios:
 Isolation: the script re-executes itself under ``unshare --net --mount`` (root): the namespace has only
 ``lo``, /etc/resolv.conf is bind-mounted to ``nameserver 127.0.0.1`` (c-ares in mta-sts reads it), so no
 query or connection can leave the machine. Every run is bounded by a request count and a time limit.
+Needs root, dnsmasq, ``unshare`` (util-linux), ``ip`` (iproute2) and ``openssl``.
 
     sudo .venv/bin/python benchmarks/bench.py --peers-venv /tmp/og-bench-peers \\
         --baseline-ref main --output /tmp/bench.md
