@@ -72,26 +72,29 @@ class CachePolicy:
     serve_stale_seconds: float = 0.0
 
 
+_NEVER = float("inf")
+
+
 class CacheEntry:
-    """One cached answer.
+    """One cached answer (four references: about 100 bytes besides the result itself).
 
     :param result: the routing result.
-    :param ttl_seconds: the clamped TTL it was stored with (seconds).
+    :param ttl_seconds: the clamped TTL it is stored with (seconds; only used to place the prefetch point).
     :param expires_at: when it stops being fresh (``time.monotonic()`` seconds).
-    :param stale_until: until when it may be served stale (monotonic seconds; equals *expires_at*
-        when serve-stale is off).
+    :param stale_until: until when it may be served stale (monotonic seconds; pass *expires_at*
+        itself when serve-stale is off, so no second float is kept).
+    :param prefetch: whether a hit in the last 10 % of the TTL starts a refresh.
     """
 
-    __slots__ = ("result", "ttl_seconds", "expires_at", "prefetch_at", "stale_until")
+    __slots__ = ("result", "expires_at", "prefetch_at", "stale_until")
 
     def __init__(self, result: LookupResult, ttl_seconds: float, expires_at: float, stale_until: float,
                  prefetch: bool) -> None:
         self.result = result
-        self.ttl_seconds = ttl_seconds
         self.expires_at = expires_at
         self.stale_until = stale_until
         # a hit after this instant starts a refresh; +inf when prefetch is off
-        self.prefetch_at = expires_at - ttl_seconds * PREFETCH_FRACTION if prefetch else float("inf")
+        self.prefetch_at = expires_at - ttl_seconds * PREFETCH_FRACTION if prefetch else _NEVER
 
 
 class RouteCache:
@@ -112,6 +115,7 @@ class RouteCache:
         self._entries: collections.OrderedDict[str, CacheEntry] = collections.OrderedDict()
         self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
         self._enabled = policy.max_entries > 0
+        self._shared: dict[LookupResult, LookupResult] = {}   # one object per distinct negative answer
         self._prefetch = policy.prefetch
         self.changed = False   # set on every store; the persistence task clears it after saving
 
@@ -188,7 +192,7 @@ class RouteCache:
                 log.warning("DNS for %s failed (%s): answering the entry that expired %.0f s ago (serve-stale)",
                             domain, result.value, now - current.expires_at)
                 current.expires_at = min(now + STALE_ANSWER_TTL_SECONDS, current.stale_until)
-                current.prefetch_at = float("inf")
+                current.prefetch_at = _NEVER
                 return current.result
             if policy.temp_fail_ttl_seconds > 0 and self._enabled:
                 self._put(domain, CacheEntry(result, policy.temp_fail_ttl_seconds,
@@ -201,7 +205,10 @@ class RouteCache:
         ceiling = policy.max_ttl_seconds if result.outcome is Outcome.FOUND else policy.negative_max_ttl_seconds
         ttl = min(max(ttl, policy.min_ttl_seconds), ceiling)
         expires = now + ttl
-        self._put(domain, CacheEntry(result, ttl, expires, expires + policy.serve_stale_seconds, self._prefetch))
+        if result.outcome is not Outcome.FOUND:
+            result = self._shared.setdefault(result, result)
+        stale = expires + policy.serve_stale_seconds if policy.serve_stale_seconds else expires
+        self._put(domain, CacheEntry(result, ttl, expires, stale, self._prefetch))
         return result
 
     def _put(self, domain: str, entry: CacheEntry) -> None:
@@ -222,39 +229,43 @@ class RouteCache:
         entry = self._entries.get(domain)
         return None if entry is None else entry.expires_at - self._clock()
 
-    def export(self) -> list[tuple[str, str, str, float, float, float]]:
+    def export(self) -> list[tuple[str, str, str, float, float]]:
         """The entries worth keeping across a restart, least recently used first.
 
-        :returns: ``[(domain, outcome value, result value, ttl_seconds, expires_wall, stale_until_wall)]``
-            with wall-clock (``time.time()``) epoch seconds; temporary failures and dead entries are left out.
+        :returns: ``[(domain, outcome value, result value, expires_wall, stale_until_wall)]`` with
+            wall-clock (``time.time()``) epoch seconds; temporary failures and dead entries are left out.
         """
         now = self._clock()
         offset = time.time() - now
-        return [(domain, e.result.outcome.value, e.result.value, e.ttl_seconds,
-                 e.expires_at + offset, e.stale_until + offset)
+        return [(domain, e.result.outcome.value, e.result.value, e.expires_at + offset, e.stale_until + offset)
                 for domain, e in self._entries.items()
                 if e.result.outcome is not Outcome.TEMP_FAIL and e.stale_until > now]
 
-    def restore(self, rows: Iterable[tuple[str, str, str, float, float, float]]) -> int:
-        """Load rows made by :meth:`export` (oldest first); expired ones are skipped.
+    def restore(self, rows: Iterable[tuple[str, str, str, float, float]]) -> int:
+        """Load rows made by :meth:`export` (oldest first); expired ones and domains already cached
+        (answered by DNS meanwhile, so fresher) are skipped.
 
         :returns: how many entries were loaded.
         :raises ValueError: if a row has an unknown outcome or malformed fields.
         """
         now = self._clock()
         offset = time.time() - now
+        policy = self.policy
+        entries = self._entries
         loaded = 0
-        for domain, outcome, value, ttl, expires_wall, stale_wall in rows:
+        for domain, outcome, value, expires_wall, stale_wall in rows:
             result = LookupResult(Outcome(outcome), str(value))
-            if result.outcome not in (Outcome.FOUND, Outcome.NOT_FOUND):
+            if result.outcome is Outcome.NOT_FOUND:
+                result = self._shared.setdefault(result, result)
+            elif result.outcome is not Outcome.FOUND:
                 raise ValueError(f"unexpected outcome {outcome!r} for {domain!r}")
             expires, stale = float(expires_wall) - offset, float(stale_wall) - offset
-            if stale <= now:
+            if stale <= now or domain in entries:
                 continue
             # never trust a file for longer than the policy allows now
-            expires = min(expires, now + self.policy.max_ttl_seconds)
-            stale = min(stale, expires + self.policy.serve_stale_seconds)
-            self._put(str(domain), CacheEntry(result, float(ttl), expires, max(stale, expires), self._prefetch))
+            expires = min(expires, now + policy.max_ttl_seconds)
+            stale = min(stale, expires + policy.serve_stale_seconds) if policy.serve_stale_seconds else expires
+            self._put(str(domain), CacheEntry(result, max(0.0, expires - now), expires, max(stale, expires),
+                                              self._prefetch))
             loaded += 1
-        self.changed = False
         return loaded

@@ -5,8 +5,8 @@
 - :func:`run_daemon` binds the listeners, logs one ``ready`` line, and serves until SIGTERM/SIGINT
   (graceful: stop accepting, drain pending lookups, exit) -- a second SIGTERM cuts the drain short.
   SIGHUP reloads the exclusion list and static map; a broken file keeps the old table and logs why.
-  With a cache file, the cache is loaded before the listeners bind, saved every
-  ``cache_save_interval_seconds`` when it changed, and saved once more at shutdown.
+  With a cache file, the cache is loaded right after the listeners bind (in chunks, answering
+  meanwhile), saved every ``cache_save_interval_seconds`` when it changed, and once more at shutdown.
   With a metrics address, ``/metrics`` and ``/healthz`` are served (see :mod:`.metrics`).
 - :func:`run` is the blocking entry point for the CLI: it runs :func:`run_daemon` on uvloop when
   uvloop is installed (the ``fast`` extra), else on the standard asyncio loop.
@@ -34,6 +34,7 @@ from onion_gateway.lookup.server import Limits, MapProtocol, MapServer
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_SECONDS = 10.0
+RESTORE_CHUNK_ROWS = 5000       # cache-file rows restored between two turns of the event loop
 
 
 def postfix_own_domains(settings: ServeSettings) -> frozenset[str]:
@@ -183,7 +184,20 @@ async def _save_cache(cache: RouteCache, settings: ServeSettings) -> None:
     log.debug("saved %d cache entries to %s", len(rows), settings.cache_file)
 
 
-async def _save_periodically(cache: RouteCache, settings: ServeSettings) -> None:
+async def _load_then_save(cache: RouteCache, settings: ServeSettings) -> None:
+    """Load the cache file (after the listeners are up: start-up is not delayed by a big file), then
+    save the cache every ``cache_save_interval_seconds`` when it changed."""
+    from onion_gateway.lookup.persist import read_chunks, restore_rows
+
+    assert settings.cache_file is not None
+    chunks = read_chunks(settings.cache_file, cache_fingerprint(settings), RESTORE_CHUNK_ROWS)
+    loaded = 0
+    while True:   # sqlite reads in a worker thread, restores on the loop; requests are answered between
+        rows = await asyncio.to_thread(next, chunks, None)
+        if rows is None:
+            break
+        loaded += restore_rows(cache, rows, settings.cache_file)
+    log.info("loaded %d cache entries from %s", loaded, settings.cache_file)
     while True:
         await asyncio.sleep(settings.cache_save_interval_seconds)
         if cache.changed:
@@ -202,11 +216,6 @@ async def run_daemon(settings: ServeSettings,
     """
     router = build_router(settings)
     cache = build_cache(settings, router)
-    if settings.cache_file is not None:
-        from onion_gateway.lookup.persist import load_cache
-
-        loaded = load_cache(cache, settings.cache_file, cache_fingerprint(settings))
-        log.info("loaded %d cache entries from %s", loaded, settings.cache_file)
     server = build_server(settings, router, cache)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -241,7 +250,7 @@ async def run_daemon(settings: ServeSettings,
         if metrics is not None:
             await metrics.stop()
         raise
-    saver = loop.create_task(_save_periodically(cache, settings)) if settings.cache_file is not None else None
+    saver = loop.create_task(_load_then_save(cache, settings)) if settings.cache_file is not None else None
     if settings.user:
         try:
             uid, gid = drop_privileges(settings.user, settings.group)

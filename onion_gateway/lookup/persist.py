@@ -12,7 +12,7 @@ Schema (version 1)::
 
     CREATE TABLE meta  (key TEXT PRIMARY KEY, value TEXT)   -- ("schema", "1"), ("settings", fingerprint)
     CREATE TABLE entry (domain TEXT, outcome TEXT, value TEXT,     -- rowid order = LRU order
-                        ttl_seconds REAL, expires_at REAL, stale_until REAL)   -- epoch seconds
+                        expires_at REAL, stale_until REAL)                     -- epoch seconds
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from onion_gateway.lookup.cache import RouteCache
@@ -30,22 +31,23 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 
 
-def load_cache(cache: RouteCache, path: Path, fingerprint: str = "") -> int:
-    """Fill *cache* from *path*.
+def read_chunks(path: Path, fingerprint: str = "", chunk_rows: int = 5000) -> Iterator[list[tuple]]:
+    """Yield the saved entries of *path* in chunks, oldest first (blocking; the daemon advances it in a
+    worker thread, one chunk at a time, so 100,000 rows are never all in memory at once).
 
-    :param cache: the (usually empty) :class:`RouteCache`.
     :param path: the sqlite file.
     :param fingerprint: the settings the answers depend on (service, transport, ...); a file saved
-        with another fingerprint is not loaded.
-    :returns: the number of entries loaded; 0 (with a warning logged) if the file is missing,
-        unreadable, corrupt, of another schema or saved under other settings.
-    :raises: nothing for a bad file.
+        with another fingerprint is not used.
+    :param chunk_rows: rows per chunk.
+    :returns: an iterator of row lists for :meth:`RouteCache.restore`; empty (with a warning logged)
+        if the file is missing, unreadable, corrupt, of another schema or saved under other settings.
+    :raises: nothing for a bad file (a file that breaks half-way stops with a warning).
     """
     if not path.exists():
         log.warning("cache file %s does not exist yet: starting with an empty cache", path)
-        return 0
+        return
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         try:
             version = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
@@ -53,17 +55,45 @@ def load_cache(cache: RouteCache, path: Path, fingerprint: str = "") -> int:
             saved = connection.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
             if saved is None or saved[0] != fingerprint:
                 raise ValueError(f"saved under other settings ({saved[0] if saved else 'unknown'})")
-            rows = connection.execute("SELECT domain, outcome, value, ttl_seconds, expires_at, stale_until "
-                                      "FROM entry ORDER BY rowid").fetchall()
+            cursor = connection.execute("SELECT domain, outcome, value, expires_at, stale_until "
+                                        "FROM entry ORDER BY rowid")
+            while True:
+                rows = cursor.fetchmany(chunk_rows)
+                if not rows:
+                    return
+                yield rows
         finally:
             connection.close()
-        return cache.restore(rows)
-    except (sqlite3.Error, ValueError, TypeError) as exc:
+    except (sqlite3.Error, ValueError) as exc:
         log.warning("cache file %s is unusable (%s): starting with an empty cache", path, exc)
+
+
+def read_rows(path: Path, fingerprint: str = "") -> list[tuple]:
+    """All rows of *path* at once (see :func:`read_chunks`; ``[]`` for a missing or bad file)."""
+    return [row for chunk in read_chunks(path, fingerprint) for row in chunk]
+
+
+def restore_rows(cache: RouteCache, rows: list[tuple], path: Path) -> int:
+    """Put *rows* (from :func:`read_rows`) into *cache*; bad rows make it stop with a warning.
+
+    :returns: the number of entries loaded.
+    """
+    try:
+        return cache.restore(rows)
+    except (ValueError, TypeError) as exc:
+        log.warning("cache file %s holds a bad entry (%s): the rest of it is ignored", path, exc)
         return 0
 
 
-def save_rows(rows: list[tuple[str, str, str, float, float, float]], path: Path, fingerprint: str = "") -> None:
+def load_cache(cache: RouteCache, path: Path, fingerprint: str = "") -> int:
+    """Fill *cache* from *path* now (blocking); see :func:`read_rows` for what a bad file does.
+
+    :returns: the number of entries loaded (0 for a missing or bad file).
+    """
+    return restore_rows(cache, read_rows(path, fingerprint), path)
+
+
+def save_rows(rows: list[tuple[str, str, str, float, float]], path: Path, fingerprint: str = "") -> None:
     """Write *rows* (from :meth:`RouteCache.export`) to *path* atomically (temp file + rename).
 
     :param fingerprint: the settings the answers depend on (checked by :func:`load_cache`).
@@ -82,9 +112,9 @@ def save_rows(rows: list[tuple[str, str, str, float, float, float]], path: Path,
             connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
             connection.executemany("INSERT INTO meta VALUES (?, ?)",
                                    [("schema", SCHEMA_VERSION), ("settings", fingerprint)])
-            connection.execute("CREATE TABLE entry (domain TEXT, outcome TEXT, value TEXT, ttl_seconds REAL, "
+            connection.execute("CREATE TABLE entry (domain TEXT, outcome TEXT, value TEXT, "
                                "expires_at REAL, stale_until REAL)")
-            connection.executemany("INSERT INTO entry VALUES (?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany("INSERT INTO entry VALUES (?, ?, ?, ?, ?)", rows)
     finally:
         connection.close()
     os.replace(tmp, path)

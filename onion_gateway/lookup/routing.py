@@ -188,7 +188,8 @@ def order_targets(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvR
 class Router:
     """Answer lookup keys with transport-map values.
 
-    :param resolver: the :class:`SrvResolver` (DNS on the configured servers).
+    :param resolver: an SRV resolver with ``async query(qname) -> SrvAnswer``
+        (:class:`SrvResolver`).
     :param table: the reloadable :class:`RoutingTable`; replace it with :meth:`reload`.
     :param service: SRV service label (``onion-mx`` -> ``_onion-mx._tcp.<domain>``).
     :param transport: master.cf transport name put before the nexthops (``smtptor``).

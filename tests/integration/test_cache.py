@@ -263,3 +263,39 @@ def test_cache_saved_under_other_settings_is_not_loaded(dns, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert load_cache(cache, path, "transport=other") == 0
     assert "other settings" in caplog.text
+
+
+def test_cache_hits_are_answered_without_creating_a_task(dns):
+    """A hit is answered inside data_received: no task, no DNS; a miss goes through one task."""
+    from onion_gateway.config import parse_listen_address
+    from onion_gateway.lookup.server import Limits, MapServer
+
+    async def scenario():
+        cache = make_cache(dns, min_ttl_seconds=600.0)
+        server = MapServer(cache.router, [parse_listen_address("127.0.0.1:0")], [], Limits(), cache=cache)
+        bound = await server.start()
+        port = int(bound[0][1].rsplit(":", 1)[1])
+        loop = asyncio.get_running_loop()
+        created = []
+        default_factory = loop.get_task_factory()
+
+        def counting_factory(loop, coro, **kwargs):
+            created.append(getattr(coro, "__qualname__", repr(coro)))
+            return default_factory(loop, coro, **kwargs) if default_factory else asyncio.Task(coro, loop=loop, **kwargs)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"get x@a.example.test\n")                         # miss: DNS, tasks
+        assert await reader.readline() == f"200 smtptor:[{ONION_A}]:25\n".encode()
+        loop.set_task_factory(counting_factory)
+        try:
+            for _ in range(50):
+                writer.write(b"get y@a.example.test\n")
+                assert await reader.readline() == f"200 smtptor:[{ONION_A}]:25\n".encode()
+        finally:
+            loop.set_task_factory(default_factory)
+        writer.close()
+        await server.stop(1.0)
+        assert created == []
+        assert cache.stats.cache_hits == 50 and srv_queries(dns, "a.example.test") == 1
+
+    asyncio.run(scenario())

@@ -15,7 +15,7 @@ from tests.support.daemon import ServeProcess
 from tests.support.dnsserver import SrvEntry
 from tests.support.mapclient import SocketmapClient, TcpTableClient
 from tests.support.onions import ONION_A, V2_ONION
-from tests.support.procs import free_port, public_tempdir
+from tests.support.procs import free_port, public_tempdir, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,13 +122,14 @@ def test_cache_file_survives_a_restart(dns, workdir):
     assert cache_file.exists()
     second = ServeProcess(args).start()
     try:
+        # the file is loaded after the listeners are up; ask once it is in
+        wait_for(lambda: "loaded 1 cache entries" in second.log(), 10, "the cache file to load", second.log)
         client = TcpTableClient(second.tcp_port)
         assert client.get("y@persist.example.test") == f"200 smtptor:[{ONION_A}]:25"
         client.close()
     finally:
         second.stop()
     assert srv_queries(dns, "persist.example.test") == 1, "the restarted daemon asked DNS again"
-    assert "loaded 1 cache entries" in second.log()
 
 
 def test_corrupt_cache_file_starts_empty_and_serves(dns, workdir):
