@@ -15,7 +15,7 @@ the order mail uses them::
     smtptor_service  postconf -M <transport>/unix exists, its command (the smtp_tor  master(5), postconf(5)
                      wrapper) is an executable file; effective
                      smtp_dns_support_level=disabled and smtp_host_lookup=native
-    relay_audit      the relay audit of every onion-facing listener the torrc names  docs/audit.md
+    relay_audit      the relay audit of every onion-facing listener the torrc names  (README.md, Relay audit)
                      (static analysis + live probes, never DATA): safe
 
 The Tor questions go through :mod:`onion_gateway.tor` (the only module importing stem).

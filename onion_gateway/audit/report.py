@@ -136,7 +136,7 @@ def overall_exit_code(reports: list[AuditReport]) -> int:
 
 
 def to_json(reports: list[AuditReport]) -> str:
-    """``{"exit_code": N, "reports": [...]}`` as indented JSON (see docs/audit.md for the shape)."""
+    """``{"exit_code": N, "reports": [...]}`` as indented JSON (README.md "JSON shape" shows it)."""
     return json.dumps({"exit_code": overall_exit_code(reports), "reports": [r.to_dict() for r in reports]},
                       indent=2)
 

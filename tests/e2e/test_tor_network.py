@@ -2,7 +2,7 @@
 
 The lab (tests/e2e/conftest.py) is built once for the module; the tests run in file order and each
 drill puts back what it broke (tor client, DNS) before it ends, also when it fails.
-What each test proves is in its docstring; docs/e2e.md sums it up.
+What each test proves is in its docstring; README.md ("How we know it works") sums it up.
 """
 
 from __future__ import annotations

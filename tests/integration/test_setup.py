@@ -2,7 +2,7 @@
 
 Every path setup writes is redirected into the test's own directories (wrapper, torrc, torrc piece,
 torsocks.conf, systemd unit, state directory, HiddenServiceDir); the wrapper sits outside Postfix's
-daemon_directory and master.cf names it by a relative path, as documented in docs/setup.md.
+daemon_directory and master.cf names it by a relative path, as documented in README.md ("Setting up a gateway").
 The transport map is the real ``onion-gateway serve`` daemon of the session (DNS from the loopback dnsmasq).
 """
 
