@@ -59,6 +59,7 @@ class Endpoint:
 
     @property
     def is_unix(self) -> bool:
+        """True for a unix-domain socket endpoint (Postfix sees such clients as 127.0.0.1)."""
         return self.path is not None
 
     def __str__(self) -> str:
@@ -297,6 +298,7 @@ class MasterService:
 
     @property
     def program(self) -> str:
+        """The master.cf command's program name (``smtpd``, ``postscreen``), without arguments or path."""
         words = self.command.split()
         return os.path.basename(words[0]) if words else ""
 

@@ -107,6 +107,7 @@ class Finding:
     source: str
 
     def to_dict(self) -> dict:
+        """The finding as JSON-ready ``{severity, check, title, value, source}``."""
         return {"severity": self.severity.value, "check": self.check.value, "title": self.title,
                 "value": self.value, "source": self.source}
 
@@ -128,12 +129,15 @@ class EffectivePolicy:
     client_address: str = CLIENT_ADDRESS
 
     def value(self, name: str) -> str:
+        """The effective value of parameter *name*; :raises KeyError: if it was not read."""
         return self.settings[name].value
 
     def source(self, name: str) -> str:
+        """Where *name*'s value comes from (master.cf ``-o``, main.cf, or the default)."""
         return self.settings[name].source
 
     def to_dict(self) -> dict:
+        """``{parameter: {"value": ..., "source": ...}}``, JSON-ready."""
         return {name: {"value": s.value, "source": s.source} for name, s in self.settings.items()}
 
 
@@ -302,6 +306,8 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True)
 class StepResult:
+    """What one restriction-list step does to a relay attempt: the step, the check it trips, and why."""
+
     step: Step
     check: Check | None = None
     why: str = ""

@@ -75,6 +75,7 @@ class Reply:
 
     @classmethod
     def from_smtplib(cls, code: int, message: bytes | str) -> "Reply":
+        """Build a :class:`Reply` from smtplib's ``(code, message)``, splitting off an RFC 3463 enhanced code."""
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         text = " ".join(text.split("\n"))
         match = ENHANCED.match(text)
@@ -142,6 +143,7 @@ class ProbeResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """The probe as JSON-ready ``{name, mail_from, rcpt_to, xclient, stage, code, ...}``."""
         return {"name": self.spec.name, "mail_from": self.spec.mail_from, "rcpt_to": list(self.spec.rcpt_to),
                 "xclient": self.spec.xclient, "stage": self.stage,
                 "code": self.reply.code if self.reply else None,
@@ -316,6 +318,7 @@ class Session:
         return reply
 
     def close(self) -> None:
+        """QUIT and close the SMTP session (errors while closing are ignored)."""
         if self.client is None:
             return
         try:

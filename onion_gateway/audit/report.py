@@ -56,14 +56,17 @@ class AuditReport:
 
     @property
     def control_passed(self) -> bool:
+        """True if the positive control (RCPT to a served domain) got a 2xx reply."""
         return self.control is not None and self.control.reply is not None and 200 <= self.control.reply.code < 300
 
     @property
     def accepted(self) -> list[ProbeResult]:
+        """The probes the server accepted (relaying confirmed)."""
         return [p for p in self.probes if p.verdict is Verdict.ACCEPTED]
 
     @property
     def critical(self) -> list[Finding]:
+        """The findings of critical severity."""
         return [f for f in self.findings if f.severity is Severity.CRITICAL]
 
     @property
@@ -85,6 +88,7 @@ class AuditReport:
 
     @property
     def exit_code(self) -> int:
+        """The command's exit code: 0 safe, 1 open relay, 2 risky, 3 inconclusive, 69 unreachable."""
         return self.outcome.value
 
     @property
@@ -112,6 +116,7 @@ class AuditReport:
         return out
 
     def to_dict(self) -> dict:
+        """The report as JSON-ready data (the ``--json`` shape shown in README)."""
         return {
             "target": self.target,
             "listener": self.listener,
