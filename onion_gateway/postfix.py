@@ -122,16 +122,15 @@ def reload(config_dir: Path | None) -> None:
 
 
 DOMAIN_LIST_PARAMETERS = ("mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains")
-_LISTABLE_TABLE_TYPES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash"})
 
 
 def own_domains(config_dir: Path | None) -> tuple[frozenset[str], tuple[str, ...]]:
     """The domains this Postfix delivers or relays for: it must never route them to an onion.
 
     Reads ``mydestination``, ``virtual_mailbox_domains``, ``virtual_alias_domains`` and ``relay_domains``
-    (expanded, ``postconf -x``; postconf(5) "domain lists"). Literal names are taken as they are;
-    indexed tables (``hash:``, ``lmdb:`` …) are listed with ``postmap -s``; ``texthash:`` files are read.
-    Other table types (``mysql:``, ``pcre:`` …) cannot be listed and are returned separately.
+    (expanded, ``postconf -x``; postconf(5) "domain lists"). Literal names are taken as they are; tables
+    that can be listed (``hash:``, ``lmdb:``, ``texthash:``, ``inline:`` ...) are listed with
+    :func:`postmap_dump`; the others (``mysql:``, ``pcre:`` ...) are returned separately.
 
     :param config_dir: the Postfix configuration directory, ``None`` for the default instance.
     :returns: ``(domains, unlisted_tables)``: lower-cased domains without trailing dots, and the
@@ -145,30 +144,15 @@ def own_domains(config_dir: Path | None) -> tuple[frozenset[str], tuple[str, ...
         for token in re.split(r"[\s,]+", value):
             if not token:
                 continue
-            kind, sep, name = token.partition(":")
-            if not sep:
+            if ":" not in token:
                 domains.add(token.lower().rstrip("."))
-            elif kind in _LISTABLE_TABLE_TYPES:
-                domains.update(_table_keys(config_dir, kind, name))
-            else:
+                continue
+            pairs = postmap_dump(token, config_dir)
+            if pairs is None:
                 unlisted.append(token)
+            else:
+                domains.update(key.lower().rstrip(".") for key, _ in pairs if key)
     return frozenset(domains), tuple(unlisted)
-
-
-def _table_keys(config_dir: Path | None, kind: str, name: str) -> set[str]:
-    if kind == "texthash":
-        try:
-            lines = Path(name).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise PostfixError(f"cannot read {kind}:{name}: {exc.strerror}") from exc
-    else:
-        lines = _run(["postmap", *_c(config_dir), "-s", f"{kind}:{name}"]).stdout.splitlines()
-    keys = set()
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line:
-            keys.add(line.split()[0].lower().rstrip("."))
-    return keys
 
 
 def explicit_parameters(config_dir: Path | None) -> dict[str, str]:
