@@ -106,3 +106,58 @@ def test_with_dns_down_rcpt_gets_a_temporary_failure_not_a_clearnet_route(routin
         client.mail("bob@tx.test")
         assert client.rcpt("dave@rx2.test")[0] == 250
         client.rset()
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _root(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        return ""
+
+
+def test_chrooted_trivial_rewrite_reaches_a_unix_socketmap_under_the_queue_directory():
+    """README "Unix sockets and Postfix's chroot": trivial-rewrite runs chrooted to queue_directory and
+    opens ``socketmap:unix:onion-gateway/map.sock:onion`` relative to it; the daemon listens on the same
+    socket by its absolute path, group postfix, mode 0660."""
+    require("postfix", "dnsmasq")
+    work = public_tempdir("og-chroot-")
+    dns = Dnsmasq(work / "dns", local_zones=["rx.test"], srv=[SrvEntry("rx.test", ONION_A)]).start()
+    record = work / "smtptor.record"
+    record.touch()
+    os.chmod(record, 0o666)
+    script = work / "smtptor.sh"
+    script.write_text(f'#!/bin/sh\necho "$1 $2" >> {record}\nexit 75\n')
+    os.chmod(script, 0o755)
+    pf = new_instance(hostname="tx.lab.test", domains=["tx.test"],
+                      main_extra={"transport_maps": "socketmap:unix:onion-gateway/map.sock:onion"},
+                      master_extra=SMTPTOR_PIPE.format(script=script))
+    pf.postconf("-F", "rewrite/unix/chroot=y")
+    sockdir = pf.root / "queue" / "onion-gateway"
+    sockdir.mkdir(parents=True)
+    os.chmod(sockdir, 0o755)
+    daemon = ServeProcess(["--dns-server", dns.address, "--exclude-domains", "tx.test",
+                           "--socketmap", f"unix:{sockdir / 'map.sock'}", "--unix-socket-group", "postfix",
+                           "--unix-socket-mode", "0660"]).start()
+    try:
+        pf.start()
+        assert "y" == pf.postconf("-Fh", "rewrite/unix/chroot").strip()
+        send(pf, "alice@rx.test")
+        wait_for(lambda: "alice@rx.test" in record.read_text(), 30, "smtptor pipe to be called",
+                 diagnostics(pf, daemon))
+        assert f"[{ONION_A}]:25 alice@rx.test" in record.read_text().splitlines()
+        roots = {_root(pid) for pid in os.listdir("/proc") if pid.isdigit()
+                 and _cmdline(pid).startswith("trivial-rewrite")}
+        assert str(pf.root / "queue") in roots, roots            # it really runs chrooted
+    finally:
+        pf.stop()
+        daemon.stop()
+        dns.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(pf.root, ignore_errors=True)
