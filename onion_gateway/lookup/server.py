@@ -204,7 +204,6 @@ class MapConnection(asyncio.Protocol):
             counts[1] += 1
         else:
             counts[2 if outcome is Outcome.TEMP_FAIL else 3] += 1
-            self._server.note_failure()
         if self._transport is not None:
             self._transport.write(self._encode(result))
 
@@ -266,7 +265,6 @@ class MapServer:
         self._connections: set[MapConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.bound: list[tuple[MapProtocol, str]] = []
-        self.failures = 0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # bound in start()
 
     async def start(self) -> list[tuple[MapProtocol, str]]:
@@ -310,10 +308,6 @@ class MapServer:
     def unregister(self, connection: MapConnection) -> None:
         """Forget a closed connection."""
         self._connections.discard(connection)
-
-    def note_failure(self) -> None:
-        """Count one temporary-failure or error reply (for status and tests)."""
-        self.failures += 1
 
     @property
     def connection_count(self) -> int:

@@ -28,6 +28,20 @@ smtptor   unix  -       n       n       -       -       pipe
 """
 
 
+def smtptor_pipe(work):
+    """Write the pipe(8) script that records ``$nexthop $recipient`` and exits 75 (deferred).
+
+    :returns: ``(script, record)`` paths; *record* is world-writable (pipe runs as nobody).
+    """
+    record = work / "smtptor.record"
+    record.touch()
+    os.chmod(record, 0o666)
+    script = work / "smtptor.sh"
+    script.write_text(f'#!/bin/sh\necho "$1 $2" >> {record}\nexit 75\n')
+    os.chmod(script, 0o755)
+    return script, record
+
+
 @pytest.fixture(scope="module")
 def routing_lab():
     """dnsmasq + serve + a Postfix instance whose transport_maps asks the daemon (module-wide)."""
@@ -37,12 +51,7 @@ def routing_lab():
         SrvEntry("rx.test", ONION_A), SrvEntry("rx2.test", ONION_B, port=2525)]).start()
     # tx.test is the instance's own domain: excluded, as a postmaster must (sender lookups come too)
     daemon = ServeProcess(["--dns-server", dns.address, "--dns-timeout", "2", "--exclude-domains", "tx.test"]).start()
-    record = work / "smtptor.record"
-    record.touch()
-    os.chmod(record, 0o666)
-    script = work / "smtptor.sh"
-    script.write_text(f'#!/bin/sh\necho "$1 $2" >> {record}\nexit 75\n')
-    os.chmod(script, 0o755)
+    script, record = smtptor_pipe(work)
     pf = new_instance(hostname="tx.lab.test", domains=["tx.test"],
                       main_extra={"transport_maps": f"tcp:127.0.0.1:{daemon.tcp_port}"},
                       master_extra=SMTPTOR_PIPE.format(script=script)).start()
@@ -129,12 +138,7 @@ def test_chrooted_trivial_rewrite_reaches_a_unix_socketmap_under_the_queue_direc
     require("postfix", "dnsmasq")
     work = public_tempdir("og-chroot-")
     dns = Dnsmasq(work / "dns", local_zones=["rx.test"], srv=[SrvEntry("rx.test", ONION_A)]).start()
-    record = work / "smtptor.record"
-    record.touch()
-    os.chmod(record, 0o666)
-    script = work / "smtptor.sh"
-    script.write_text(f'#!/bin/sh\necho "$1 $2" >> {record}\nexit 75\n')
-    os.chmod(script, 0o755)
+    script, record = smtptor_pipe(work)
     pf = new_instance(hostname="tx.lab.test", domains=["tx.test"],
                       main_extra={"transport_maps": "socketmap:unix:onion-gateway/map.sock:onion"},
                       master_extra=SMTPTOR_PIPE.format(script=script))
