@@ -24,11 +24,11 @@ from pathlib import Path
 from onion_gateway import postfix
 from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
                                           parse_torrc, read_master, read_setup_state)
-from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
-                                        split_list)
+from onion_gateway.audit.policy import Check, EffectivePolicy, Finding, Severity, analyse, effective_policy
 from onion_gateway.audit.probe import ProbeContext, Unreachable, expected_client_address, run_probes
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
 from onion_gateway.errors import PostfixError
+from onion_gateway.postfix_syntax import split_list
 from onion_gateway.config import load_config_file
 from onion_gateway.setup_config import setup_settings
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from onion_gateway import postfix
 from onion_gateway.audit.discover import MasterService
+from onion_gateway.postfix_syntax import parse_restrictions, split_list
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,6 @@ EARLY_LISTS = ("smtpd_client_restrictions", "smtpd_helo_restrictions", "smtpd_se
 ACCESS_CHECKS = re.compile(r"^check_\w+_access$|^check_\w+_(mx|ns|a)_access$")
 ALWAYS_REJECT = {"reject", "defer", "reject_all", "defer_all"}
 REJECT_FOREIGN = ALWAYS_REJECT | {"reject_unauth_destination", "defer_unauth_destination"}
-# Restrictions that take the next word (a table) as argument.
-TAKES_ARGUMENT = re.compile(r"^check_\w+$|^reject_rbl_client$|^reject_rhsbl_\w+$|^permit_dnswl_client$|"
-                            r"^permit_rhswl_client$|^reject_dnsbl_client$|^warn_if_reject$")
 PERMIT_ACTIONS = re.compile(r"^(ok|relay|permit\w*|\d+)$", re.IGNORECASE)
 
 
@@ -168,52 +166,6 @@ def effective_policy(config_dir: Path | None, service: MasterService,
             source = "default"
         settings[name] = Setting(values[name].strip(), source)
     return EffectivePolicy(service.label, settings, config_dir, client_address)
-
-
-def split_list(value: str) -> list[str]:
-    """Split a Postfix list value on whitespace and commas, keeping ``{ ... }`` groups whole.
-
-    >>> split_list("permit_mynetworks, check_policy_service { inet:127.0.0.1:9, timeout=1s }")
-    ['permit_mynetworks', 'check_policy_service', '{ inet:127.0.0.1:9, timeout=1s }']
-    """
-    words: list[str] = []
-    current = ""
-    depth = 0
-    for ch in value:
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth = max(0, depth - 1)
-        if depth == 0 and (ch.isspace() or ch == ","):
-            if current:
-                words.append(current)
-            current = ""
-            continue
-        current += ch
-    if current:
-        words.append(current)
-    return words
-
-
-def parse_restrictions(value: str) -> list[tuple[str, str | None]]:
-    """Restriction list -> ``[(restriction, argument or None)]``.
-
-    >>> parse_restrictions("permit_mynetworks, check_sender_access hash:/x, reject_unauth_destination")
-    [('permit_mynetworks', None), ('check_sender_access', 'hash:/x'), ('reject_unauth_destination', None)]
-    """
-    words = split_list(value)
-    out: list[tuple[str, str | None]] = []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        name = word.lower()
-        if TAKES_ARGUMENT.match(name) and name != "warn_if_reject" and i + 1 < len(words):
-            out.append((name, words[i + 1]))
-            i += 2
-            continue
-        out.append((name, None))
-        i += 1
-    return out
 
 
 def address_in_list(address: str, name: str, value: str, config_dir: Path | None = None) -> bool | None:

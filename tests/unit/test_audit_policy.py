@@ -7,9 +7,10 @@ import json
 import pytest
 
 from onion_gateway.audit.policy import (Check, EffectivePolicy, Setting, Severity, address_in_list, analyse,
-                                        loopback_is_interface, parse_restrictions, split_list)
+                                        loopback_is_interface)
 from onion_gateway.audit.probe import ProbeResult, ProbeSpec, Reply, Verdict
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
+from onion_gateway.postfix_syntax import parse_restrictions, split_list
 
 # Postfix 3.7 defaults at compatibility_level 3.6, with the hardened listener's relay lists.
 BASE = {
