@@ -4,7 +4,11 @@
 #   sh scripts/dev.sh install   Debian packages (daemons kept from starting) + .venv with onion-gateway
 #   sh scripts/dev.sh run       install, then serve the example config against a loopback DNS server
 #                               publishing the example SRV record, and show Postfix's postmap -q answer
-#   sh scripts/dev.sh test      install (with test extras), then run the whole test suite
+#   sh scripts/dev.sh test      install (with test extras), run the whole test suite in the venv, then the
+#                               Debian job below (skipped when pytest arguments are given)
+#   sh scripts/dev.sh deb       build the .deb with Debian's own Python libraries, lintian it, install it,
+#                               and run the unit, integration and package tests against the installed
+#                               package with /usr/bin/python3 (no venv)
 #
 # Package scripts must not start daemons: a stock tor would join the public Tor network. A policy-rc.d
 # that exits 101 is put in place for the install and the previous one restored afterwards.
@@ -13,6 +17,11 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${ONION_GATEWAY_VENV:-$ROOT/.venv}
 PKGS="postfix tor torsocks dnsmasq swaks unbound knot knot-dnsutils python3-venv ca-certificates iproute2"
+# The Debian job: build dependencies, Debian's Python libraries and test tools for /usr/bin/python3.
+DEB_PKGS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel
+ bash-completion lintian man-db python3-click python3-dnspython python3-idna python3-jinja2 python3-stem
+ python3-prometheus-client python3-click-man python3-pytest python3-hypothesis python3-yaml"
+DEB_PATH=/usr/sbin:/usr/bin:/sbin:/bin      # Debian's python3 first, whatever python a developer has
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -23,7 +32,7 @@ need_root() {
 
 install_debian() {
     missing=""
-    for p in $PKGS; do
+    for p in ${1:-$PKGS}; do
         dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
     done
     [ -z "$missing" ] && return 0
@@ -47,6 +56,34 @@ PRESEED
     trap - EXIT INT TERM
 }
 
+deb_job() {
+    install_debian "$DEB_PKGS"
+    work=$(mktemp -d /tmp/onion-gateway-deb.XXXXXX)
+    mkdir "$work/src" "$work/run"
+    # Build from a copy: dpkg-buildpackage writes into the tree and puts the .deb in its parent.
+    tar -C "$ROOT" --exclude=./.venv --exclude=./.git --exclude=./.pybuild -cf - . | tar -C "$work/src" -xf -
+    (cd "$work/src" && env PATH="$DEB_PATH" dpkg-buildpackage -us -uc -b) > "$work/build.log" 2>&1 || {
+        tail -n 40 "$work/build.log" >&2; echo "scripts/dev.sh: dpkg-buildpackage failed ($work/build.log)" >&2
+        exit 1; }
+    deb=$(ls "$work"/onion-gateway_*_all.deb)
+    echo "built $deb"
+    env PATH="$DEB_PATH" lintian --fail-on error --tag-display-limit 0 "$work"/onion-gateway_*.changes
+    # The package's maintainer scripts start nothing (no unit is enabled or started) and no recommended
+    # package (tor!) is pulled in.
+    apt-get install -y -o DPkg::Lock::Timeout=600 --no-install-recommends --reinstall "$deb" > "$work/install.log" 2>&1 || {
+        cat "$work/install.log" >&2; exit 1; }
+    echo "installed $deb"
+    # Run the tests from a tree without the source package, so `import onion_gateway` is the installed one.
+    cp -r "$ROOT/tests" "$ROOT/examples" "$ROOT/scripts" "$ROOT/pyproject.toml" "$work/run/"
+    cd "$work/run"
+    status=0
+    env PATH="$DEB_PATH" ONION_GATEWAY_TEST_INSTALLED=1 /usr/bin/python3 -m pytest -p no:cacheprovider \
+        --ignore=tests/unit/test_packaging.py tests/unit tests/integration tests/package || status=$?
+    cd "$ROOT"
+    rm -rf "$work"
+    return $status
+}
+
 install_python() {
     extras=$1
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -63,7 +100,12 @@ case "$cmd" in
     test)
         need_root test; install_debian; install_python test
         shift
-        exec "$VENV/bin/python" -m pytest "$@" ;;
+        if [ $# -gt 0 ]; then exec "$VENV/bin/python" -m pytest "$@"; fi
+        "$VENV/bin/python" -m pytest
+        deb_job ;;
+    deb)
+        need_root deb; install_debian
+        deb_job ;;
     *)
-        echo "usage: sh scripts/dev.sh install|run|test [pytest args]" >&2; exit 64 ;;
+        echo "usage: sh scripts/dev.sh install|run|test [pytest args]|deb" >&2; exit 64 ;;
 esac

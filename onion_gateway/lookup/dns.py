@@ -26,7 +26,6 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
@@ -98,7 +97,10 @@ class SrvResolver:
     def __init__(self, nameservers: Sequence[tuple[str, int]], timeout_seconds: float) -> None:
         resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
-            resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
+            # Addresses plus a port per address: the form dnspython 2.3 (Debian 12) and later both take
+            # (ports first: from 2.4 on, setting nameservers reads nameserver_ports).
+            resolver.nameserver_ports = {ip: port for ip, port in nameservers}
+            resolver.nameservers = [ip for ip, _ in nameservers]
         resolver.lifetime = timeout_seconds
         resolver.timeout = min(timeout_seconds, 3.0)    # per try; the lifetime bounds the whole query
         resolver.cache = None                             # caching is ours to do, by TTL, per domain
