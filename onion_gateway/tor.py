@@ -47,7 +47,7 @@ import stem
 import stem.connection
 import stem.control
 
-from onion_gateway.config import ListenAddress
+from onion_gateway.address import ListenAddress
 from onion_gateway.errors import TorError
 from onion_gateway.onion import OnionCheck, check_onion
 

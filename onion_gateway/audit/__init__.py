@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onion_gateway import postfix
+from onion_gateway.address import ListenAddress
 from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
                                           parse_torrc, read_master, read_setup_state)
 from onion_gateway.audit.policy import Check, EffectivePolicy, Finding, Severity, analyse, effective_policy
@@ -32,7 +33,7 @@ from onion_gateway.postfix_syntax import split_list
 from onion_gateway.config import load_config_file
 from onion_gateway.setup_config import setup_settings
 
-__all__ = ["AuditOptions", "AuditReport", "Endpoint", "Outcome", "SetupRecord", "analyse_listener",
+__all__ = ["AuditOptions", "AuditReport", "ListenAddress", "Outcome", "SetupRecord", "analyse_listener",
            "audit_listener", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
            "overall_exit_code", "to_json", "to_text"]
 
@@ -64,11 +65,11 @@ class AuditOptions:
     probe: bool = True
 
 
-def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOptions(),
+def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditOptions(),
                    onion_port: OnionPort | None = None) -> AuditReport:
     """Audit one listener: find its smtpd, analyse the effective policy, probe it live.
 
-    :param endpoint: ``Endpoint`` or text (``127.0.0.1:2525``, ``unix:/path``).
+    :param endpoint: ``ListenAddress`` or text (``127.0.0.1:2525``, ``unix:/path``).
     :param options: see :class:`AuditOptions`.
     :param onion_port: the torrc line that leads here, if any (for the report and the own onion).
     :returns: the :class:`AuditReport`; its ``exit_code`` is the issue-4 exit code.
@@ -76,7 +77,7 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
     :raises PostfixError: if postconf cannot read the configuration.
     """
     if isinstance(endpoint, str):
-        endpoint = Endpoint.parse(endpoint)
+        endpoint = ListenAddress.parse(endpoint)
     report = analyse_listener(endpoint, options.config_dir, onion_port)
     own_onion = options.own_onion or (onion_port.onion if onion_port else None)
     policy = report.policy
@@ -105,14 +106,14 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
     return report
 
 
-def analyse_listener(endpoint: Endpoint | str, config_dir: Path | None = None,
+def analyse_listener(endpoint: ListenAddress | str, config_dir: Path | None = None,
                      onion_port: OnionPort | None = None) -> AuditReport:
     """The static half of the audit: find the smtpd behind *endpoint* and analyse its effective policy.
 
     Nothing connects to the listener, so this also works on a configuration that is not running yet
     (``setup`` runs it on its scratch copy of main.cf/master.cf before changing anything).
 
-    :param endpoint: ``Endpoint`` or text (``127.0.0.1:2525``, ``unix:/path``).
+    :param endpoint: ``ListenAddress`` or text (``127.0.0.1:2525``, ``unix:/path``).
     :param config_dir: Postfix configuration directory, ``None`` for the default instance.
     :param onion_port: the torrc line (or setup record) that leads here, if any, for the report.
     :returns: an :class:`AuditReport` with ``policy`` (``None`` when no smtpd listens there: then a
@@ -121,7 +122,7 @@ def analyse_listener(endpoint: Endpoint | str, config_dir: Path | None = None,
     :raises PostfixError: if postconf cannot read the configuration.
     """
     if isinstance(endpoint, str):
-        endpoint = Endpoint.parse(endpoint)
+        endpoint = ListenAddress.parse(endpoint)
     report = AuditReport(target=str(endpoint))
     if onion_port is not None:
         report.listener.update(source=f"{onion_port.source} HiddenServicePort {onion_port.virtual_port} "
@@ -196,7 +197,7 @@ def _pass_name(config_dir: Path | None):
     return name
 
 
-def _policy_for(endpoint: Endpoint, config_dir: Path | None, report: AuditReport) -> EffectivePolicy | None:
+def _policy_for(endpoint: ListenAddress, config_dir: Path | None, report: AuditReport) -> EffectivePolicy | None:
     services = read_master(config_dir)
     globals_ = _globals(config_dir)
     match = find_listener(services, endpoint, inet_interfaces=globals_["inet_interfaces"],

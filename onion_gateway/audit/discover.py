@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onion_gateway import postfix
+from onion_gateway.address import ListenAddress, torrc_target
+from onion_gateway.address import parse_port as _port
 from onion_gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,70 +51,9 @@ SETUP_MANIFEST = "manifest.json"      # onion_gateway.installer.MANIFEST
 SMTPD_PROGRAMS = {"smtpd", "postscreen"}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a listener accepts connections: ``host:port`` over TCP or a unix socket ``path``."""
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    @property
-    def is_unix(self) -> bool:
-        """True for a unix-domain socket endpoint (Postfix sees such clients as 127.0.0.1)."""
-        return self.path is not None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str, default_port: int | None = None) -> "Endpoint":
-        """Parse ``HOST:PORT``, ``[V6]:PORT``, ``PORT``, ``HOST`` (with *default_port*) or ``unix:PATH``.
-
-        :param text: the endpoint as written in torrc or on the command line.
-        :param default_port: port for a bare address (tor uses the virtual port).
-        :returns: an :class:`Endpoint`; a bare port means 127.0.0.1.
-        :raises ConfigError: if the text is not an endpoint.
-        """
-        text = text.strip()
-        if text.startswith("unix:"):
-            path = text[5:]
-            if path.startswith('"') and path.endswith('"') and len(path) >= 2:
-                path = path[1:-1]
-            if not path:
-                raise ConfigError(f"empty unix socket path in {text!r}")
-            return cls(path=path)
-        if text.isdigit():
-            return cls(host="127.0.0.1", port=_port(text))
-        if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep:
-                raise ConfigError(f"unterminated [ in {text!r}")
-            port = rest[1:] if rest.startswith(":") else ""
-        elif text.count(":") == 1:
-            host, _, port = text.partition(":")
-        else:
-            host, port = text, ""
-        if not host:
-            raise ConfigError(f"no address in {text!r}")
-        if port:
-            return cls(host=host, port=_port(port))
-        if default_port is None:
-            raise ConfigError(f"no port in {text!r} (want HOST:PORT or unix:PATH)")
-        return cls(host=host, port=default_port)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"bad port {text!r}") from None
-    if not 0 < value < 65536:
-        raise ConfigError(f"port out of range: {value}")
-    return value
+#: The audit's former name for :class:`~onion_gateway.address.ListenAddress` (the same type), kept while
+#: setup's record (:class:`SetupRecord`) still lives here.
+Endpoint = ListenAddress
 
 
 @dataclass(frozen=True)
@@ -127,7 +68,7 @@ class OnionPort:
     """
 
     virtual_port: int
-    target: Endpoint
+    target: ListenAddress
     service_dir: str | None
     onion: str | None
     source: str
@@ -151,8 +92,7 @@ def parse_torrc(path: Path) -> list[OnionPort]:
             if not parts:
                 raise ConfigError(f"{source}: HiddenServicePort needs a port")
             virtual = _port(parts[0])
-            target = Endpoint.parse(parts[1], default_port=virtual) if len(parts) > 1 else \
-                Endpoint(host="127.0.0.1", port=virtual)
+            target = torrc_target(parts[1] if len(parts) > 1 else "", virtual)
             ports.append(OnionPort(virtual, target, state["dir"], state["onion"], source))
     return ports
 
@@ -336,7 +276,7 @@ class ListenerMatch:
     bound_addresses: str
 
 
-def find_listener(services: list[MasterService], endpoint: Endpoint, *, inet_interfaces: str,
+def find_listener(services: list[MasterService], endpoint: ListenAddress, *, inet_interfaces: str,
                   queue_directory: str,
                   pass_service_name: Callable[[MasterService], str] | None = None) -> ListenerMatch | None:
     """Find the smtpd or postscreen service that accepts connections on *endpoint*.
@@ -378,7 +318,7 @@ def find_listener(services: list[MasterService], endpoint: Endpoint, *, inet_int
     return None
 
 
-def _inet_matches(name: str, endpoint: Endpoint, inet_interfaces: str) -> tuple[str, bool] | None:
+def _inet_matches(name: str, endpoint: ListenAddress, inet_interfaces: str) -> tuple[str, bool] | None:
     host, sep, port_text = name.rpartition(":")
     if not sep:
         host = ""

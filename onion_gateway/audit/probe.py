@@ -40,7 +40,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from onion_gateway.audit.discover import Endpoint
+from onion_gateway.address import ListenAddress
 from onion_gateway.onion import onion_from_public_key
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class _UnixSMTP(smtplib.SMTP):
 class Session:
     """One SMTP connection to the listener; counts error replies so the runner can reconnect early."""
 
-    endpoint: Endpoint
+    endpoint: ListenAddress
     helo: str
     timeout_seconds: float
     client: smtplib.SMTP | None = None
@@ -331,7 +331,7 @@ class Session:
         self.client = None
 
 
-def expected_client_address(endpoint: Endpoint) -> str:
+def expected_client_address(endpoint: ListenAddress) -> str:
     """The address Postfix will see Tor (and these probes) connect from.
 
     127.0.0.1 for unix sockets (smtpd_peer.c) and loopback targets; for another target the local
@@ -367,7 +367,7 @@ class ProbeRun:
     xclient_offered: bool = False
 
 
-def run_probes(endpoint: Endpoint, ctx: ProbeContext, *, helo: str = "localhost",
+def run_probes(endpoint: ListenAddress, ctx: ProbeContext, *, helo: str = "localhost",
                timeout_seconds: float = 30.0) -> ProbeRun:
     """Connect like Tor does and run the control and the catalogue.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from onion_gateway.audit.discover import Endpoint, MasterService, find_listener, parse_torrc
+from onion_gateway.address import ListenAddress
+from onion_gateway.audit.discover import MasterService, find_listener, parse_torrc
 from onion_gateway.errors import ConfigError
 
 
@@ -70,7 +71,7 @@ def test_missing_torrc_is_a_config_error(tmp_path):
 @pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:x", "unix:", ":25"])
 def test_bad_listener_text(text):
     with pytest.raises(ConfigError):
-        Endpoint.parse(text)
+        ListenAddress.parse(text)
 
 
 SERVICES = [
@@ -85,7 +86,7 @@ SERVICES = [
 
 
 def _find(endpoint: str, interfaces: str = "127.0.0.1"):
-    return find_listener(SERVICES, Endpoint.parse(endpoint), inet_interfaces=interfaces,
+    return find_listener(SERVICES, ListenAddress.parse(endpoint), inet_interfaces=interfaces,
                          queue_directory="/var/spool/postfix")
 
 

@@ -111,8 +111,8 @@ def test_xclient_claims_a_login_only_with_sasl():
 
 @pytest.mark.parametrize("verb", ["DATA", "data", "BDAT"])
 def test_session_refuses_to_send_message_content(verb):
-    from onion_gateway.audit.discover import Endpoint
+    from onion_gateway.address import ListenAddress
     from onion_gateway.audit.probe import Session
 
     with pytest.raises(ValueError, match="never sends message content"):
-        Session(Endpoint(host="127.0.0.1", port=25), "localhost", 1.0).command(verb)
+        Session(ListenAddress(host="127.0.0.1", port=25), "localhost", 1.0).command(verb)
