@@ -265,7 +265,8 @@ def _access_table(policy: EffectivePolicy, list_name: str, name: str, table: str
             return StepResult(Step.NEXT)
         if answer.action is Action.REJECT:
             return StepResult(Step.REJECT)
-        found = f"{where}: {answer.key} -> {answer.text}"
+        found = f"{where}: {_matching_entry(table, answer.key, policy.config_dir)} {answer.text} " \
+                f"(looked up as {answer.key})"
         if answer.action is Action.RESTRICTIONS:
             return StepResult(Step.NEXT, Check.ACCESS_MAP_OK, f"{name} answers {answer.text!r} for the Tor client",
                               found, (list_name,), inline=answer.text)
@@ -288,6 +289,19 @@ def _access_table(policy: EffectivePolicy, list_name: str, name: str, table: str
                       f"{name} can answer OK before the relay check",
                       f"{where}: " + "; ".join(permits[:5]), (list_name,), keys=tuple(k for k, v in entries
                       if _answer_may_permit(policy, list_name, v)))
+
+
+def _matching_entry(table: str, key: str, config_dir: Path | None) -> str:
+    """The table line a found *key* matched, for the report: a cidr table's network, else the key."""
+    if table.partition(":")[0].lower() != "cidr":
+        return key
+    for entry, _ in table_entries(table, config_dir) or []:
+        try:
+            if ipaddress.ip_address(key) in ipaddress.ip_network(entry.strip("[]").replace("]/", "/"), strict=False):
+                return entry
+        except ValueError:
+            continue
+    return key
 
 
 def _answer_may_permit(policy: EffectivePolicy, list_name: str, text: str) -> bool:

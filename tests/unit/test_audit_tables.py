@@ -44,7 +44,7 @@ def test_pattern_client_table_that_permits_the_tor_client_is_critical(tmp_path, 
     p = relay(f"check_client_access {kind}:{table}, reject_unauth_destination")
     [finding] = [f for f in analyse(p) if f.check is Check.ACCESS_MAP_OK]
     assert finding.severity is Severity.CRITICAL
-    assert "-> " in finding.value, finding.value           # names the key that matched and the answer
+    assert "looked up as " in finding.value, finding.value      # names the key that matched and the answer
 
 
 def test_client_table_answering_a_restriction_class(tmp_path):
