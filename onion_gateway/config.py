@@ -21,52 +21,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from onion_gateway.address import ListenAddress, parse_listen_address, split_host_port
 from onion_gateway.errors import ConfigError
 
 DEFAULT_TCP_TABLE = "127.0.0.1:6013"     # postfix-onion-transport's port, kept for drop-in use
 DEFAULT_SOCKETMAP = "127.0.0.1:6014"
 DEFAULT_DNS_PORT = 53
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """Where a listener binds: a TCP ``host:port`` or a unix socket ``unix:PATH``.
-
-    :param host: IP address for TCP (``None`` for unix).
-    :param port: TCP port, 0 for "any free port" (tests); ``None`` for unix.
-    :param path: the socket path for unix listeners, else ``None``.
-    """
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    @property
-    def is_unix(self) -> bool:
-        """True for a unix-domain socket listener."""
-        return self.path is not None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
-
-
-def parse_listen_address(text: str, where: str = "address") -> ListenAddress:
-    """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``.
-
-    :param text: the address as written by the user.
-    :param where: the dotted setting name, for the error message.
-    :returns: a :class:`ListenAddress`.
-    :raises ConfigError: if the host is not an IP address, the port is not 0-65535, or the path is empty.
-    """
-    if text.startswith("unix:"):
-        path = text[len("unix:"):]
-        if not path:
-            raise ConfigError(f"{where}: unix socket path is empty in {text!r}")
-        return ListenAddress(path=path)
-    host, port = _split_host_port(text, where, default_port=None)
-    return ListenAddress(host=host, port=port)
 
 
 def parse_dns_server(text: str, where: str = "dns_servers") -> tuple[str, int]:
@@ -79,32 +39,7 @@ def parse_dns_server(text: str, where: str = "dns_servers") -> tuple[str, int]:
         return str(ipaddress.ip_address(text)), DEFAULT_DNS_PORT
     except ValueError:
         pass
-    return _split_host_port(text, where, default_port=DEFAULT_DNS_PORT)
-
-
-def _split_host_port(text: str, where: str, default_port: int | None) -> tuple[str, int]:
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else None
-        if not sep or (rest and port_text is None):
-            raise ConfigError(f"{where}: expected [IPV6]:PORT, got {text!r}")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            host, port_text = text, None
-    if port_text is None:
-        if default_port is None:
-            raise ConfigError(f"{where}: expected HOST:PORT or unix:PATH, got {text!r}")
-        port = default_port
-    else:
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-            raise ConfigError(f"{where}: bad port in {text!r}")
-        port = int(port_text)
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise ConfigError(f"{where}: {host!r} is not an IP address (in {text!r})") from None
-    return host, port
+    return split_host_port(text, where, default_port=DEFAULT_DNS_PORT)
 
 
 @dataclass(frozen=True, slots=True)

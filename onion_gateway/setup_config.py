@@ -25,7 +25,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from onion_gateway.config import ListenAddress, ServeSettings, parse_listen_address
+from onion_gateway.address import ListenAddress, parse_listen_address
+from onion_gateway.config import ServeSettings
 from onion_gateway.errors import ConfigError
 
 DEFAULT_LISTENER = "127.0.0.1:2525"

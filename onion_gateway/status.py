@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onion_gateway import postfix
-from onion_gateway.config import ListenAddress, ServeSettings
+from onion_gateway.address import ListenAddress
+from onion_gateway.config import ServeSettings
 from onion_gateway.errors import PostfixError, TorError
 from onion_gateway.onion import OnionCheck, check_onion, normalize_onion
 

@@ -47,7 +47,7 @@ import stem
 import stem.connection
 import stem.control
 
-from onion_gateway.config import ListenAddress
+from onion_gateway.address import ListenAddress
 from onion_gateway.errors import TorError
 from onion_gateway.onion import OnionCheck, check_onion
 
@@ -401,3 +401,73 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
         return OnionServiceState(True, False, f"descriptor not fetched within {timeout_seconds:g} s ({shown})")
     finally:
         controller.close()
+
+
+# --- the relay audit: what Tor itself reads from a torrc ----------------------------------------------------
+
+
+def dump_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: str = "tor") -> list[tuple[str, str]]:
+    """The options Tor reads from *torrc*: ``tor --dump-config short -f TORRC --hush`` (tor(1)).
+
+    Tor expands ``%include`` (files, directories, globs), continuation lines, quoting and comments
+    itself and validates the result; nothing is started, no network is used.
+
+    Wire example (stdout)::
+
+        HiddenServiceDir /var/lib/tor/mail
+        HiddenServicePort 25 127.0.0.1:2525
+
+    :param torrc: the torrc.
+    :param defaults_torrc: the defaults file Tor is started with, or ``None`` for tor's built-in one.
+    :param tor_program: the tor binary.
+    :returns: ``(Keyword, value)`` pairs in Tor's order (options at their default are left out).
+    :raises TorError: if tor is missing, times out or rejects the configuration (with its warnings).
+    """
+    if shutil.which(tor_program) is None:
+        raise TorError(f"{tor_program} not found: is Tor installed?")
+    argv = [tor_program, "--dump-config", "short", "-f", str(torrc), "--hush"]
+    if defaults_torrc is not None:
+        argv += ["--defaults-torrc", str(defaults_torrc)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS,
+                              env={**os.environ, "LC_ALL": "C"})
+    except subprocess.TimeoutExpired as exc:
+        raise TorError(f"{' '.join(argv)} did not finish in {VERIFY_TIMEOUT_SECONDS} s") from exc
+    if done.returncode != 0:
+        complaints = [line for line in (done.stdout + done.stderr).splitlines()
+                      if "[warn]" in line or "[err]" in line]
+        raise TorError(f"tor --dump-config rejected {torrc}: " + (" | ".join(complaints) or done.stderr.strip()))
+    pairs = []
+    for line in done.stdout.splitlines():
+        keyword, _, value = line.strip().partition(" ")
+        if keyword and not keyword.startswith("#"):
+            pairs.append((keyword, value.strip()))
+    return pairs
+
+
+def hidden_service_options(address: ListenAddress, password_file: Path | None = None) -> list[tuple[str, str]]:
+    """The onion services a running Tor has: ``GETCONF HiddenServiceOptions`` (control-spec.txt §3.3).
+
+    Wire example (reply)::
+
+        250-HiddenServiceDir=/var/lib/tor/mail
+        250 HiddenServicePort=25 127.0.0.1:2525
+
+    :param address: Tor's ControlPort/ControlSocket.
+    :param password_file: the control password file, or ``None`` for cookie or no authentication.
+    :returns: ``(Keyword, value)`` pairs in Tor's order (``HiddenServiceDir``, ``HiddenServicePort``, ...).
+    :raises TorError: if Tor cannot be reached, refuses authentication or the command.
+    """
+    with TorControl(address, password_file) as control:
+        try:
+            reply = control._c.msg("GETCONF HiddenServiceOptions")
+        except (stem.ControllerError, stem.SocketError) as exc:
+            raise TorError(f"GETCONF HiddenServiceOptions on {address} failed: {exc}") from exc
+    if not reply.is_ok():
+        raise TorError(f"GETCONF HiddenServiceOptions on {address} refused: {reply}")
+    pairs = []
+    for _, _, content in reply.content():
+        keyword, sep, value = content.partition("=")
+        if sep:
+            pairs.append((keyword.strip(), value.strip()))
+    return pairs

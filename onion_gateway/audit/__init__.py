@@ -2,10 +2,12 @@
 
 Map of the package (dependencies point down):
 
-* :mod:`.discover`  torrc ``HiddenServicePort`` (with ``%include``) or setup's record -> master.cf
-  service -> its smtpd
-* :mod:`.policy`    effective settings of that smtpd (``postconf -x -o``) and static findings
-* :mod:`.probe`     live SMTP probes from 127.0.0.1 (never DATA), reply classification
+* :mod:`.discover`  torrc ``HiddenServicePort`` (read by ``tor --dump-config``) or setup's record ->
+  every master.cf service listening there -> its smtpd
+* :mod:`.tables`    Postfix list and table matching for the Tor client (``postmap -q``)
+* :mod:`.policy`    effective settings of that smtpd (``postconf -x -o``), restriction walk, static findings
+* :mod:`.probe`     the one connection opener (TCP/unix, PROXY header, STARTTLS with a client certificate)
+  and the live SMTP probes (never DATA), reply classification
 * :mod:`.report`    :class:`AuditReport`, outcome/exit code, text and JSON
 
 Entry points: :func:`audit_listener` for one endpoint, :func:`audit_torrc` for every onion port of a
@@ -22,18 +24,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onion_gateway import postfix
+from onion_gateway.address import ListenAddress
 from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
-                                          parse_torrc, read_master, read_setup_state)
-from onion_gateway.audit.policy import Check, EffectivePolicy, Finding, Severity, analyse, effective_policy
-from onion_gateway.audit.probe import ProbeContext, Unreachable, expected_client_address, run_probes
+                                          find_listeners, onion_ports, read_master, read_setup_state,
+                                          running_onion_ports)
+from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Setting, Severity, analyse,
+                                        effective_policy, sender_keys, uses_proxy_protocol)
+from onion_gateway.audit.probe import (TOR_PROXY_SOURCE, ClientCertificate, ProbeContext, ProxyHeader,
+                                       expected_client_address, run_probes)
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
-from onion_gateway.errors import PostfixError
+from onion_gateway.errors import PostfixError, Unreachable
 from onion_gateway.postfix_syntax import split_list
 from onion_gateway.config import load_config_file
 from onion_gateway.setup_config import setup_settings
 
-__all__ = ["AuditOptions", "AuditReport", "Endpoint", "Outcome", "SetupRecord", "analyse_listener",
-           "audit_listener", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
+__all__ = ["AuditOptions", "AuditReport", "ClientCertificate", "ListenAddress", "Outcome", "SetupRecord",
+           "analyse_listener", "audit_listener", "audit_running_tor", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
            "overall_exit_code", "to_json", "to_text"]
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,8 @@ class AuditOptions:
     :param helo: EHLO name the probes use.
     :param timeout_seconds: per-command socket timeout.
     :param probe: run the live probes (``False``: static analysis only, outcome at best INCONCLUSIVE).
+    :param client_cert: a TLS client certificate the probes present after STARTTLS (proves a
+        ``permit_tls_*clientcerts`` relay), or ``None``.
     """
 
     config_dir: Path | None = None
@@ -62,13 +70,18 @@ class AuditOptions:
     helo: str = "localhost"
     timeout_seconds: float = 30.0
     probe: bool = True
+    client_cert: ClientCertificate | None = None
 
 
-def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOptions(),
+#: Catalogue rounds when several services share the listener's address (each probe on a fresh connection).
+SHARED_LISTENER_ROUNDS = 4
+
+
+def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditOptions(),
                    onion_port: OnionPort | None = None) -> AuditReport:
     """Audit one listener: find its smtpd, analyse the effective policy, probe it live.
 
-    :param endpoint: ``Endpoint`` or text (``127.0.0.1:2525``, ``unix:/path``).
+    :param endpoint: ``ListenAddress`` or text (``127.0.0.1:2525``, ``unix:/path``).
     :param options: see :class:`AuditOptions`.
     :param onion_port: the torrc line that leads here, if any (for the report and the own onion).
     :returns: the :class:`AuditReport`; its ``exit_code`` is the issue-4 exit code.
@@ -76,7 +89,7 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
     :raises PostfixError: if postconf cannot read the configuration.
     """
     if isinstance(endpoint, str):
-        endpoint = Endpoint.parse(endpoint)
+        endpoint = ListenAddress.parse(endpoint)
     report = analyse_listener(endpoint, options.config_dir, onion_port)
     own_onion = options.own_onion or (onion_port.onion if onion_port else None)
     policy = report.policy
@@ -89,6 +102,12 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
         own_onion=own_onion,
         xclient_addr=_xclient_address(policy),
         xclient_login=bool(policy and policy.value("smtpd_sasl_auth_enable").lower() == "yes"),
+        sender_keys=tuple(sender_keys(policy, options.test_domain)) if policy else (),
+        proxy=ProxyHeader(destination_port=onion_port.virtual_port if onion_port else 25)
+        if policy and uses_proxy_protocol(policy) else None,
+        proxy_forge_addr=_trusted_address(policy) if policy and uses_proxy_protocol(policy) else None,
+        client_cert=options.client_cert,
+        rounds=SHARED_LISTENER_ROUNDS if len(report.listener.get("services", [])) > 1 else 1,
     )
     if not options.probe:
         report.probed = False
@@ -99,20 +118,22 @@ def audit_listener(endpoint: Endpoint | str, options: AuditOptions = AuditOption
         report.error = str(exc)
         return report
     report.client_address = run.client_address
+    if run.helo and run.helo != options.helo:
+        report.listener["helo"] = f"{run.helo} (HELO {options.helo} was refused)"
     report.control = run.control
     report.probes = run.probes
     log.info("audit %s: %s", endpoint, report.outcome.name)
     return report
 
 
-def analyse_listener(endpoint: Endpoint | str, config_dir: Path | None = None,
+def analyse_listener(endpoint: ListenAddress | str, config_dir: Path | None = None,
                      onion_port: OnionPort | None = None) -> AuditReport:
     """The static half of the audit: find the smtpd behind *endpoint* and analyse its effective policy.
 
     Nothing connects to the listener, so this also works on a configuration that is not running yet
     (``setup`` runs it on its scratch copy of main.cf/master.cf before changing anything).
 
-    :param endpoint: ``Endpoint`` or text (``127.0.0.1:2525``, ``unix:/path``).
+    :param endpoint: ``ListenAddress`` or text (``127.0.0.1:2525``, ``unix:/path``).
     :param config_dir: Postfix configuration directory, ``None`` for the default instance.
     :param onion_port: the torrc line (or setup record) that leads here, if any, for the report.
     :returns: an :class:`AuditReport` with ``policy`` (``None`` when no smtpd listens there: then a
@@ -121,12 +142,13 @@ def analyse_listener(endpoint: Endpoint | str, config_dir: Path | None = None,
     :raises PostfixError: if postconf cannot read the configuration.
     """
     if isinstance(endpoint, str):
-        endpoint = Endpoint.parse(endpoint)
+        endpoint = ListenAddress.parse(endpoint)
     report = AuditReport(target=str(endpoint))
     if onion_port is not None:
         report.listener.update(source=f"{onion_port.source} HiddenServicePort {onion_port.virtual_port} "
                                       f"{onion_port.target}",
-                               onion=onion_port.onion, virtual_port=onion_port.virtual_port)
+                               onion=onion_port.onion, virtual_port=onion_port.virtual_port,
+                               discovered_by=onion_port.discovered_by)
     _policy_for(endpoint, config_dir, report)
     return report
 
@@ -138,13 +160,34 @@ def audit_torrc(torrc: Path, options: AuditOptions = AuditOptions()) -> list[Aud
     logged): the same onion may also serve a web server.
 
     :returns: one report per Postfix listener; empty if none.
-    :raises ConfigError: if the torrc cannot be read or parsed.
+    :raises ConfigError: if neither Tor (``tor --dump-config``) nor the torrc parser can read the torrc.
     :raises PostfixError: if postconf fails.
     """
+    return _audit_ports(onion_ports(torrc), options)
+
+
+def audit_running_tor(control: ListenAddress | str, options: AuditOptions = AuditOptions(),
+                      password_file: Path | None = None) -> list[AuditReport]:
+    """Audit every Postfix listener the onion services of a *running* Tor lead to (``GETCONF
+    HiddenServiceOptions`` over its control port), skipping other ports like :func:`audit_torrc`.
+
+    :param control: Tor's ControlPort (``127.0.0.1:9051``) or ControlSocket (``unix:/run/tor/control``).
+    :param password_file: the control password file, or ``None`` (cookie or no authentication).
+    :returns: one report per Postfix listener; empty if none.
+    :raises TorError: if Tor cannot be asked.
+    :raises ConfigError: if *control* is not an address.
+    :raises PostfixError: if postconf fails.
+    """
+    if isinstance(control, str):
+        control = ListenAddress.parse(control)
+    return _audit_ports(running_onion_ports(control, password_file), options)
+
+
+def _audit_ports(ports: list[OnionPort], options: AuditOptions) -> list[AuditReport]:
     reports = []
     services = read_master(options.config_dir)
     globals_ = _globals(options.config_dir)
-    for port in parse_torrc(torrc):
+    for port in ports:
         if find_listener(services, port.target, inet_interfaces=globals_["inet_interfaces"],
                          queue_directory=globals_["queue_directory"],
                          pass_service_name=_pass_name(options.config_dir)) is None:
@@ -196,25 +239,53 @@ def _pass_name(config_dir: Path | None):
     return name
 
 
-def _policy_for(endpoint: Endpoint, config_dir: Path | None, report: AuditReport) -> EffectivePolicy | None:
+def _policy_for(endpoint: ListenAddress, config_dir: Path | None, report: AuditReport) -> EffectivePolicy | None:
+    """Analyse every smtpd that can receive a connection on *endpoint* (several services may share one
+    port); ``report.policy`` becomes the one with the most critical findings."""
     services = read_master(config_dir)
     globals_ = _globals(config_dir)
-    match = find_listener(services, endpoint, inet_interfaces=globals_["inet_interfaces"],
-                          queue_directory=globals_["queue_directory"],
-                          pass_service_name=_pass_name(config_dir))
-    if match is None:
+    matches = find_listeners(services, endpoint, inet_interfaces=globals_["inet_interfaces"],
+                             queue_directory=globals_["queue_directory"],
+                             pass_service_name=_pass_name(config_dir))
+    if not matches:
         report.findings.append(Finding(Severity.WARNING, Check.NO_SERVICE,
                                        "no smtpd or postscreen service of this Postfix listens here: "
                                        "policy not analysed", str(endpoint),
                                        f"master.cf in {config_dir or 'the default configuration directory'}"))
         return None
+    analysed = []
+    for match in matches:
+        policy = effective_policy(config_dir, match.smtpd, expected_client_address(endpoint))
+        if match.smtpd is not match.service:     # postscreen takes the connection: its own PROXY setting counts
+            overrides = [f"{k}={v}" for k, v in match.service.overrides.items()]
+            name = "postscreen_upstream_proxy_protocol"
+            value = postfix.get_parameter(config_dir, name, overrides=overrides).strip()
+            policy.settings["smtpd_upstream_proxy_protocol"] = Setting(
+                value, f"{name} of {match.service.label} (postscreen receives the connection)")
+        if uses_proxy_protocol(policy):        # Postfix sees the address in the PROXY header, not the socket's
+            policy.client_address = TOR_PROXY_SOURCE
+        findings = analyse(policy, all_interfaces=match.all_interfaces, bound=match.bound_addresses)
+        if len(matches) > 1:
+            findings = [replace(f, source=f"{match.smtpd.label}: {f.source}") for f in findings]
+        analysed.append((match, policy, findings))
+    match, policy, _ = max(analysed, key=lambda item: sum(f.severity is Severity.CRITICAL for f in item[2]))
     report.listener.update(service=match.service.label, command=match.service.command,
                            bound=match.bound_addresses)
     if match.smtpd is not match.service:
         report.listener["via"] = f"postscreen -> {match.smtpd.label}"
-    policy = effective_policy(config_dir, match.smtpd, expected_client_address(endpoint))
     report.policy = policy
-    report.findings[:0] = analyse(policy, all_interfaces=match.all_interfaces, bound=match.bound_addresses)
+    found = [f for _, _, findings in analysed for f in findings]
+    if len(matches) > 1:
+        labels = [m.service.label for m, _, _ in analysed]
+        report.listener["services"] = labels
+        open_ = any(f.severity is Severity.CRITICAL for f in found)
+        found.insert(0, Finding(Severity.CRITICAL if open_ else Severity.WARNING, Check.SHARED_LISTENER,
+                                f"{len(matches)} master.cf services accept connections on {endpoint}: the kernel "
+                                "hands each connection to any of them"
+                                + (", and one of them may relay" if open_ else ""),
+                                ", ".join(labels), "master.cf"))
+    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    report.findings[:0] = sorted(found, key=lambda f: order[f.severity])
     return policy
 
 
@@ -238,6 +309,18 @@ def _control_recipient(policy: EffectivePolicy) -> str | None:
         return None
     candidates.sort(key=lambda d: (d == "localhost" or d.startswith("localhost."), d.endswith(".onion")))
     return f"postmaster@{candidates[0]}"
+
+
+def _trusted_address(policy: EffectivePolicy) -> str | None:
+    """An address inside mynetworks to claim in a forged PROXY header (loopback included), or ``None``."""
+    for item in split_list(policy.value("mynetworks")):
+        try:
+            network = ipaddress.ip_network(item.replace("[", "").replace("]", ""), strict=False)
+        except ValueError:
+            continue
+        hosts = network.hosts() if network.num_addresses > 2 else iter([network.network_address])
+        return str(next(hosts, network.network_address))
+    return None
 
 
 def _xclient_address(policy: EffectivePolicy | None) -> str:

@@ -2,6 +2,9 @@
 
 Sources implemented:
 
+* tor(1) ``--dump-config short``: Tor itself reads the torrc (:func:`onion_ports`); the hand-written
+  reader below (:func:`parse_torrc`) only names the file and line of each port and stands in when Tor
+  cannot answer.
 * tor(1) "HiddenServicePort VIRTPORT [TARGET]": TARGET is ``PORT``, ``ADDR``, ``ADDR:PORT`` or
   ``unix:PATH``; the default target is 127.0.0.1:VIRTPORT, a bare address takes port VIRTPORT.
   The port lines belong to the HiddenServiceDir above them, whose ``hostname`` file holds the onion name.
@@ -39,7 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onion_gateway import postfix
-from onion_gateway.errors import ConfigError
+from onion_gateway.address import ListenAddress, torrc_target
+from onion_gateway.address import parse_port as _port
+from onion_gateway import tor
+from onion_gateway.errors import ConfigError, TorError
 
 log = logging.getLogger(__name__)
 
@@ -49,70 +55,9 @@ SETUP_MANIFEST = "manifest.json"      # onion_gateway.installer.MANIFEST
 SMTPD_PROGRAMS = {"smtpd", "postscreen"}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a listener accepts connections: ``host:port`` over TCP or a unix socket ``path``."""
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    @property
-    def is_unix(self) -> bool:
-        """True for a unix-domain socket endpoint (Postfix sees such clients as 127.0.0.1)."""
-        return self.path is not None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str, default_port: int | None = None) -> "Endpoint":
-        """Parse ``HOST:PORT``, ``[V6]:PORT``, ``PORT``, ``HOST`` (with *default_port*) or ``unix:PATH``.
-
-        :param text: the endpoint as written in torrc or on the command line.
-        :param default_port: port for a bare address (tor uses the virtual port).
-        :returns: an :class:`Endpoint`; a bare port means 127.0.0.1.
-        :raises ConfigError: if the text is not an endpoint.
-        """
-        text = text.strip()
-        if text.startswith("unix:"):
-            path = text[5:]
-            if path.startswith('"') and path.endswith('"') and len(path) >= 2:
-                path = path[1:-1]
-            if not path:
-                raise ConfigError(f"empty unix socket path in {text!r}")
-            return cls(path=path)
-        if text.isdigit():
-            return cls(host="127.0.0.1", port=_port(text))
-        if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep:
-                raise ConfigError(f"unterminated [ in {text!r}")
-            port = rest[1:] if rest.startswith(":") else ""
-        elif text.count(":") == 1:
-            host, _, port = text.partition(":")
-        else:
-            host, port = text, ""
-        if not host:
-            raise ConfigError(f"no address in {text!r}")
-        if port:
-            return cls(host=host, port=_port(port))
-        if default_port is None:
-            raise ConfigError(f"no port in {text!r} (want HOST:PORT or unix:PATH)")
-        return cls(host=host, port=default_port)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"bad port {text!r}") from None
-    if not 0 < value < 65536:
-        raise ConfigError(f"port out of range: {value}")
-    return value
+#: The audit's former name for :class:`~onion_gateway.address.ListenAddress` (the same type), kept while
+#: setup's record (:class:`SetupRecord`) still lives here.
+Endpoint = ListenAddress
 
 
 @dataclass(frozen=True)
@@ -123,14 +68,71 @@ class OnionPort:
     :param target: where Tor connects for it.
     :param service_dir: the HiddenServiceDir it belongs to, or ``None``.
     :param onion: the service's address from ``service_dir/hostname`` if readable, else ``None``.
-    :param source: ``file:line`` of the HiddenServicePort line.
+    :param source: ``file:line`` of the HiddenServicePort line (or the torrc, when only Tor could tell).
+    :param discovered_by: ``"tor --dump-config"`` when Tor itself read the torrc, else ``"torrc parser"``.
     """
 
     virtual_port: int
-    target: Endpoint
+    target: ListenAddress
     service_dir: str | None
     onion: str | None
     source: str
+    discovered_by: str = "torrc parser"
+
+
+def onion_ports(torrc: Path, tor_program: str = "tor") -> list[OnionPort]:
+    """Every ``HiddenServicePort`` of a torrc, as Tor itself reads it (``tor --dump-config``, which expands
+    includes, quoting and defaults and validates the file).
+
+    Tor's dump does not say which file a line came from: :func:`parse_torrc` still reads the files for
+    that (``file:line`` in the report), and stands in for Tor when Tor cannot answer (tor not installed,
+    or it refuses to validate the torrc as this user, e.g. a HiddenServiceDir it does not own).
+
+    :param torrc: the torrc.
+    :param tor_program: the tor binary.
+    :returns: the onion ports in Tor's order.
+    :raises ConfigError: if neither Tor nor the parser can read the torrc.
+    """
+    try:
+        lines = tor.dump_config(Path(torrc), tor_program=tor_program)
+    except TorError as exc:
+        log.info("Tor cannot answer for %s (%s): reading it with the torrc parser", torrc, exc)
+        return parse_torrc(Path(torrc))
+    try:
+        sources = {(p.virtual_port, p.target): p.source for p in parse_torrc(Path(torrc))}
+    except ConfigError:
+        sources = {}
+    return _ports_from_options(lines, sources, f"{torrc} (tor --dump-config)", "tor --dump-config")
+
+
+def running_onion_ports(control: ListenAddress, password_file: Path | None = None) -> list[OnionPort]:
+    """Every ``HiddenServicePort`` of a running Tor, asked over its control port (``GETCONF
+    HiddenServiceOptions``): what Tor uses now, whatever torrc it was started with.
+
+    :param control: Tor's ControlPort or ControlSocket.
+    :param password_file: the control password file, or ``None`` (cookie or no authentication).
+    :returns: the onion ports in Tor's order; ``source`` names the control port.
+    :raises TorError: if Tor cannot be asked.
+    :raises ConfigError: if Tor reports a port line that cannot be parsed.
+    """
+    lines = tor.hidden_service_options(control, password_file)
+    return _ports_from_options(lines, {}, f"Tor control {control}", "GETCONF HiddenServiceOptions")
+
+
+def _ports_from_options(lines: list[tuple[str, str]], sources: dict, default_source: str,
+                        discovered_by: str) -> list[OnionPort]:
+    ports: list[OnionPort] = []
+    service_dir, onion = None, None
+    for keyword, value in lines:
+        if keyword.lower() == "hiddenservicedir":
+            service_dir, onion = value, _read_hostname(value)
+        elif keyword.lower() == "hiddenserviceport":
+            virtual_text, _, target_text = value.partition(" ")
+            virtual = _port(virtual_text)
+            target = torrc_target(target_text, virtual)
+            ports.append(OnionPort(virtual, target, service_dir, onion, sources.get((virtual, target), default_source),
+                                   discovered_by))
+    return ports
 
 
 def parse_torrc(path: Path) -> list[OnionPort]:
@@ -151,8 +153,7 @@ def parse_torrc(path: Path) -> list[OnionPort]:
             if not parts:
                 raise ConfigError(f"{source}: HiddenServicePort needs a port")
             virtual = _port(parts[0])
-            target = Endpoint.parse(parts[1], default_port=virtual) if len(parts) > 1 else \
-                Endpoint(host="127.0.0.1", port=virtual)
+            target = torrc_target(parts[1] if len(parts) > 1 else "", virtual)
             ports.append(OnionPort(virtual, target, state["dir"], state["onion"], source))
     return ports
 
@@ -336,10 +337,23 @@ class ListenerMatch:
     bound_addresses: str
 
 
-def find_listener(services: list[MasterService], endpoint: Endpoint, *, inet_interfaces: str,
+def find_listener(services: list[MasterService], endpoint: ListenAddress, *, inet_interfaces: str,
                   queue_directory: str,
                   pass_service_name: Callable[[MasterService], str] | None = None) -> ListenerMatch | None:
-    """Find the smtpd or postscreen service that accepts connections on *endpoint*.
+    """The first of :func:`find_listeners`, or ``None``."""
+    matches = find_listeners(services, endpoint, inet_interfaces=inet_interfaces, queue_directory=queue_directory,
+                             pass_service_name=pass_service_name)
+    return matches[0] if matches else None
+
+
+def find_listeners(services: list[MasterService], endpoint: ListenAddress, *, inet_interfaces: str,
+                   queue_directory: str,
+                   pass_service_name: Callable[[MasterService], str] | None = None) -> list[ListenerMatch]:
+    """Every smtpd or postscreen service that accepts connections on *endpoint*, in master.cf order.
+
+    Two inet services can bind the same address and port (``127.0.0.1:2525`` and a host-less ``2525``
+    with ``inet_interfaces = 127.0.0.1``): master(8) sets SO_REUSEPORT and the kernel hands each
+    connection to either of them, so each one can receive a Tor client.
 
     :param services: from :func:`read_master`.
     :param endpoint: the HiddenServicePort target or ``--listener``.
@@ -347,8 +361,10 @@ def find_listener(services: list[MasterService], endpoint: Endpoint, *, inet_int
     :param queue_directory: expanded ``queue_directory`` (where unix services live).
     :param pass_service_name: ``(postscreen service) -> its effective smtpd_service_name``; default
         ``smtpd`` for every postscreen.
-    :returns: the match, or ``None`` when no smtpd/postscreen service listens there.
+    :returns: the matches; empty when no smtpd/postscreen service listens there. A postscreen whose
+        ``pass`` service is missing is logged and left out.
     """
+    matches: list[ListenerMatch] = []
     for service in services:
         if service.program not in SMTPD_PROGRAMS:
             continue
@@ -373,12 +389,12 @@ def find_listener(services: list[MasterService], endpoint: Endpoint, *, inet_int
             smtpd = next((s for s in services if s.type == "pass" and s.name == name), None)
             if smtpd is None:
                 log.warning("postscreen %s hands off to %s/pass, which master.cf lacks", service.label, name)
-                return None
-        return ListenerMatch(service, smtpd, everywhere, bound)
-    return None
+                continue
+        matches.append(ListenerMatch(service, smtpd, everywhere, bound))
+    return matches
 
 
-def _inet_matches(name: str, endpoint: Endpoint, inet_interfaces: str) -> tuple[str, bool] | None:
+def _inet_matches(name: str, endpoint: ListenAddress, inet_interfaces: str) -> tuple[str, bool] | None:
     host, sep, port_text = name.rpartition(":")
     if not sep:
         host = ""

@@ -22,7 +22,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from onion_gateway.config import ListenAddress
+from onion_gateway.address import ListenAddress
 from onion_gateway.errors import FramingError
 from onion_gateway.lookup import codec
 from onion_gateway.lookup.cache import RouteCache

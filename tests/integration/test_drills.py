@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from onion_gateway.config import ListenAddress
+from onion_gateway.address import ListenAddress
 from onion_gateway.lookup.dns import SrvResolver
 from onion_gateway.lookup.routing import Router, build_routing_table
 from onion_gateway.lookup.server import Limits, MapServer

@@ -12,7 +12,8 @@ import tempfile
 
 import pytest
 
-from onion_gateway.config import ListenAddress, parse_dns_server
+from onion_gateway.address import ListenAddress
+from onion_gateway.config import parse_dns_server
 from onion_gateway.lookup.dns import SrvResolver
 from onion_gateway.lookup.routing import Router, build_routing_table
 from onion_gateway.lookup.server import Limits, MapServer

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onion_gateway.config import ListenAddress
+from onion_gateway.address import ListenAddress
 from onion_gateway.lookup.dns import SrvResolver
 from onion_gateway.lookup.routing import Router, build_routing_table
 from onion_gateway.lookup.server import MapServer

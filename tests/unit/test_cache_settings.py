@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from onion_gateway.config import ListenAddress, ServeSettings, load_config_file, serve_settings
+from onion_gateway.address import ListenAddress
+from onion_gateway.config import ServeSettings, load_config_file, serve_settings
 from onion_gateway.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "onion-gateway.toml"

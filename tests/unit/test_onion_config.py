@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from onion_gateway.config import (ListenAddress, parse_dns_server, parse_listen_address, read_static_map,
-                                  serve_settings)
+from onion_gateway.address import ListenAddress, parse_listen_address
+from onion_gateway.config import parse_dns_server, read_static_map, serve_settings
 from onion_gateway.errors import ConfigError
 from onion_gateway.onion import OnionCheck, check_onion, normalize_onion, onion_from_public_key
 from tests.support.onions import ONION_A, V2_ONION, bad_checksum
