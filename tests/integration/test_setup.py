@@ -244,7 +244,7 @@ def test_tor_control_unreachable_changes_nothing(gateway):
 
 def test_failure_midway_restores_everything(gateway, monkeypatch):
     """Tor goes away after Postfix was changed and checked: the onion step fails for real."""
-    from onion_gateway import installer
+    from onion_gateway.setup import apply as installer
 
     real_check = installer.postfix.check
 
@@ -263,10 +263,11 @@ def test_failure_midway_restores_everything(gateway, monkeypatch):
 
 
 def test_a_file_changed_after_the_plan_is_not_overwritten(gateway):
-    from onion_gateway import installer
-    from onion_gateway.setup_config import setup_settings
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
 
-    plan = installer.plan_setup(setup_settings(None, gateway.options()))
+    plan = plan_setup(setup_settings(None, gateway.options()))
     gateway.pf.postconf("-e", "biff = yes")          # the postmaster edits main.cf meanwhile
     before = gateway.snapshot()
     with pytest.raises(installer.SetupError, match="changed since the plan was made: .*main.cf"):
@@ -324,7 +325,7 @@ def test_refuses_without_torsocks(gateway):
 
 def test_refuses_postfix_older_than_3_5(gateway, monkeypatch):
     """A real 3.4 cannot be installed next to 3.7: the version is the one injected fault."""
-    from onion_gateway import installer
+    from onion_gateway.setup import apply as installer
 
     monkeypatch.setattr(installer.postfix, "mail_version", lambda config_dir=None: (3, 4, 14))
     before = gateway.snapshot()
@@ -341,13 +342,15 @@ def _config(gateway: Gateway, setup_lines: str) -> Path:
 
 CRASH = textwrap.dedent("""
     import os, sys
-    from onion_gateway import installer, postfix
-    from onion_gateway.setup_config import setup_settings
+    from onion_gateway import postfix
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
     def crash(config_dir):
         os._exit(9)                       # killed between the Postfix changes and postfix check
     postfix.check = crash
     settings = setup_settings(None, dict(arg.split("=", 1) for arg in sys.argv[1:]))
-    installer.apply_plan(installer.plan_setup(settings))
+    installer.apply_plan(plan_setup(settings))
 """)
 
 
