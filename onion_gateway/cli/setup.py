@@ -60,7 +60,8 @@ def _path_options(func):
 @_path_options
 @click.option("--dry-run", is_flag=True, help="Print every change as a diff and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
-@click.option("--rollback", is_flag=True, help="Undo every change setup made (byte for byte) and exit.")
+@click.option("--rollback", is_flag=True,
+              help="Undo the changes setup made and exit (shows them and asks; with --dry-run only shows them).")
 @log_level_option("warning")
 def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: bool, log_level: str,
                   **options: Any) -> None:
@@ -79,8 +80,7 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
         serve = serve_settings(document.get("serve", {}), None, base_dir)
         settings = setup_settings(document.get("setup", {}), overrides, base_dir)
         if rollback:
-            done = installer.rollback(settings)
-            click.echo("\n".join(done) if done else "nothing to roll back")
+            _rollback(installer, settings, dry_run=dry_run, yes=yes)
             return
         if not dry_run:
             for line in installer.recover_interrupted(settings):
@@ -120,3 +120,20 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
         if note != "nothing to change":
             click.echo(f"note: {note}")
 
+
+def _rollback(installer, settings, *, dry_run: bool, yes: bool) -> None:
+    """``--rollback``: show what it would undo; with ``--dry-run`` stop there, else ask unless ``--yes``."""
+    preview = installer.rollback_preview(settings)
+    if not preview:
+        click.echo("nothing to roll back")
+        return
+    for line in preview:
+        click.echo(f"would {line}" if dry_run else line)
+    if dry_run:
+        click.echo("dry run: nothing was changed")
+        return
+    if not yes and not click.confirm("Roll back these changes?", default=False):
+        click.echo("nothing was changed")
+        sys.exit(ExitCode.NO)
+    done = installer.rollback(settings)
+    click.echo("\n".join(done) if done else "nothing to roll back")

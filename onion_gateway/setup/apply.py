@@ -309,6 +309,34 @@ def _commit(journal: _Journal, state_dir: Path) -> None:
     shutil.rmtree(journal.dir)
 
 
+def rollback_preview(settings: SetupSettings) -> list[str]:
+    """What :func:`rollback` would do, changing nothing (``setup --rollback --dry-run``).
+
+    :param settings: the settings (state directory).
+    :returns: one line per step (``restore PATH``, ``remove PATH``, ``stop serving the onion service in DIR``),
+        an interrupted run's repair first; empty if there is nothing to roll back.
+    :raises SetupError: if the manifest or journal cannot be read.
+    """
+    lines = []
+    jfile = settings.state_dir / JOURNAL / "journal.json"
+    if jfile.exists():
+        try:
+            journal = json.loads(jfile.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SetupError(f"cannot read the journal {jfile}: {exc}") from exc
+        lines += [f"repair an interrupted run: {line}" for line in _describe_undo(journal)]
+    lines += _describe_undo(_load_manifest(settings.state_dir))
+    return lines
+
+
+def _describe_undo(data: dict[str, Any]) -> list[str]:
+    lines = [("restore " if entry.get("backup") else "remove ") + entry["path"]
+             for entry in reversed(data.get("files", []))]
+    if data.get("onion"):
+        lines.append(f"stop serving the onion service in {data['onion']['hidden_service_dir']} (its key is kept)")
+    return lines
+
+
 def rollback(settings: SetupSettings) -> list[str]:
     """Undo every setup run: restore each changed file byte for byte, remove each created file.
 

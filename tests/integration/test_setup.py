@@ -170,7 +170,7 @@ def test_rollback_restores_every_file_byte_for_byte(gateway):
     before = gateway.snapshot()
     gateway.setup("--yes")
     assert not same_content(gateway.snapshot(), before)
-    out = gateway.setup("--rollback").output
+    out = gateway.setup("--rollback", "--yes").output
     assert "tor no longer serves" in out
     assert same_content(gateway.snapshot(), before)
     assert not gateway.state_dir.exists()
@@ -181,12 +181,12 @@ def test_rollback_restores_every_file_byte_for_byte(gateway):
     with TorControl(parse_listen_address(gateway.tor.control)) as tor:
         assert tor.hidden_service_ports(gateway.hs_dir) is None
     # the key is kept: setting up again brings the same address back
-    assert gateway.setup("--rollback").output.strip() == "nothing to roll back"
+    assert gateway.setup("--rollback", "--yes").output.strip() == "nothing to roll back"
 
 
 def test_rollback_then_setup_again_reuses_the_address(gateway):
     first = gateway.address_line(gateway.setup("--yes").output)
-    gateway.setup("--rollback")
+    gateway.setup("--rollback", "--yes")
     assert gateway.address_line(gateway.setup("--yes").output) == first
 
 
@@ -212,7 +212,7 @@ def test_existing_transport_maps_are_kept_after_ours(gateway):
     gateway.setup("--yes")
     assert gateway.pf.postconf("-h", "transport_maps").strip() == \
         f"{gateway.transport_map}, hash:/etc/postfix/transport-not-there"
-    gateway.setup("--rollback")
+    gateway.setup("--rollback", "--yes")
     assert same_content(gateway.snapshot(), before)
 
 
@@ -364,7 +364,7 @@ def test_interrupted_run_is_repaired_at_next_start(gateway):
     assert not same_content(gateway.snapshot(), before)        # the run really changed files
     out = gateway.setup("--dry-run", expect=1).output           # a dry run refuses to plan over it
     assert "interrupted run" in out
-    out = gateway.setup("--rollback").output                    # any real start repairs it first
+    out = gateway.setup("--rollback", "--yes").output                    # any real start repairs it first
     assert f"restored {gateway.pf.config_dir / 'master.cf'}" in out
     assert same_content(gateway.snapshot(), before)
     assert not (gateway.state_dir / "journal").exists()
