@@ -67,7 +67,7 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
                   **options: Any) -> None:
     """Turn this Postfix + Tor host into an onion mail gateway (shows the plan, asks, applies)."""
     from onion_gateway.config import load_config_file, serve_settings
-    from onion_gateway.errors import OnionGatewayError, TorError
+    from onion_gateway.errors import OnionGatewayError, SetupError, TorError
     from onion_gateway.setup import apply as installer
     from onion_gateway.setup.plan import plan_setup
     from onion_gateway.setup.settings import setup_settings
@@ -91,10 +91,12 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
         else:
             click.echo(plan.describe(), nl=False)
             if dry_run:
-                for note in plan.notes:
+                for note in plan.notes + ([plan.blocker] if plan.blocker else []):
                     click.echo(f"note: {note}")
                 click.echo("dry run: nothing was changed")
                 return
+            if plan.blocker:
+                raise SetupError(plan.blocker)
             if not yes and not click.confirm("Apply these changes?", default=False):
                 click.echo("nothing was changed")
                 sys.exit(ExitCode.NO)

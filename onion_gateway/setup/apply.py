@@ -214,6 +214,8 @@ def apply_plan(plan: Plan) -> SetupResult:
         address = plan.onion.address or read_onion_address(s.hidden_service_dir)
         _refresh_listener_record(s.state_dir, plan.listener_record)
         return SetupResult(address, _records(plan, address), [], ["nothing to change", *plan.notes])
+    if plan.blocker is not None:
+        raise SetupError(plan.blocker)
     stale = [str(c.path) for c in [*plan.files, *plan.postconf] if read_bytes(c.path) != c.old]
     if stale:
         raise SetupError(f"changed since the plan was made: {', '.join(stale)}; nothing was changed, run setup again")

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from onion_gateway.audit import analyse_listener
 from onion_gateway.audit.policy import Severity
 from onion_gateway.config import ServeSettings
 from onion_gateway.errors import ConfigError, SetupError, TorError
-from onion_gateway.render import (MainCf, MasterCf, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
+from onion_gateway.postfix_syntax import split_fields, split_list
+from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
                                   Wrapper, render)
 from onion_gateway.setup.settings import DEFAULT_SOCKS, SetupSettings, default_transport_map
 from onion_gateway.setup.state import JOURNAL, load_manifest
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 
 MIN_POSTFIX = (3, 5)            # transport_maps nexthop lists "[a]:25, [b]:25" (postfix 3.5 RELEASE_NOTES)
 WRAPPER_NAME = "smtp_tor"
+OWN_DOMAINS_TABLE = "onion-gateway-own-domains.regexp"   # in the Postfix configuration directory
+PROBE_KEY = "*"                 # the daemon answers "*" as not found without asking DNS
 
 
 class OnionAction(enum.Enum):
@@ -126,6 +130,9 @@ class Plan:
     :param listener_record: what the relay audit needs to find the listener without a torrc
         (``audit-open-relay --state-dir``): ``{"listener", "onion_port", "hidden_service_dir",
         "postfix_config_dir"}``, written to the manifest's ``listener`` key on success.
+    :param blocker: why this plan must not be applied yet although it is sound (the lookup daemon does
+        not answer at the table setup would put in transport_maps, so switching would defer all mail),
+        with the exact command that fixes it; ``None`` when it can be applied.
     :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
         ...], "transport_map": table}``; a later run removes what it no longer wants.
     """
@@ -138,6 +145,7 @@ class Plan:
     srv_service: str = "onion-mx"
     managed: dict[str, Any] = field(default_factory=dict)
     listener_record: dict[str, Any] = field(default_factory=dict)
+    blocker: str | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -192,19 +200,29 @@ def srv_records(domains: tuple[str, ...] | list[str], address: str, *, service: 
             for d in domains]
 
 
-def prepend_transport_map(ours: str, existing: str, previous: str | None = None) -> str:
+def prepend_transport_map(ours: str | Sequence[str], existing: str,
+                          previous: str | Sequence[str] | None = None) -> str:
     """``transport_maps`` with *ours* first and every map the user had kept, in order.
 
-    :param ours: our table, e.g. ``socketmap:inet:127.0.0.1:6014:onion``.
-    :param existing: the current raw value (comma or space separated).
-    :param previous: the table an earlier setup run put there (dropped if it is not *ours*).
-    :returns: the new value; unchanged if *ours* is already first and *previous* is gone.
+    The value is split as Postfix splits it (:func:`onion_gateway.postfix_syntax.split_list`: commas and
+    white space, ``{ ... }`` groups kept whole, ``$name`` left alone), so ``inline:{ {a = b}, c = d }``
+    stays one table.
+
+    :param ours: our tables in the order they must come first, e.g. ``["regexp:/etc/postfix/own.regexp",
+        "socketmap:inet:127.0.0.1:6014:onion"]`` (a single table may be given as a string).
+    :param existing: the current raw value.
+    :param previous: the tables an earlier setup run put there (dropped if they are not in *ours*).
+    :returns: the new value; *existing* unchanged (stripped) if it already starts with *ours* and holds
+        no stale table of ours.
     """
-    items = [i for i in existing.replace(",", " ").split() if i and (i != previous or i == ours)]
-    if items and items[0] == ours and previous in (None, ours):
+    ours_list = [ours] if isinstance(ours, str) else list(ours)
+    prev_list = [] if previous is None else [previous] if isinstance(previous, str) else [p for p in previous if p]
+    items = split_list(existing)
+    kept = [i for i in items if i not in prev_list or i in ours_list]
+    if kept == items and items[:len(ours_list)] == ours_list:
         return existing.strip()
-    rest = [i for i in items if i != ours]
-    return ", ".join([ours, *rest])
+    rest = [i for i in kept if i not in ours_list]
+    return ", ".join([*ours_list, *rest])
 
 
 def master_entries(text: str) -> list[tuple[str, str]]:
@@ -222,9 +240,9 @@ def master_entries(text: str) -> list[tuple[str, str]]:
         if line[0].isspace():
             if not entries:
                 raise SetupError(f"master.cf template: continuation line without an entry: {line!r}")
-            entries[-1] += line.split()
+            entries[-1] += split_fields(line)
         else:
-            entries.append(line.split())
+            entries.append(split_fields(line))
     result = []
     for words in entries:
         if len(words) < 8:
@@ -345,6 +363,9 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         os.path.relpath(wrapper_path, daemon_directory)
     listener = str(settings.listener)
     transport_map = settings.transport_map or default_transport_map(serve)
+    real_cdir = _postfix_dir(settings)
+    own_table_path = real_cdir / OWN_DOMAINS_TABLE
+    own_table = f"regexp:{own_table_path}"
     notes: list[str] = []
 
     files: list[FileChange] = []
@@ -374,6 +395,8 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     if settings.systemd_unit is not None:
         exec_start = f"{_serve_command(settings)} serve --config {settings.serve_config}"
         wanted.append(("systemd unit", settings.systemd_unit, render(SystemdUnit(exec_start=exec_start)), 0o644))
+    wanted.append(("own-domains table", own_table_path,
+                   render(OwnDomains(_own_domain_entries(settings, (own_table, transport_map), notes))), 0o644))
     for what, path, text, mode in wanted:
         if not path.parent.is_dir():
             raise SetupError(f"cannot write the {what}: directory {path.parent} does not exist; nothing was changed")
@@ -385,7 +408,8 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         scratch = Path(scratch_name)
         _check_wrapper_syntax(scratch, render(wrapper))
         managed_before = _manifest_or_error(settings.state_dir).get("managed") or {}
-        postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command, transport_map,
+        postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command,
+                                                   (own_table, transport_map),
                                                    managed_before)
         notes += check_listener_policy(scratch / "postfix", listener)
         if settings.torrc is not None:
@@ -399,7 +423,57 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     record = {"listener": listener, "onion_port": settings.onion_port,
               "hidden_service_dir": str(settings.hidden_service_dir),
               "postfix_config_dir": str(cdir) if cdir is not None else None}
-    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record)
+    blocker = None
+    problem = daemon_problem(transport_map, cdir)
+    if problem is not None:
+        blocker = (f"the lookup daemon does not answer at {transport_map} ({problem}); switching transport_maps "
+                   f"now would defer all mail. Start it first:\n  {_serve_command(settings)} serve --config "
+                   f"{settings.serve_config}\nthen run setup again; nothing was changed")
+    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker)
+
+
+def daemon_problem(table: str, config_dir: Path | None) -> str | None:
+    """Ask the lookup daemon through *table* the way trivial-rewrite will (``postmap -q '*' TABLE``).
+
+    The daemon answers ``*`` as not found without asking DNS, so a healthy daemon gives exit 1 without a
+    ``query error``; a daemon that is down or does not speak the protocol gives a query error.
+
+    :param table: the Postfix table, e.g. ``socketmap:inet:127.0.0.1:6014:onion``.
+    :param config_dir: the Postfix configuration directory (``None``: the default instance).
+    :returns: ``None`` when it answers, else Postfix's complaint in one line.
+    """
+    code, _out, err = postfix.postmap_query(PROBE_KEY, table, config_dir)
+    if code == 0 or "error" not in err:
+        return None
+    lines = [line.split(": ", 1)[-1] for line in err.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"postmap exit {code}"
+
+
+def _own_domain_entries(settings: SetupSettings, ours: tuple[str, str], notes: list[str]) -> tuple[tuple[str, str], ...]:
+    """The gateway's own domains with what the user's transport tables answer for each (``:`` if none).
+
+    Own domains are setup's ``domains`` and every domain Postfix delivers or relays for
+    (:func:`onion_gateway.postfix.own_domains`). A user table that routes an own domain (``own.example
+    lmtp:...``) keeps doing so: its answer goes into the regexp table, which is asked first.
+    """
+    cdir = settings.postfix_config_dir
+    listed, unlisted = postfix.own_domains(cdir)
+    for table in unlisted:
+        notes.append(f"the domains in {table} cannot be listed: mail for them waits for the lookup daemon "
+                     "when it is down (add them to setup.domains)")
+    domains = sorted(set(settings.domains) | {d for d in listed if d and not d.startswith("$")})
+    existing = postfix.postconf(cdir, "-h", "transport_maps").strip()
+    user_tables = [t for t in split_list(existing) if t not in ours and not t.endswith(OWN_DOMAINS_TABLE)]
+    entries = []
+    for domain in domains:
+        result = ":"
+        for table in user_tables:
+            code, out, _err = postfix.postmap_query(domain, table, cdir)
+            if code == 0 and out.strip():
+                result = out.strip().splitlines()[0]
+                break
+        entries.append((domain, result))
+    return tuple(entries)
 
 
 def _check_wrapper_syntax(scratch: Path, text: str) -> None:
@@ -410,8 +484,8 @@ def _check_wrapper_syntax(scratch: Path, text: str) -> None:
         raise SetupError(f"the rendered smtp_tor wrapper is not valid sh: {done.stderr.strip()}")
 
 
-def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, command: str, transport_map: str,
-                   before: dict[str, Any]) -> tuple[list[PostconfChange], dict[str, Any]]:
+def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, command: str,
+                   ours: tuple[str, str], before: dict[str, Any]) -> tuple[list[PostconfChange], dict[str, Any]]:
     cdir = _postfix_dir(settings)
     pdir = scratch / "postfix"
     pdir.mkdir()
@@ -423,8 +497,8 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
         originals[name] = data
         shutil.copy2(cdir / name, pdir / name)
     existing = postfix.postconf(settings.postfix_config_dir, "-h", "transport_maps").strip()
-    main_text = render(MainCf(transport_maps=prepend_transport_map(transport_map, existing,
-                                                                   before.get("transport_map"))))
+    previous = [before.get("own_table"), before.get("transport_map")]
+    main_text = render(MainCf(transport_maps=prepend_transport_map(ours, existing, previous)))
     master_text = render(MasterCf(transport=transport, command=command,
                                   tls_level=settings.smtp_tls_security_level, listener=str(settings.listener),
                                   relay_restrictions=settings.relay_restrictions,
@@ -445,7 +519,7 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
         new = (pdir / name).read_bytes()
         if new != originals[name]:
             changes.append(PostconfChange(cdir / name, commands[name], originals[name], new))
-    return changes, {"services": keys, "transport_map": transport_map}
+    return changes, {"services": keys, "own_table": ours[0], "transport_map": ours[1]}
 
 
 def _age(path: Path) -> None:

@@ -38,7 +38,7 @@ def test_dry_run_shows_every_change_and_changes_nothing(gateway):
     before = gateway.snapshot()
     out = gateway.setup("--dry-run").output
     assert f"+++ b{gateway.wrapper}" in out
-    assert f"+transport_maps = {gateway.transport_map}" in out
+    assert f"+transport_maps = {gateway.transport_maps}" in out
     assert "postconf -M 'smtptor/unix=smtptor unix - - n - - ../../../.." in out
     assert f"+{gateway.listener} inet" in out
     assert f"+%include {gateway.etc / 'onion-gateway.torrc'}" in out
@@ -64,7 +64,7 @@ def test_setup_result_reads_back_through_postfix_and_tor(gateway):
     assert f"_onion-mx._tcp.{OWN_DOMAIN}. 3600 IN SRV 10 5 25 {address}." in out
     assert f"_onion-mx._tcp.other.example.test. 3600 IN SRV 10 5 25 {address}." in out
     pf = gateway.pf
-    assert pf.postconf("-n", "transport_maps").strip() == f"transport_maps = {gateway.transport_map}"
+    assert pf.postconf("-n", "transport_maps").strip() == f"transport_maps = {gateway.transport_maps}"
     master = pf.postconf("-M", "smtptor/unix").split()
     assert master[:7] == ["smtptor", "unix", "-", "-", "n", "-", "-"]
     assert (Path(pf.postconf("-h", "daemon_directory").strip()) / master[7]).resolve() == gateway.wrapper
@@ -211,7 +211,7 @@ def test_existing_transport_maps_are_kept_after_ours(gateway):
     before = gateway.snapshot()
     gateway.setup("--yes")
     assert gateway.pf.postconf("-h", "transport_maps").strip() == \
-        f"{gateway.transport_map}, hash:/etc/postfix/transport-not-there"
+        f"{gateway.transport_maps}, hash:/etc/postfix/transport-not-there"
     gateway.setup("--rollback", "--yes")
     assert same_content(gateway.snapshot(), before)
 
