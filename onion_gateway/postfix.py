@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from onion_gateway.errors import PostfixError
+from onion_gateway.postfix_syntax import split_list
 
 COMMAND_TIMEOUT_SECONDS = 60
 
@@ -141,7 +142,7 @@ def own_domains(config_dir: Path | None) -> tuple[frozenset[str], tuple[str, ...
     domains: set[str] = set()
     unlisted: list[str] = []
     for value in values.values():
-        for token in re.split(r"[\s,]+", value):
+        for token in split_list(value):
             if not token:
                 continue
             if ":" not in token:

@@ -28,6 +28,21 @@ def split_list(value: str) -> list[str]:
     >>> split_list("permit_mynetworks, check_policy_service { inet:127.0.0.1:9, timeout=1s }")
     ['permit_mynetworks', 'check_policy_service', '{ inet:127.0.0.1:9, timeout=1s }']
     """
+    return _split(value, ",")
+
+
+def split_fields(line: str) -> list[str]:
+    """Split a master.cf(5) entry into its fields and arguments: white space only (commas belong to a
+    value such as ``-o smtpd_relay_restrictions=a,b``), ``{ ... }`` groups kept whole (master.cf accepts
+    ``-o { name = value with spaces }`` since Postfix 3.0).
+
+    >>> split_fields("2525 inet n - n - - smtpd -o { smtpd_tls_ciphers = high } -o a=b,c")
+    ['2525', 'inet', 'n', '-', 'n', '-', '-', 'smtpd', '-o', '{ smtpd_tls_ciphers = high }', '-o', 'a=b,c']
+    """
+    return _split(line, "")
+
+
+def _split(value: str, separators: str) -> list[str]:
     words: list[str] = []
     current = ""
     depth = 0
@@ -36,7 +51,7 @@ def split_list(value: str) -> list[str]:
             depth += 1
         elif ch == "}":
             depth = max(0, depth - 1)
-        if depth == 0 and (ch.isspace() or ch == ","):
+        if depth == 0 and (ch.isspace() or ch in separators):
             if current:
                 words.append(current)
             current = ""

@@ -10,6 +10,7 @@ below; :func:`render` takes one of them and returns text that starts with the "m
   ============================  ========================  ==========================================
   postfix/master.cf.j2          :class:`MasterCf`         master.cf entries, applied with postconf -M
   postfix/main.cf.j2            :class:`MainCf`           main.cf parameters, applied with postconf -e
+  postfix/own-domains.regexp.j2 :class:`OwnDomains`       regexp_table(5) first in transport_maps
   bin/smtp_tor.j2               :class:`Wrapper`          the smtp_tor wrapper (POSIX sh)
   tor/torsocks.conf.j2          :class:`TorsocksConf`     torsocks.conf(5)
   tor/onion-gateway.torrc.j2    :class:`TorrcPiece`       HiddenServiceDir + HiddenServicePort
@@ -21,6 +22,7 @@ below; :func:`render` takes one of them and returns text that starts with the "m
 from __future__ import annotations
 
 import importlib.resources
+import re
 import shlex
 from dataclasses import dataclass, fields
 
@@ -46,6 +48,7 @@ def _shquote(value: object) -> str:
 _ENV = jinja2.Environment(loader=jinja2.FunctionLoader(_load), undefined=jinja2.StrictUndefined,
                           autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 _ENV.filters["shquote"] = _shquote
+_ENV.filters["regex_escape"] = lambda value: re.sub(r"([^A-Za-z0-9_-])", r"\\\1", str(value))
 _ENV.globals["managed_by"] = MANAGED_BY
 
 
@@ -128,6 +131,18 @@ class TorrcPiece:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnDomains:
+    """The regexp table that answers for the gateway's own domains before the daemon is asked.
+
+    :param entries: ``(domain, result)`` pairs; result ``:`` keeps Postfix's default transport, any
+        other result is what the user's own transport table answered for the domain at setup time.
+    """
+
+    entries: tuple[tuple[str, str], ...]
+    template = "postfix/own-domains.regexp.j2"
+
+
+@dataclass(frozen=True, slots=True)
 class TorrcInclude:
     """The lines appended to the main torrc so that Tor reads the piece.
 
@@ -149,7 +164,7 @@ class SystemdUnit:
     template = "systemd/onion-gateway.service.j2"
 
 
-Context = MasterCf | MainCf | Wrapper | TorsocksConf | TorrcPiece | TorrcInclude | SystemdUnit
+Context = MasterCf | MainCf | OwnDomains | Wrapper | TorsocksConf | TorrcPiece | TorrcInclude | SystemdUnit
 
 
 def render(context: Context) -> str:

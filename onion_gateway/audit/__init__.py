@@ -36,7 +36,7 @@ from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, 
 from onion_gateway.errors import PostfixError, Unreachable
 from onion_gateway.postfix_syntax import split_list
 from onion_gateway.config import load_config_file
-from onion_gateway.setup_config import setup_settings
+from onion_gateway.setup.settings import setup_settings
 
 __all__ = ["AuditOptions", "AuditReport", "ClientCertificate", "ListenAddress", "Outcome", "SetupRecord",
            "analyse_listener", "audit_listener", "audit_running_tor", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
@@ -208,7 +208,8 @@ def audit_setup(record: SetupRecord, options: AuditOptions = AuditOptions()) -> 
     :raises PostfixError: if postconf cannot read the configuration.
     """
     config_dir = options.config_dir if options.config_dir is not None else record.postfix_config_dir
-    return audit_listener(record.listener, replace(options, config_dir=config_dir), record.as_onion_port())
+    port = record.as_onion_port()
+    return audit_listener(port.target, replace(options, config_dir=config_dir), port)
 
 
 def setup_record(config_file: Path) -> SetupRecord:
@@ -224,8 +225,9 @@ def setup_record(config_file: Path) -> SetupRecord:
     settings = setup_settings(load_config_file(config_file).get("setup", {}), None, config_file.resolve().parent)
     if (settings.state_dir / SETUP_MANIFEST).exists():
         return read_setup_state(settings.state_dir)
-    return SetupRecord(Endpoint.parse(str(settings.listener)), settings.onion_port, str(settings.hidden_service_dir),
-                       settings.postfix_config_dir, f"{config_file} [setup]")
+    return SetupRecord(settings.listener, settings.onion_port, str(settings.hidden_service_dir),
+                       settings.postfix_config_dir, f"{config_file} [setup]", tor_control=settings.tor_control,
+                       domains=settings.domains)
 
 
 def _globals(config_dir: Path | None) -> dict[str, str]:

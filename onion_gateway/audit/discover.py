@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import glob
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -46,12 +45,12 @@ from onion_gateway.address import ListenAddress, torrc_target
 from onion_gateway.address import parse_port as _port
 from onion_gateway import tor
 from onion_gateway.errors import ConfigError, TorError
+from onion_gateway.setup.state import MANIFEST as SETUP_MANIFEST, SetupRecord, read_setup_state  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 MAX_INCLUDE_DEPTH = 31          # tor's MAX_INCLUDE_RECURSION_LEVEL
 DEFAULT_TORRC = Path("/etc/tor/torrc")
-SETUP_MANIFEST = "manifest.json"      # onion_gateway.installer.MANIFEST
 SMTPD_PROGRAMS = {"smtpd", "postscreen"}
 
 
@@ -156,64 +155,6 @@ def parse_torrc(path: Path) -> list[OnionPort]:
             target = torrc_target(parts[1] if len(parts) > 1 else "", virtual)
             ports.append(OnionPort(virtual, target, state["dir"], state["onion"], source))
     return ports
-
-
-@dataclass(frozen=True)
-class SetupRecord:
-    """The listener ``onion-gateway setup`` put behind the onion service, as it recorded it.
-
-    :param listener: the hardened smtpd's endpoint (Tor's HiddenServicePort target).
-    :param onion_port: the onion service's virtual port (25).
-    :param hidden_service_dir: the HiddenServiceDir, or ``None`` if not known.
-    :param postfix_config_dir: the Postfix configuration directory setup changed (``None``: the default).
-    :param source: where the record was read, for the report.
-    """
-
-    listener: Endpoint
-    onion_port: int
-    hidden_service_dir: str | None
-    postfix_config_dir: Path | None
-    source: str
-
-    def as_onion_port(self) -> OnionPort:
-        """The record as the torrc line it stands for (with the onion name read from ``hostname``)."""
-        onion = _read_hostname(self.hidden_service_dir) if self.hidden_service_dir else None
-        return OnionPort(self.onion_port, self.listener, self.hidden_service_dir, onion, self.source)
-
-
-def read_setup_state(state_dir: Path) -> SetupRecord:
-    """The listener recorded in setup's state directory (``STATE_DIR/manifest.json``, key ``listener``).
-
-    Written by :func:`onion_gateway.installer.apply_plan` after a successful run, removed by
-    ``setup --rollback``. Shape::
-
-        {"listener": {"listener": "127.0.0.1:2525", "onion_port": 25,
-                      "hidden_service_dir": "/var/lib/tor/onion-gateway", "postfix_config_dir": null}, ...}
-
-    :param state_dir: setup's ``state_dir``.
-    :returns: the :class:`SetupRecord`.
-    :raises ConfigError: if there is no manifest (setup never ran, or was rolled back), it cannot be
-        read, or it holds no listener record (written by a setup older than this record).
-    """
-    path = Path(state_dir) / SETUP_MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist: setup has not run with this state directory "
-                          "(or was rolled back)") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    record = data.get("listener") if isinstance(data, dict) else None
-    if not isinstance(record, dict) or not record.get("listener"):
-        raise ConfigError(f"{path} records no listener (written by an older setup): run setup again, or use --listener")
-    try:
-        onion_port = _port(str(record.get("onion_port", 25)))
-        listener = Endpoint.parse(str(record["listener"]))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    config_dir = record.get("postfix_config_dir")
-    return SetupRecord(listener, onion_port, record.get("hidden_service_dir") or None,
-                       Path(config_dir) if config_dir else None, f"{path} (setup record)")
 
 
 def _read_hostname(service_dir: str) -> str | None:

@@ -359,6 +359,9 @@ def lab():
             cleanup.callback(gw.pf.stop)
             gw.write_config()
         phase("postfix instances running")
+        for gw in gateways:             # setup switches transport_maps only to a daemon that answers
+            cleanup.callback(gw.serve.stop)
+            gw.start_serve()
         running = [(gw, gw.start_setup()) for gw in gateways]
         for gw, proc in running:
             gw.finish_setup(proc)
@@ -369,9 +372,6 @@ def lab():
         dns.srv = [SrvEntry(RX_DOMAIN, rx_gw.onion), SrvEntry(TX_DOMAIN, tx_gw.onion),
                    SrvEntry(BADSUM_DOMAIN, bad_onion)]
         dns.start()
-        for gw in gateways:
-            cleanup.callback(gw.serve.stop)
-            gw.start_serve()
 
         phase("dnsmasq and both daemons running")
         lab = MailLab(tor, rx_gw, tx_gw, trap, dns, bad_onion)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import require
+from tests.support.daemon import ServeProcess
 from tests.support.gateway import Gateway, new_gateway
 from tests.support.procs import free_port, port_accepts, tail, wait_for
 
@@ -20,14 +21,17 @@ pytestmark = pytest.mark.infra
 @pytest.fixture(scope="module")
 def gateway():
     require("postfix", "postconf", "tor", "torsocks")
-    # no daemon needed for these checks: the map points at a closed loopback port
-    gw = new_gateway(f"socketmap:inet:127.0.0.1:{free_port()}:onion")
+    # setup switches transport_maps only to a daemon that answers; "*" is answered without DNS, and the
+    # DNS server it names is a closed loopback port (no query ever leaves the box)
+    daemon = ServeProcess(["--dns-server", f"127.0.0.1:{free_port()}"]).start()
+    gw = new_gateway(daemon.socketmap)
     gw.pf.start()
     result = gw.setup("--yes")
     wait_for(lambda: port_accepts(gw.listener_port), 15, "the onion listener", lambda: tail(gw.pf.maillog))
     gw.address = gw.address_line(result.output)
     yield gw
     gw.close()
+    daemon.stop()
 
 
 def test_wrapper_is_root_owned_and_executable(host, gateway: Gateway):
@@ -69,9 +73,9 @@ def test_listener_trusts_nobody(host, gateway: Gateway, parameter):
     assert line in host.check_output(f"postconf -c {gateway.pf.config_dir} -P").splitlines()
 
 
-def test_transport_maps_ask_the_daemon_first(host, gateway: Gateway):
+def test_transport_maps_answer_own_domains_then_ask_the_daemon(host, gateway: Gateway):
     value = host.check_output(f"postconf -c {gateway.pf.config_dir} -h transport_maps")
-    assert value.split(",")[0].strip() == gateway.transport_map
+    assert [t.strip() for t in value.split(",")[:2]] == [gateway.own_table, gateway.transport_map]
 
 
 def test_smtptor_transport_never_uses_dns(host, gateway: Gateway):

@@ -38,7 +38,7 @@ def test_dry_run_shows_every_change_and_changes_nothing(gateway):
     before = gateway.snapshot()
     out = gateway.setup("--dry-run").output
     assert f"+++ b{gateway.wrapper}" in out
-    assert f"+transport_maps = {gateway.transport_map}" in out
+    assert f"+transport_maps = {gateway.transport_maps}" in out
     assert "postconf -M 'smtptor/unix=smtptor unix - - n - - ../../../.." in out
     assert f"+{gateway.listener} inet" in out
     assert f"+%include {gateway.etc / 'onion-gateway.torrc'}" in out
@@ -64,7 +64,7 @@ def test_setup_result_reads_back_through_postfix_and_tor(gateway):
     assert f"_onion-mx._tcp.{OWN_DOMAIN}. 3600 IN SRV 10 5 25 {address}." in out
     assert f"_onion-mx._tcp.other.example.test. 3600 IN SRV 10 5 25 {address}." in out
     pf = gateway.pf
-    assert pf.postconf("-n", "transport_maps").strip() == f"transport_maps = {gateway.transport_map}"
+    assert pf.postconf("-n", "transport_maps").strip() == f"transport_maps = {gateway.transport_maps}"
     master = pf.postconf("-M", "smtptor/unix").split()
     assert master[:7] == ["smtptor", "unix", "-", "-", "n", "-", "-"]
     assert (Path(pf.postconf("-h", "daemon_directory").strip()) / master[7]).resolve() == gateway.wrapper
@@ -170,7 +170,7 @@ def test_rollback_restores_every_file_byte_for_byte(gateway):
     before = gateway.snapshot()
     gateway.setup("--yes")
     assert not same_content(gateway.snapshot(), before)
-    out = gateway.setup("--rollback").output
+    out = gateway.setup("--rollback", "--yes").output
     assert "tor no longer serves" in out
     assert same_content(gateway.snapshot(), before)
     assert not gateway.state_dir.exists()
@@ -181,12 +181,12 @@ def test_rollback_restores_every_file_byte_for_byte(gateway):
     with TorControl(parse_listen_address(gateway.tor.control)) as tor:
         assert tor.hidden_service_ports(gateway.hs_dir) is None
     # the key is kept: setting up again brings the same address back
-    assert gateway.setup("--rollback").output.strip() == "nothing to roll back"
+    assert gateway.setup("--rollback", "--yes").output.strip() == "nothing to roll back"
 
 
 def test_rollback_then_setup_again_reuses_the_address(gateway):
     first = gateway.address_line(gateway.setup("--yes").output)
-    gateway.setup("--rollback")
+    gateway.setup("--rollback", "--yes")
     assert gateway.address_line(gateway.setup("--yes").output) == first
 
 
@@ -211,8 +211,8 @@ def test_existing_transport_maps_are_kept_after_ours(gateway):
     before = gateway.snapshot()
     gateway.setup("--yes")
     assert gateway.pf.postconf("-h", "transport_maps").strip() == \
-        f"{gateway.transport_map}, hash:/etc/postfix/transport-not-there"
-    gateway.setup("--rollback")
+        f"{gateway.transport_maps}, hash:/etc/postfix/transport-not-there"
+    gateway.setup("--rollback", "--yes")
     assert same_content(gateway.snapshot(), before)
 
 
@@ -244,7 +244,7 @@ def test_tor_control_unreachable_changes_nothing(gateway):
 
 def test_failure_midway_restores_everything(gateway, monkeypatch):
     """Tor goes away after Postfix was changed and checked: the onion step fails for real."""
-    from onion_gateway import installer
+    from onion_gateway.setup import apply as installer
 
     real_check = installer.postfix.check
 
@@ -263,10 +263,11 @@ def test_failure_midway_restores_everything(gateway, monkeypatch):
 
 
 def test_a_file_changed_after_the_plan_is_not_overwritten(gateway):
-    from onion_gateway import installer
-    from onion_gateway.setup_config import setup_settings
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
 
-    plan = installer.plan_setup(setup_settings(None, gateway.options()))
+    plan = plan_setup(setup_settings(None, gateway.options()))
     gateway.pf.postconf("-e", "biff = yes")          # the postmaster edits main.cf meanwhile
     before = gateway.snapshot()
     with pytest.raises(installer.SetupError, match="changed since the plan was made: .*main.cf"):
@@ -324,7 +325,7 @@ def test_refuses_without_torsocks(gateway):
 
 def test_refuses_postfix_older_than_3_5(gateway, monkeypatch):
     """A real 3.4 cannot be installed next to 3.7: the version is the one injected fault."""
-    from onion_gateway import installer
+    from onion_gateway.setup import apply as installer
 
     monkeypatch.setattr(installer.postfix, "mail_version", lambda config_dir=None: (3, 4, 14))
     before = gateway.snapshot()
@@ -341,13 +342,15 @@ def _config(gateway: Gateway, setup_lines: str) -> Path:
 
 CRASH = textwrap.dedent("""
     import os, sys
-    from onion_gateway import installer, postfix
-    from onion_gateway.setup_config import setup_settings
+    from onion_gateway import postfix
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
     def crash(config_dir):
         os._exit(9)                       # killed between the Postfix changes and postfix check
     postfix.check = crash
     settings = setup_settings(None, dict(arg.split("=", 1) for arg in sys.argv[1:]))
-    installer.apply_plan(installer.plan_setup(settings))
+    installer.apply_plan(plan_setup(settings))
 """)
 
 
@@ -361,7 +364,7 @@ def test_interrupted_run_is_repaired_at_next_start(gateway):
     assert not same_content(gateway.snapshot(), before)        # the run really changed files
     out = gateway.setup("--dry-run", expect=1).output           # a dry run refuses to plan over it
     assert "interrupted run" in out
-    out = gateway.setup("--rollback").output                    # any real start repairs it first
+    out = gateway.setup("--rollback", "--yes").output                    # any real start repairs it first
     assert f"restored {gateway.pf.config_dir / 'master.cf'}" in out
     assert same_content(gateway.snapshot(), before)
     assert not (gateway.state_dir / "journal").exists()

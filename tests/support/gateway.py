@@ -48,6 +48,16 @@ class Gateway:
         return self.tor.data_dir / "onion-mail"
 
     @property
+    def own_table(self) -> str:
+        """The regexp table setup puts first in transport_maps (own domains never wait for the daemon)."""
+        return f"regexp:{self.pf.config_dir}/onion-gateway-own-domains.regexp"
+
+    @property
+    def transport_maps(self) -> str:
+        """transport_maps as setup leaves it on a Postfix that had none."""
+        return f"{self.own_table}, {self.transport_map}"
+
+    @property
     def listener(self) -> str:
         return f"127.0.0.1:{self.listener_port}"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from onion_gateway.errors import ConfigError
-from onion_gateway.render import (MANAGED_BY, MainCf, MasterCf, SystemdUnit, TorrcInclude, TorrcPiece,
+from onion_gateway.render import (MANAGED_BY, MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece,
                                   TorsocksConf, Wrapper, render)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -25,6 +25,7 @@ CASES = {
                                   listener="127.0.0.1:2525"),
     "master.cf-relative-wrapper": MasterCf(transport="onionsmtp", command="../../../../srv/og/smtp_tor",
                                            tls_level="may", listener="127.0.0.2:10025"),
+    "own-domains.regexp": OwnDomains(entries=(("example.org", ":"), ("mail.example.org", "lmtp:unix:private/lmtp"))),
     "main.cf-prepended": MainCf(transport_maps="socketmap:inet:127.0.0.1:6014:onion, hash:/etc/postfix/transport"),
     "smtp_tor-default": Wrapper(daemon_directory="/usr/lib/postfix/sbin", torsocks="torsocks", isolation=False,
                                 torsocks_conf=""),

@@ -14,10 +14,10 @@ import pytest
 from onion_gateway.address import parse_listen_address
 from onion_gateway.config import ServeSettings
 from onion_gateway.errors import ConfigError, SetupError
-from onion_gateway.installer import (check_listener_policy, main_parameters, master_entries,
-                                     prepend_transport_map, srv_records)
+from onion_gateway.setup.plan import (check_listener_policy, main_parameters, master_entries,
+                                      prepend_transport_map, srv_records)
 from onion_gateway.render import MainCf, MasterCf, render
-from onion_gateway.setup_config import SetupSettings, default_transport_map, setup_settings
+from onion_gateway.setup.settings import SetupSettings, default_transport_map, setup_settings
 from tests.support.onions import ONION_A
 
 

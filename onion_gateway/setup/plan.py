@@ -1,6 +1,4 @@
-"""``onion-gateway setup`` as an installer lifecycle: plan, apply with a journal, roll back, recover.
-
-Shaped after certbot's installers. Map of the module:
+"""Plan ``onion-gateway setup``: every change as data, worked out without touching the real files.
 
 - :func:`plan_setup` (no side effects outside a scratch directory): preflight refusals (Postfix < 3.5,
   torsocks missing, an open-relay listener, a HiddenServiceDir Tor cannot create, Tor's control port
@@ -8,38 +6,18 @@ Shaped after certbot's installers. Map of the module:
   torsocks.conf, torrc piece, the torrc ``%include`` line, systemd unit), :class:`PostconfChange` for
   main.cf/master.cf (the ``postconf -e``/``-M`` commands, run first on a scratch copy so the plan
   holds the exact bytes they produce), and an :class:`OnionStep`.
-- :func:`apply_plan`: the one place that writes. Before each change it records the file's current
-  bytes in a **journal** under the state directory (fsync'd); then ``postfix check`` and
-  ``tor --verify-config`` run on the real files, the onion service is applied through Tor's control
-  port, and Postfix is reloaded if it runs. Any failure (or Ctrl-C) restores everything from the journal
-  and raises :class:`~onion_gateway.errors.SetupError` naming the failed step. On success the journal
-  is folded into the **manifest**: the original bytes of every file onion-gateway ever changed, and the
-  files it created.
-- :func:`recover_interrupted`: a journal left behind means a run was killed mid-way; the next start
-  restores it before doing anything else.
-- :func:`rollback`: restores every file in the manifest byte for byte, removes the files setup
-  created, and drops the onion service from the running Tor (its key directory is kept: the address
-  may be published in DNS; delete the directory by hand to forget it).
 - :func:`check_listener_policy`: the "not an open relay" refusal of the onion-facing listener: the
   relay audit's static analysis (:mod:`onion_gateway.audit.policy`) run on the planned configuration.
 
-State directory layout::
-
-    STATE_DIR/manifest.json      {"files": [{"path", "backup" | null, "mode", "uid", "gid"}], "onion": {...},
-                                  "managed": {...}, "listener": {"listener": "127.0.0.1:2525", "onion_port": 25,
-                                  "hidden_service_dir": PATH, "postfix_config_dir": PATH | null}}
-    STATE_DIR/backups/NNNN       original bytes of changed files
-    STATE_DIR/journal/journal.json, journal/backups/NNNN   the run in progress (absent when idle)
-
-A second run with the same settings finds nothing to change and writes nothing, not even the state
-directory (idempotence is decided on the exact bytes postconf would produce).
+:mod:`onion_gateway.setup.apply` carries a plan out. A second run with the same settings finds nothing
+to change and writes nothing, not even the state directory (idempotence is decided on the exact bytes
+postconf would produce).
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
-import json
 import logging
 import os
 import shutil
@@ -48,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +34,20 @@ from onion_gateway import postfix
 from onion_gateway.audit import analyse_listener
 from onion_gateway.audit.policy import Severity
 from onion_gateway.config import ServeSettings
-from onion_gateway.errors import OnionGatewayError, SetupError, TorError
-from onion_gateway.render import (MainCf, MasterCf, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
+from onion_gateway.errors import ConfigError, SetupError, TorError
+from onion_gateway.postfix_syntax import split_fields, split_list
+from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
                                   Wrapper, render)
-from onion_gateway.setup_config import DEFAULT_SOCKS, SetupSettings, default_transport_map
+from onion_gateway.setup.settings import DEFAULT_SOCKS, SetupSettings, default_transport_map
+from onion_gateway.setup.state import JOURNAL, load_manifest
 from onion_gateway.tor import TorControl, check_hidden_service_dir, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
 
 MIN_POSTFIX = (3, 5)            # transport_maps nexthop lists "[a]:25, [b]:25" (postfix 3.5 RELEASE_NOTES)
-JOURNAL = "journal"
-MANIFEST = "manifest.json"
 WRAPPER_NAME = "smtp_tor"
+OWN_DOMAINS_TABLE = "onion-gateway-own-domains.regexp"   # in the Postfix configuration directory
+PROBE_KEY = "*"                 # the daemon answers "*" as not found without asking DNS
 
 
 class OnionAction(enum.Enum):
@@ -149,6 +130,9 @@ class Plan:
     :param listener_record: what the relay audit needs to find the listener without a torrc
         (``audit-open-relay --state-dir``): ``{"listener", "onion_port", "hidden_service_dir",
         "postfix_config_dir"}``, written to the manifest's ``listener`` key on success.
+    :param blocker: why this plan must not be applied yet although it is sound (the lookup daemon does
+        not answer at the table setup would put in transport_maps, so switching would defer all mail),
+        with the exact command that fixes it; ``None`` when it can be applied.
     :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
         ...], "transport_map": table}``; a later run removes what it no longer wants.
     """
@@ -161,6 +145,7 @@ class Plan:
     srv_service: str = "onion-mx"
     managed: dict[str, Any] = field(default_factory=dict)
     listener_record: dict[str, Any] = field(default_factory=dict)
+    blocker: str | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -215,19 +200,29 @@ def srv_records(domains: tuple[str, ...] | list[str], address: str, *, service: 
             for d in domains]
 
 
-def prepend_transport_map(ours: str, existing: str, previous: str | None = None) -> str:
+def prepend_transport_map(ours: str | Sequence[str], existing: str,
+                          previous: str | Sequence[str] | None = None) -> str:
     """``transport_maps`` with *ours* first and every map the user had kept, in order.
 
-    :param ours: our table, e.g. ``socketmap:inet:127.0.0.1:6014:onion``.
-    :param existing: the current raw value (comma or space separated).
-    :param previous: the table an earlier setup run put there (dropped if it is not *ours*).
-    :returns: the new value; unchanged if *ours* is already first and *previous* is gone.
+    The value is split as Postfix splits it (:func:`onion_gateway.postfix_syntax.split_list`: commas and
+    white space, ``{ ... }`` groups kept whole, ``$name`` left alone), so ``inline:{ {a = b}, c = d }``
+    stays one table.
+
+    :param ours: our tables in the order they must come first, e.g. ``["regexp:/etc/postfix/own.regexp",
+        "socketmap:inet:127.0.0.1:6014:onion"]`` (a single table may be given as a string).
+    :param existing: the current raw value.
+    :param previous: the tables an earlier setup run put there (dropped if they are not in *ours*).
+    :returns: the new value; *existing* unchanged (stripped) if it already starts with *ours* and holds
+        no stale table of ours.
     """
-    items = [i for i in existing.replace(",", " ").split() if i and (i != previous or i == ours)]
-    if items and items[0] == ours and previous in (None, ours):
+    ours_list = [ours] if isinstance(ours, str) else list(ours)
+    prev_list = [] if previous is None else [previous] if isinstance(previous, str) else [p for p in previous if p]
+    items = split_list(existing)
+    kept = [i for i in items if i not in prev_list or i in ours_list]
+    if kept == items and items[:len(ours_list)] == ours_list:
         return existing.strip()
-    rest = [i for i in items if i != ours]
-    return ", ".join([ours, *rest])
+    rest = [i for i in kept if i not in ours_list]
+    return ", ".join([*ours_list, *rest])
 
 
 def master_entries(text: str) -> list[tuple[str, str]]:
@@ -245,9 +240,9 @@ def master_entries(text: str) -> list[tuple[str, str]]:
         if line[0].isspace():
             if not entries:
                 raise SetupError(f"master.cf template: continuation line without an entry: {line!r}")
-            entries[-1] += line.split()
+            entries[-1] += split_fields(line)
         else:
-            entries.append(line.split())
+            entries.append(split_fields(line))
     result = []
     for words in entries:
         if len(words) < 8:
@@ -294,7 +289,11 @@ def check_listener_policy(config_dir: Path, listener: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- plan
 
-def _read(path: Path) -> bytes | None:
+def read_bytes(path: Path) -> bytes | None:
+    """The bytes of *path*, ``None`` if it does not exist.
+
+    :raises SetupError: when it exists but cannot be read.
+    """
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -304,7 +303,7 @@ def _read(path: Path) -> bytes | None:
 
 
 def _file_change(path: Path, new: str, mode: int, what: str) -> FileChange | None:
-    old = _read(path)
+    old = read_bytes(path)
     data = new.encode("utf-8")
     if old == data and stat.S_IMODE(path.stat().st_mode) == mode:
         return None
@@ -364,6 +363,9 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         os.path.relpath(wrapper_path, daemon_directory)
     listener = str(settings.listener)
     transport_map = settings.transport_map or default_transport_map(serve)
+    real_cdir = _postfix_dir(settings)
+    own_table_path = real_cdir / OWN_DOMAINS_TABLE
+    own_table = f"regexp:{own_table_path}"
     notes: list[str] = []
 
     files: list[FileChange] = []
@@ -379,7 +381,7 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
                    render(TorrcPiece(hidden_service_dir=str(settings.hidden_service_dir),
                                      onion_port=settings.onion_port, target=listener)), 0o644))
     if settings.torrc is not None:
-        torrc_old = _read(settings.torrc) or b""
+        torrc_old = read_bytes(settings.torrc) or b""
         include_line = f"%include {settings.torrc_piece}"
         if include_line not in (line.strip() for line in torrc_old.decode("utf-8", "replace").splitlines()):
             text = torrc_old.decode("utf-8", "replace")
@@ -393,6 +395,8 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     if settings.systemd_unit is not None:
         exec_start = f"{_serve_command(settings)} serve --config {settings.serve_config}"
         wanted.append(("systemd unit", settings.systemd_unit, render(SystemdUnit(exec_start=exec_start)), 0o644))
+    wanted.append(("own-domains table", own_table_path,
+                   render(OwnDomains(_own_domain_entries(settings, (own_table, transport_map), notes))), 0o644))
     for what, path, text, mode in wanted:
         if not path.parent.is_dir():
             raise SetupError(f"cannot write the {what}: directory {path.parent} does not exist; nothing was changed")
@@ -403,8 +407,9 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     with tempfile.TemporaryDirectory(prefix="onion-gateway-plan-") as scratch_name:
         scratch = Path(scratch_name)
         _check_wrapper_syntax(scratch, render(wrapper))
-        managed_before = _load_manifest(settings.state_dir).get("managed") or {}
-        postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command, transport_map,
+        managed_before = _manifest_or_error(settings.state_dir).get("managed") or {}
+        postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command,
+                                                   (own_table, transport_map),
                                                    managed_before)
         notes += check_listener_policy(scratch / "postfix", listener)
         if settings.torrc is not None:
@@ -418,7 +423,57 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     record = {"listener": listener, "onion_port": settings.onion_port,
               "hidden_service_dir": str(settings.hidden_service_dir),
               "postfix_config_dir": str(cdir) if cdir is not None else None}
-    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record)
+    blocker = None
+    problem = daemon_problem(transport_map, cdir)
+    if problem is not None:
+        blocker = (f"the lookup daemon does not answer at {transport_map} ({problem}); switching transport_maps "
+                   f"now would defer all mail. Start it first:\n  {_serve_command(settings)} serve --config "
+                   f"{settings.serve_config}\nthen run setup again; nothing was changed")
+    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker)
+
+
+def daemon_problem(table: str, config_dir: Path | None) -> str | None:
+    """Ask the lookup daemon through *table* the way trivial-rewrite will (``postmap -q '*' TABLE``).
+
+    The daemon answers ``*`` as not found without asking DNS, so a healthy daemon gives exit 1 without a
+    ``query error``; a daemon that is down or does not speak the protocol gives a query error.
+
+    :param table: the Postfix table, e.g. ``socketmap:inet:127.0.0.1:6014:onion``.
+    :param config_dir: the Postfix configuration directory (``None``: the default instance).
+    :returns: ``None`` when it answers, else Postfix's complaint in one line.
+    """
+    code, _out, err = postfix.postmap_query(PROBE_KEY, table, config_dir)
+    if code == 0 or "error" not in err:
+        return None
+    lines = [line.split(": ", 1)[-1] for line in err.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"postmap exit {code}"
+
+
+def _own_domain_entries(settings: SetupSettings, ours: tuple[str, str], notes: list[str]) -> tuple[tuple[str, str], ...]:
+    """The gateway's own domains with what the user's transport tables answer for each (``:`` if none).
+
+    Own domains are setup's ``domains`` and every domain Postfix delivers or relays for
+    (:func:`onion_gateway.postfix.own_domains`). A user table that routes an own domain (``own.example
+    lmtp:...``) keeps doing so: its answer goes into the regexp table, which is asked first.
+    """
+    cdir = settings.postfix_config_dir
+    listed, unlisted = postfix.own_domains(cdir)
+    for table in unlisted:
+        notes.append(f"the domains in {table} cannot be listed: mail for them waits for the lookup daemon "
+                     "when it is down (add them to setup.domains)")
+    domains = sorted(set(settings.domains) | {d for d in listed if d and not d.startswith("$")})
+    existing = postfix.postconf(cdir, "-h", "transport_maps").strip()
+    user_tables = [t for t in split_list(existing) if t not in ours and not t.endswith(OWN_DOMAINS_TABLE)]
+    entries = []
+    for domain in domains:
+        result = ":"
+        for table in user_tables:
+            code, out, _err = postfix.postmap_query(domain, table, cdir)
+            if code == 0 and out.strip():
+                result = out.strip().splitlines()[0]
+                break
+        entries.append((domain, result))
+    return tuple(entries)
 
 
 def _check_wrapper_syntax(scratch: Path, text: str) -> None:
@@ -429,21 +484,21 @@ def _check_wrapper_syntax(scratch: Path, text: str) -> None:
         raise SetupError(f"the rendered smtp_tor wrapper is not valid sh: {done.stderr.strip()}")
 
 
-def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, command: str, transport_map: str,
-                   before: dict[str, Any]) -> tuple[list[PostconfChange], dict[str, Any]]:
+def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, command: str,
+                   ours: tuple[str, str], before: dict[str, Any]) -> tuple[list[PostconfChange], dict[str, Any]]:
     cdir = _postfix_dir(settings)
     pdir = scratch / "postfix"
     pdir.mkdir()
     originals = {}
     for name in ("main.cf", "master.cf"):
-        data = _read(cdir / name)
+        data = read_bytes(cdir / name)
         if data is None:
             raise SetupError(f"{cdir / name} does not exist: is {cdir} a Postfix configuration directory?")
         originals[name] = data
         shutil.copy2(cdir / name, pdir / name)
     existing = postfix.postconf(settings.postfix_config_dir, "-h", "transport_maps").strip()
-    main_text = render(MainCf(transport_maps=prepend_transport_map(transport_map, existing,
-                                                                   before.get("transport_map"))))
+    previous = [before.get("own_table"), before.get("transport_map")]
+    main_text = render(MainCf(transport_maps=prepend_transport_map(ours, existing, previous)))
     master_text = render(MasterCf(transport=transport, command=command,
                                   tls_level=settings.smtp_tls_security_level, listener=str(settings.listener),
                                   relay_restrictions=settings.relay_restrictions,
@@ -464,7 +519,7 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
         new = (pdir / name).read_bytes()
         if new != originals[name]:
             changes.append(PostconfChange(cdir / name, commands[name], originals[name], new))
-    return changes, {"services": keys, "transport_map": transport_map}
+    return changes, {"services": keys, "own_table": ours[0], "transport_map": ours[1]}
 
 
 def _age(path: Path) -> None:
@@ -479,7 +534,7 @@ def _verify_torrc_in_scratch(settings: SetupSettings, scratch: Path) -> None:
     piece = scratch / "piece.torrc"
     piece.write_text(render(TorrcPiece(hidden_service_dir=str(settings.hidden_service_dir),
                                        onion_port=settings.onion_port, target=str(settings.listener))))
-    text = (_read(settings.torrc) or b"").decode("utf-8", "replace")
+    text = (read_bytes(settings.torrc) or b"").decode("utf-8", "replace")
     include_line = f"%include {settings.torrc_piece}"
     lines = [line for line in text.splitlines() if line.strip() != include_line]
     torrc = scratch / "torrc"
@@ -507,305 +562,8 @@ def _plan_onion(settings: SetupSettings, notes: list[str]) -> OnionStep:
     return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports)
 
 
-# ------------------------------------------------------------------------------------- journal
-
-class _Journal:
-    """The record of one run in progress: what each path held before this run touched it."""
-
-    def __init__(self, state_dir: Path, context: dict[str, Any]) -> None:
-        self.dir = state_dir / JOURNAL
-        try:
-            self.dir.mkdir(mode=0o700)      # atomic: also keeps a second concurrent run out
-        except FileExistsError:
-            raise SetupError(f"{self.dir} exists: another setup is running, or an interrupted run must be "
-                             "recovered first (run setup again without --dry-run)") from None
-        (self.dir / "backups").mkdir(mode=0o700)
-        self.data: dict[str, Any] = {"context": context, "files": [], "onion": None}
-        self._save()
-
-    def _save(self) -> None:
-        _write_json(self.dir / "journal.json", self.data)
-
-    def record_file(self, path: Path) -> None:
-        """Back up *path* (or note that it does not exist) before it is changed."""
-        if any(e["path"] == str(path) for e in self.data["files"]):
-            return
-        entry = _backup(path, self.dir / "backups", len(self.data["files"]))
-        entry["backup"] = f"{JOURNAL}/backups/{entry['backup']}" if entry["backup"] else None
-        self.data["files"].append(entry)
-        self._save()
-
-    def record_onion(self, hs_dir: Path, ports: list | None) -> None:
-        """Note the onion service's state before Tor is told to serve it."""
-        self.data["onion"] = {"hidden_service_dir": str(hs_dir), "dir_existed": hs_dir.exists(),
-                              "ports_before": ports}
-        self._save()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _manifest_or_error(state_dir: Path) -> dict[str, Any]:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _backup(path: Path, backup_dir: Path, index: int) -> dict[str, Any]:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return {"path": str(path), "backup": None}
-    name = f"{index:04d}"
-    shutil.copy2(path, backup_dir / name)
-    with open(backup_dir / name, "rb") as fh:
-        os.fsync(fh.fileno())
-    return {"path": str(path), "backup": name, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-
-
-def _restore_file(entry: dict[str, Any], state_dir: Path) -> None:
-    path = Path(entry["path"])
-    if entry["backup"] is None:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(f".{path.name}.onion-gateway-restore")
-    shutil.copy2(state_dir / entry["backup"], tmp)
-    os.chown(tmp, entry["uid"], entry["gid"])
-    os.chmod(tmp, entry["mode"])
-    os.replace(tmp, path)
-
-
-def _write_file(change: FileChange) -> None:
-    path = change.path
-    tmp = path.with_name(f".{path.name}.onion-gateway-new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, change.new)
-        os.fchmod(fd, change.mode)
-        if change.old is not None:
-            st = path.stat()
-            os.fchown(fd, st.st_uid, st.st_gid)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _undo(data: dict[str, Any], state_dir: Path, tor_settings: SetupSettings | None) -> list[str]:
-    """Restore a journal's or manifest's files (newest first) and the onion service; report what was done."""
-    done = []
-    for entry in reversed(data.get("files", [])):
-        _restore_file(entry, state_dir)
-        done.append(("restored " if entry["backup"] else "removed ") + entry["path"])
-    onion = data.get("onion")
-    if onion and tor_settings is not None:
-        hs_dir = Path(onion["hidden_service_dir"])
-        try:
-            with TorControl(tor_settings.tor_control, tor_settings.tor_control_password_file) as tor:
-                before = onion.get("ports_before")
-                if before:
-                    (port, host, target), = before[:1]
-                    tor.set_hidden_service(hs_dir, port, host, target)
-                elif tor.remove_hidden_service(hs_dir):
-                    done.append(f"tor no longer serves {hs_dir}")
-        except TorError as exc:
-            done.append(f"could not reach Tor to drop the onion service ({exc}); its torrc no longer has it")
-        if not onion.get("dir_existed") and data.get("kind") == "journal" and hs_dir.exists():
-            shutil.rmtree(hs_dir, ignore_errors=True)   # a key made by this failed run, never published
-            done.append(f"removed the new key directory {hs_dir}")
-    return done
-
-
-def recover_interrupted(settings: SetupSettings) -> list[str]:
-    """Repair a run that was killed mid-way: restore everything its journal recorded.
-
-    :param settings: the settings (state directory, Tor control port).
-    :returns: what was restored, one line per file; empty if there was nothing to recover.
-    :raises SetupError: if the journal cannot be read or a file cannot be restored.
-    """
-    jdir = settings.state_dir / JOURNAL
-    if not jdir.exists():
-        return []
-    try:
-        data = json.loads((jdir / "journal.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        if not (jdir / "backups").is_dir() or not any((jdir / "backups").iterdir()):
-            shutil.rmtree(jdir)        # killed before the first backup: nothing was changed
-            return [f"removed an empty journal in {jdir}"]
-        raise SetupError(f"cannot read the journal {jdir}/journal.json ({exc}); restore by hand from "
-                         f"{jdir}/backups") from exc
-    data["kind"] = "journal"
-    try:
-        done = _undo(data, settings.state_dir, settings)
-    except OSError as exc:
-        raise SetupError(f"recovering the interrupted run failed: {exc}; the backups are in {jdir}") from exc
-    cdir = data.get("context", {}).get("postfix_config_dir")
-    _reload_if_running(Path(cdir) if cdir else None, settings.reload)
-    shutil.rmtree(jdir)
-    log.warning("recovered an interrupted setup run: %s", "; ".join(done) or "nothing had changed yet")
-    return done or ["nothing had changed yet"]
-
-
-def _reload_if_running(config_dir: Path | None, enabled: bool) -> bool:
-    if enabled and postfix.is_running(config_dir):
-        postfix.reload(config_dir)
-        return True
-    return False
-
-
-# --------------------------------------------------------------------------------------- apply
-
-def apply_plan(plan: Plan) -> SetupResult:
-    """Carry out *plan*: the one function that writes. All or nothing.
-
-    Order: files written whole; main.cf/master.cf through postconf (the result must equal the plan's
-    bytes); ``postfix check``; ``tor --verify-config``; the onion service through the control port;
-    ``postfix reload`` if Postfix runs. Each change is journalled first; on any failure everything is
-    restored (:func:`_undo`) and nothing is left in the state directory's journal.
-
-    :param plan: from :func:`plan_setup`.
-    :returns: the :class:`SetupResult` (address, SRV records, changed files, notes).
-    :raises SetupError: naming the failed step and what to do; every change has been undone.
-    """
-    s = plan.settings
-    if plan.is_empty:
-        address = plan.onion.address or read_onion_address(s.hidden_service_dir)
-        _refresh_listener_record(s.state_dir, plan.listener_record)
-        return SetupResult(address, _records(plan, address), [], ["nothing to change", *plan.notes])
-    stale = [str(c.path) for c in [*plan.files, *plan.postconf] if _read(c.path) != c.old]
-    if stale:
-        raise SetupError(f"changed since the plan was made: {', '.join(stale)}; nothing was changed, run setup again")
-    s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cdir = s.postfix_config_dir
-    journal = _Journal(s.state_dir, {"postfix_config_dir": str(cdir) if cdir else None, "managed": plan.managed,
-                                     "listener": plan.listener_record})
-    step = "start"
-    try:
-        for change in plan.files:
-            step = f"writing the {change.what} {change.path}"
-            journal.record_file(change.path)
-            _write_file(change)
-        for pc in plan.postconf:
-            step = f"changing {pc.path} with postconf"
-            journal.record_file(pc.path)
-            for flag, arg in pc.commands:
-                postfix.postconf(cdir, flag, arg)
-            if pc.path.read_bytes() != pc.new:
-                raise SetupError(f"{pc.path} changed while setup ran (the result differs from the plan)")
-        step = "postfix check"
-        postfix.check(cdir)
-        if s.torrc is not None:
-            step = f"tor --verify-config -f {s.torrc}"
-            verify_config(s.torrc, s.tor_defaults_torrc)
-        step = "setting up the onion service through Tor's control port"
-        address = plan.onion.address
-        if plan.onion.action is not OnionAction.REUSE:
-            journal.record_onion(s.hidden_service_dir, plan.onion.current_ports)
-            with TorControl(s.tor_control, s.tor_control_password_file) as tor:
-                address = tor.set_hidden_service(s.hidden_service_dir, s.onion_port, s.listener.host or "",
-                                                 s.listener.port or 0)
-        assert address is not None
-        step = "postfix reload"
-        _reload_if_running(cdir, s.reload)
-    except (OnionGatewayError, OSError, KeyboardInterrupt) as exc:
-        log.info("setup failed while %s: %s; restoring", step, exc)
-        try:
-            _undo({**journal.data, "kind": "journal"}, s.state_dir, s)
-            _reload_if_running(cdir, s.reload)
-        except (OnionGatewayError, OSError) as undo_exc:
-            raise SetupError(f"setup failed while {step} ({exc}), and restoring failed too ({undo_exc}): "
-                             f"the backups are in {journal.dir}; run setup again to retry the repair") from exc
-        shutil.rmtree(journal.dir, ignore_errors=True)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise SetupError(f"setup failed while {step}: {exc}. Every change was undone; fix the cause and run "
-                         "setup again (--dry-run shows the plan)") from exc
-    _commit(journal, s.state_dir)
-    changed = [c.path for c in plan.files] + [c.path for c in plan.postconf]
-    return SetupResult(address, _records(plan, address), changed, plan.notes)
-
-
-def _records(plan: Plan, address: str) -> list[str]:
-    s = plan.settings
-    return srv_records(s.domains, address, service=plan.srv_service, ttl_seconds=s.srv_ttl_seconds,
-                       priority=s.srv_priority, weight=s.srv_weight, port=s.onion_port)
-
-
-def _load_manifest(state_dir: Path) -> dict[str, Any]:
-    path = state_dir / MANIFEST
-    if not path.exists():
-        return {"files": [], "onion": None}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SetupError(f"cannot read {path}: {exc}") from exc
-
-
-def _refresh_listener_record(state_dir: Path, record: dict[str, Any]) -> None:
-    """Add the listener record to a manifest written before setup recorded it (else nothing is written)."""
-    manifest = _load_manifest(state_dir)
-    if (state_dir / MANIFEST).exists() and manifest.get("listener") != record:
-        manifest["listener"] = record
-        _write_json(state_dir / MANIFEST, manifest)
-
-
-def _commit(journal: _Journal, state_dir: Path) -> None:
-    """Fold the journal into the manifest: keep the first-ever original of each file."""
-    manifest = _load_manifest(state_dir)
-    known = {e["path"] for e in manifest["files"]}
-    (state_dir / "backups").mkdir(exist_ok=True, mode=0o700)
-    for entry in journal.data["files"]:
-        if entry["path"] in known:
-            continue
-        if entry["backup"] is not None:
-            name = f"{len(manifest['files']):04d}-{Path(entry['path']).name}"
-            os.replace(state_dir / entry["backup"], state_dir / "backups" / name)
-            entry = {**entry, "backup": f"backups/{name}"}
-        manifest["files"].append(entry)
-    if manifest.get("onion") is None and journal.data["onion"] is not None:
-        manifest["onion"] = journal.data["onion"]
-    manifest["managed"] = journal.data["context"]["managed"]
-    manifest["listener"] = journal.data["context"].get("listener")
-    _write_json(state_dir / MANIFEST, manifest)
-    shutil.rmtree(journal.dir)
-
-
-def rollback(settings: SetupSettings) -> list[str]:
-    """Undo every setup run: restore each changed file byte for byte, remove each created file.
-
-    The onion service is dropped from the running Tor; its key directory stays (the address may be
-    published; remove the directory yourself to forget it). Postfix is checked and reloaded if running.
-
-    :param settings: the settings (state directory, Postfix directory, Tor control port).
-    :returns: what was done, one line per item; empty if there was nothing to roll back.
-    :raises SetupError: if a file cannot be restored or Postfix rejects the restored configuration.
-    """
-    recovered = recover_interrupted(settings)
-    manifest = _load_manifest(settings.state_dir)
-    if not manifest["files"] and not manifest.get("onion"):
-        return recovered
-    try:
-        done = _undo({**manifest, "kind": "manifest"}, settings.state_dir, settings)
-        postfix.check(settings.postfix_config_dir)
-        _reload_if_running(settings.postfix_config_dir, settings.reload)
-    except (OnionGatewayError, OSError) as exc:
-        raise SetupError(f"rollback failed: {exc}; the original files are in {settings.state_dir}/backups") from exc
-    if manifest.get("onion"):
-        done.append(f"kept the onion key directory {manifest['onion']['hidden_service_dir']} (delete it to "
-                    "forget the address)")
-    shutil.rmtree(settings.state_dir / "backups", ignore_errors=True)
-    (settings.state_dir / MANIFEST).unlink()
-    try:
-        settings.state_dir.rmdir()
-    except OSError:
-        pass                         # not empty: something else lives there
-    return recovered + done
+        return load_manifest(state_dir)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from exc

@@ -46,7 +46,7 @@ class SetupSettings:
     :param transport_map: the Postfix table put in front of ``transport_maps``; empty = derived from the
         ``[serve]`` listeners (``socketmap:inet:HOST:PORT:onion``, else ``tcp:HOST:PORT``).
     :param relay_restrictions: ``smtpd_relay_restrictions`` of the listener (comma-separated); setup
-        refuses a value that would relay for loopback (:func:`onion_gateway.installer.check_listener_policy`).
+        refuses a value that would relay for loopback (:func:`onion_gateway.setup.plan.check_listener_policy`).
     :param recipient_restrictions: ``smtpd_recipient_restrictions`` of the listener (comma-separated);
         empty (the default) = none: main.cf's list is not inherited (it usually starts with
         ``permit_mynetworks``, and SPF or DNSBL checks would judge every Tor client as 127.0.0.1).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from onion_gateway.cli import EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_TEMPFAIL, _fail, _settings, resolver_options
+from onion_gateway.cli.common import ExitCode, fail, resolver_options, serve_settings_from
 
 
 @click.group()
@@ -29,7 +29,7 @@ def pins_list(pins_file: Path) -> None:
     try:
         store = PinStore(pins_file)
     except ConfigError as exc:
-        _fail(EXIT_CONFIG, str(exc))
+        fail("pins", ExitCode.CONFIG, str(exc))
     for domain, pin in sorted(store.pins.items()):
         line = f"{domain}  {','.join(pin.onions)}"
         if pin.pending:
@@ -48,9 +48,9 @@ def pins_accept(pins_file: Path, domain: str) -> None:
     try:
         pin = PinStore(pins_file).accept(domain.lower().rstrip("."))
     except ConfigError as exc:
-        _fail(EXIT_CONFIG, str(exc))
+        fail("pins", ExitCode.CONFIG, str(exc))
     except KeyError:
-        _fail(EXIT_NOT_FOUND, f"{domain}: no pending change to accept")
+        fail("pins", ExitCode.NO, f"{domain}: no pending change to accept")
     click.echo(f"{domain}  {','.join(pin.onions)}  accepted")
 
 
@@ -65,9 +65,9 @@ def pins_forget(pins_file: Path, domain: str) -> None:
     try:
         PinStore(pins_file).forget(domain.lower().rstrip("."))
     except ConfigError as exc:
-        _fail(EXIT_CONFIG, str(exc))
+        fail("pins", ExitCode.CONFIG, str(exc))
     except KeyError:
-        _fail(EXIT_NOT_FOUND, f"{domain}: not pinned")
+        fail("pins", ExitCode.NO, f"{domain}: not pinned")
     click.echo(f"{domain}  forgotten")
 
 
@@ -84,14 +84,14 @@ def check_map(map_file: Path, config_file, log_level, **overrides) -> None:
     from onion_gateway.lookup.mapcheck import MapEntryStatus, check_static_map
 
     try:
-        router = build_router(_settings(config_file, {**overrides, "exclude_postfix_domains": False}))
+        router = build_router(serve_settings_from(config_file, {**overrides, "exclude_postfix_domains": False}))
         entries = read_static_map(map_file)
     except ConfigError as exc:
-        _fail(EXIT_CONFIG, str(exc))
+        fail("check-map", ExitCode.CONFIG, str(exc))
     results = asyncio.run(check_static_map(entries, router))
     for r in results:
         click.echo(f"{r.status.value:14} {r.key}  {r.detail}")
     if any(r.status.is_difference for r in results):
-        sys.exit(EXIT_NOT_FOUND)
+        sys.exit(ExitCode.NO)
     if any(r.status is MapEntryStatus.DNS_FAILED for r in results):
-        sys.exit(EXIT_TEMPFAIL)
+        sys.exit(ExitCode.TEMPFAIL)

@@ -7,13 +7,13 @@ Thin: options -> :func:`onion_gateway.audit.audit_listener` / :func:`~onion_gate
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-EXIT_USAGE = 64
+from onion_gateway.cli.common import (ExitCode, configure_logging, fail, fail_with, log_level_option,
+                                      permission_cause)
 
 
 @click.command("audit-open-relay")
@@ -47,8 +47,7 @@ EXIT_USAGE = 64
               help="The client certificate's private key (default: inside --client-cert).")
 @click.option("--static-only", is_flag=True, help="Analyse the configuration only; no live probes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@log_level_option("warning")
 def audit_command(torrc, listeners, state_dir, config_file, tor_control, tor_control_password_file,
                   postfix_config_dir, test_domain, control_recipient,
                   own_onion, helo, timeout_seconds, client_cert, client_key, static_only, as_json,
@@ -63,8 +62,7 @@ def audit_command(torrc, listeners, state_dir, config_file, tor_control, tor_con
                                      read_setup_state, setup_record, to_json, to_text)
     from onion_gateway.errors import OnionGatewayError
 
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
-                        format="onion-gateway[%(process)d] %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, fmt="onion-gateway[%(process)d] %(levelname)s %(name)s: %(message)s")
     if sum(map(bool, (listeners, torrc, state_dir, config_file, tor_control))) > 1:
         _usage("give one of --listener, --torrc, --state-dir, --config, --tor-control")
     if client_key and not client_cert:
@@ -90,11 +88,14 @@ def audit_command(torrc, listeners, state_dir, config_file, tor_control, tor_con
                 _usage(f"no HiddenServicePort in {torrc or '/etc/tor/torrc'} leads to a Postfix smtpd; "
                        "use --listener HOST:PORT")
     except OnionGatewayError as exc:
+        if permission_cause(exc) is not None:
+            fail_with("audit-open-relay", exc)
         _usage(str(exc))
+    except OSError as exc:
+        fail_with("audit-open-relay", exc)
     click.echo(to_json(reports) if as_json else to_text(reports))
     sys.exit(overall_exit_code(reports))
 
 
 def _usage(message: str) -> None:
-    click.echo(f"onion-gateway audit-open-relay: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+    fail("audit-open-relay", ExitCode.USAGE, message)

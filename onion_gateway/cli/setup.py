@@ -1,4 +1,4 @@
-"""``onion-gateway setup``: options -> :mod:`onion_gateway.installer` -> echo and exit code.
+"""``onion-gateway setup``: options -> :mod:`onion_gateway.setup` -> echo and exit code.
 
 Exit codes: 0 done (or nothing to change, or a dry run), 1 setup refused, failed (and restored) or the
 plan was declined, 69 Tor's control port unavailable, 78 configuration error.
@@ -6,16 +6,13 @@ plan was declined, 69 Tor's control port unavailable, 78 configuration error.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-EXIT_FAILED = 1
-EXIT_UNAVAILABLE = 69
-EXIT_CONFIG = 78
+from onion_gateway.cli.common import ExitCode, cli_overrides, configure_logging, fail_with, log_level_option
 
 # option name -> [setup] key; values given as strings so that "" can switch a file off (e.g. --systemd-unit "")
 _PATH_OPTIONS = {
@@ -63,58 +60,54 @@ def _path_options(func):
 @_path_options
 @click.option("--dry-run", is_flag=True, help="Print every change as a diff and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
-@click.option("--rollback", is_flag=True, help="Undo every change setup made (byte for byte) and exit.")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--rollback", is_flag=True,
+              help="Undo the changes setup made and exit (shows them and asks; with --dry-run only shows them).")
+@log_level_option("warning")
 def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: bool, log_level: str,
                   **options: Any) -> None:
     """Turn this Postfix + Tor host into an onion mail gateway (shows the plan, asks, applies)."""
-    from onion_gateway import installer
     from onion_gateway.config import load_config_file, serve_settings
-    from onion_gateway.errors import ConfigError, OnionGatewayError, TorError
-    from onion_gateway.setup_config import setup_settings
+    from onion_gateway.errors import OnionGatewayError, SetupError, TorError
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
 
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
-                        format="onion-gateway %(levelname)s %(name)s: %(message)s")
-    # stem logs every control command at DEBUG and closed sockets at INFO: only show them on --log-level debug
-    logging.getLogger("stem").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
-    overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()
-                 if v is not None and v != ()}
+    configure_logging(log_level, fmt="onion-gateway %(levelname)s %(name)s: %(message)s")
+    overrides = cli_overrides(options)
     try:
         document = load_config_file(config_file) if config_file else {}
         base_dir = config_file.resolve().parent if config_file else None
         serve = serve_settings(document.get("serve", {}), None, base_dir)
         settings = setup_settings(document.get("setup", {}), overrides, base_dir)
         if rollback:
-            done = installer.rollback(settings)
-            click.echo("\n".join(done) if done else "nothing to roll back")
+            _rollback(installer, settings, dry_run=dry_run, yes=yes)
             return
         if not dry_run:
             for line in installer.recover_interrupted(settings):
                 click.echo(f"repaired an interrupted run: {line}")
-        plan = installer.plan_setup(settings, serve)
+        plan = plan_setup(settings, serve)
         if plan.is_empty:
             result = installer.apply_plan(plan)
         else:
             click.echo(plan.describe(), nl=False)
             if dry_run:
-                for note in plan.notes:
+                for note in plan.notes + ([plan.blocker] if plan.blocker else []):
                     click.echo(f"note: {note}")
                 click.echo("dry run: nothing was changed")
                 return
+            if plan.blocker:
+                raise SetupError(plan.blocker)
             if not yes and not click.confirm("Apply these changes?", default=False):
                 click.echo("nothing was changed")
-                sys.exit(EXIT_FAILED)
+                sys.exit(ExitCode.NO)
             result = installer.apply_plan(plan)
     except click.exceptions.Abort:
         click.echo("\nnothing was changed", err=True)
-        sys.exit(EXIT_FAILED)
-    except ConfigError as exc:
-        _fail(EXIT_CONFIG, str(exc))
+        sys.exit(ExitCode.NO)
     except TorError as exc:
-        _fail(EXIT_UNAVAILABLE, f"{exc} (nothing was changed)")
-    except OnionGatewayError as exc:
-        _fail(EXIT_FAILED, str(exc))
+        fail_with("setup", TorError(f"{exc} (nothing was changed)"))
+    except (OnionGatewayError, OSError) as exc:
+        fail_with("setup", exc)
     click.echo("nothing to change" if not result.changed and plan.is_empty else
                "changed: " + ", ".join(str(p) for p in result.changed))
     click.echo(f"onion address: {result.address}")
@@ -130,6 +123,19 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
             click.echo(f"note: {note}")
 
 
-def _fail(code: int, message: str) -> None:
-    click.echo(f"onion-gateway setup: {message}", err=True)
-    sys.exit(code)
+def _rollback(installer, settings, *, dry_run: bool, yes: bool) -> None:
+    """``--rollback``: show what it would undo; with ``--dry-run`` stop there, else ask unless ``--yes``."""
+    preview = installer.rollback_preview(settings)
+    if not preview:
+        click.echo("nothing to roll back")
+        return
+    for line in preview:
+        click.echo(f"would {line}" if dry_run else line)
+    if dry_run:
+        click.echo("dry run: nothing was changed")
+        return
+    if not yes and not click.confirm("Roll back these changes?", default=False):
+        click.echo("nothing was changed")
+        sys.exit(ExitCode.NO)
+    done = installer.rollback(settings)
+    click.echo("\n".join(done) if done else "nothing to roll back")

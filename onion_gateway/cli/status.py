@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from onion_gateway.cli.common import ExitCode, fail, serve_settings_from
+
 
 @click.command("status")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -41,13 +43,12 @@ def status_command(config_file, dns_servers, tor_control, tor_password, no_tor, 
                    torrc, test_domain, no_audit, domains, onion, timeout_seconds) -> None:
     """Check every piece of the onion route: Tor and the onion service, the daemon's listeners, SRV
     records, Postfix (map, smtptor and its wrapper) and the relay audit of the onion listeners."""
-    from onion_gateway.cli import EXIT_CONFIG, EXIT_USAGE, _fail, _settings
     from onion_gateway.address import parse_listen_address
     from onion_gateway.errors import ConfigError
     from onion_gateway.status import StatusSettings, format_report, run_status
 
     try:
-        serve = _settings(config_file, {"dns_servers": dns_servers})
+        serve = serve_settings_from(config_file, {"dns_servers": dns_servers})
         control = None
         if not no_tor:
             address = parse_listen_address(tor_control, "--tor-control")
@@ -55,7 +56,7 @@ def status_command(config_file, dns_servers, tor_control, tor_password, no_tor, 
                 raise ConfigError("--tor-control: expected HOST:PORT")
             control = (address.host, address.port)
     except ConfigError as exc:
-        _fail(EXIT_CONFIG if config_file else EXIT_USAGE, str(exc))
+        fail("status", ExitCode.CONFIG if config_file else ExitCode.USAGE, str(exc))
     settings = StatusSettings(serve=serve, tor_control=control, tor_password=tor_password,
                               postfix_config_dir=postfix_config_dir, check_postfix=not no_postfix,
                               domains=tuple(domains), onion=onion, timeout_seconds=timeout_seconds,
@@ -63,7 +64,7 @@ def status_command(config_file, dns_servers, tor_control, tor_password, no_tor, 
     try:
         report = run_status(settings)
     except ValueError as exc:
-        _fail(EXIT_USAGE, f"--onion: {exc}")
+        fail("status", ExitCode.USAGE, f"--onion: {exc}")
     for line in format_report(report):
         click.echo(line)
-    sys.exit(0 if report.ok else 1)
+    sys.exit(ExitCode.OK if report.ok else ExitCode.NO)
