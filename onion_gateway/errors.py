@@ -9,6 +9,7 @@
    +- PostfixError           postconf/postmap/postfix failed or disagreed
    +- TorError               the Tor control port failed or refused
    +- SetupError             setup refused to start, or failed and restored what it had changed
+   +- HealthSourceError      a health source (queue listing, mail log, journal) could not be read
 
 Each layer translates foreign errors (OSError, dnspython, stem) into one of these at its boundary,
 so that the CLI can turn any of them into a message and an exit code.
@@ -43,4 +44,13 @@ class SetupError(OnionGatewayError):
     """``onion-gateway setup`` refused (changing nothing) or failed (restoring what it changed).
 
     The message says which step failed and what to do about it.
+    """
+
+
+class HealthSourceError(OnionGatewayError):
+    """A source of the delivery-health views could not be read: ``postqueue -j`` refused or failed, the
+    mail log is missing or unreadable, or ``journalctl`` is missing or refused.
+
+    The message names the source and what gives access (root, the ``adm``/``systemd-journal`` groups,
+    ``authorized_mailq_users``).
     """
