@@ -236,11 +236,16 @@ def maillog_events(lines: Iterable[str], syslog_names: Sequence[str], now: float
     :param tz: zone of traditional stamps (``None``: local).
     """
     needles = tuple(f" {name}/" for name in syslog_names)
+    # cheap filter first: most lines are other programs
+    records = (parse_syslog_line(line, now, tz) for line in lines
+               if "status=" in line and any(n in line for n in needles))
+    return _events(records, syslog_names, since)
+
+
+def _events(records: Iterable[tuple[float, str, str] | None], syslog_names: Sequence[str],
+            since: float) -> list[DeliveryEvent]:
     events = []
-    for line in lines:
-        if "status=" not in line or not any(n in line for n in needles):
-            continue        # cheap filter: most lines are other programs
-        parts = parse_syslog_line(line, now, tz)
+    for parts in records:
         if parts is None or parts[0] < since:
             continue
         event = parse_delivery(parts[1], parts[2], parts[0], syslog_names)
@@ -277,15 +282,7 @@ def read_maillog(path: Path, syslog_names: Sequence[str], window_seconds: float,
 
 def journal_events(lines: Iterable[str], syslog_names: Sequence[str], since: float = 0.0) -> list[DeliveryEvent]:
     """The onion transport's delivery events among ``journalctl -o json`` *lines* at or after *since*."""
-    events = []
-    for line in lines:
-        parts = parse_journal_record(line)
-        if parts is None or parts[0] < since:
-            continue
-        event = parse_delivery(parts[1], parts[2], parts[0], syslog_names)
-        if event is not None:
-            events.append(event)
-    return events
+    return _events((parse_journal_record(line) for line in lines), syslog_names, since)
 
 
 def read_journal(syslog_names: Sequence[str], window_seconds: float, now: float | None = None,
