@@ -38,6 +38,7 @@ from onion_gateway.onion import OnionCheck, check_onion
 log = logging.getLogger(__name__)
 
 DEFAULT_FETCH_TIMEOUT_SECONDS = 30.0
+MAX_HSFETCH_PER_ONION = 8     # Tor spreads a descriptor over 2 x 3 HSDirs (hsdir_n_replicas, hsdir_spread_fetch)
 
 
 def _controller(control: Any) -> Any:
@@ -129,10 +130,13 @@ def fetch_descriptors(control: Any, onions: list[str] | tuple[str, ...],
                       timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS) -> dict[str, DescriptorFetch]:
     """Fetch several onions' descriptors at once, waiting at most *timeout_seconds* in total.
 
-    Sends one ``HSFETCH`` per onion and collects ``HS_DESC`` events until each has a ``RECEIVED``, a
-    ``FAILED`` with ``REASON=QUERY_NO_HSDIR`` (no HSDir left), or the wait ends. A ``FAILED`` from one
-    HSDir is not final (Tor asks others); at the end of the wait an onion with only failures is
-    ``FAILED``, one with no event at all ``NO_ANSWER``.
+    An ``HSFETCH`` without ``SERVER=`` makes Tor ask one of the responsible HSDirs it has not asked in
+    its requery period (15 minutes), announced by ``HS_DESC REQUESTED``. When that HSDir answers
+    ``FAILED`` (``NOT_FOUND``), the fetch is sent again, so that the next HSDir is asked -- as Tor's
+    own client does before it gives up on an onion -- until one answers ``RECEIVED``, Tor has no HSDir
+    left (``FAILED ... REASON=QUERY_NO_HSDIR``), :data:`MAX_HSFETCH_PER_ONION` fetches were sent, or
+    the wait ends. An onion with failures but no final answer is ``FAILED``; one with no event at all
+    ``NO_ANSWER`` (what a Tor without circuits gives).
 
     :param control: an authenticated stem Controller, or an entered TorControl.
     :param onions: ``<56 chars>.onion`` addresses (duplicates asked once).
@@ -145,11 +149,22 @@ def fetch_descriptors(control: Any, onions: list[str] | tuple[str, ...],
     wanted = {_service_id(o): _service_id(o) + ".onion" for o in onions}
     results: dict[str, DescriptorFetch] = {}
     failures: dict[str, list[str]] = {sid: [] for sid in wanted}
+    sent: dict[str, int] = {sid: 0 for sid in wanted}
     events: queue.Queue = queue.Queue()
 
     def listener(event: Any) -> None:
         if getattr(event, "address", None) in wanted:
             events.put(event)
+
+    def hsfetch(sid: str) -> None:
+        try:
+            reply = controller.msg(f"HSFETCH {sid}")
+        except (ControllerError, SocketError) as exc:
+            raise TorError(f"HSFETCH failed: {exc}") from exc
+        sent[sid] += 1
+        if not reply.is_ok():
+            results[wanted[sid]] = DescriptorFetch(wanted[sid], FetchOutcome.REFUSED, f"Tor refused HSFETCH: {reply}",
+                                                   time.monotonic() - started)
 
     try:
         controller.add_event_listener(listener, "HS_DESC")
@@ -160,21 +175,15 @@ def fetch_descriptors(control: Any, onions: list[str] | tuple[str, ...],
             if check_onion(onion) is not OnionCheck.VALID:
                 results[onion] = DescriptorFetch(onion, FetchOutcome.REFUSED, f"not a valid v3 onion address "
                                                  f"({check_onion(onion).value})", 0.0)
-                continue
-            try:
-                reply = controller.msg(f"HSFETCH {sid}")
-            except (ControllerError, SocketError) as exc:
-                raise TorError(f"HSFETCH failed: {exc}") from exc
-            if not reply.is_ok():
-                results[onion] = DescriptorFetch(onion, FetchOutcome.REFUSED, f"Tor refused HSFETCH: {reply}",
-                                                 time.monotonic() - started)
+            else:
+                hsfetch(sid)
         deadline = started + timeout_seconds
         while len(results) < len(wanted) and (left := deadline - time.monotonic()) > 0:
             try:
                 event = events.get(timeout=left)
             except queue.Empty:
                 break
-            onion = wanted[event.address]
+            sid, onion = event.address, wanted[event.address]
             if onion in results:
                 continue
             action = str(event.action)
@@ -184,9 +193,15 @@ def fetch_descriptors(control: Any, onions: list[str] | tuple[str, ...],
                                                  time.monotonic() - started)
             elif action == "FAILED":
                 reason = str(event.reason or "failed")
-                failures[event.address].append(f"{event.directory or '-'}: {reason}")
                 if reason.upper().endswith("QUERY_NO_HSDIR"):
-                    results[onion] = _failed(onion, failures[event.address], time.monotonic() - started)
+                    failures[sid].append("no HSDir left to ask")
+                    results[onion] = _failed(onion, failures[sid], time.monotonic() - started)
+                    continue
+                failures[sid].append(f"{event.directory or '-'}: {reason}")
+                if sent[sid] >= MAX_HSFETCH_PER_ONION:
+                    results[onion] = _failed(onion, failures[sid], time.monotonic() - started)
+                else:
+                    hsfetch(sid)         # ask the next HSDir
         for sid, onion in wanted.items():
             if onion not in results:
                 elapsed = time.monotonic() - started
@@ -202,7 +217,7 @@ def fetch_descriptors(control: Any, onions: list[str] | tuple[str, ...],
 
 
 def _failed(onion: str, failures: list[str], elapsed: float) -> DescriptorFetch:
-    shown = "; ".join(failures[-3:])
+    shown = "; ".join(failures[-4:])
     return DescriptorFetch(onion, FetchOutcome.FAILED, f"no HSDir returned the descriptor ({shown})", elapsed)
 
 
