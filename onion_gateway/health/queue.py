@@ -144,7 +144,9 @@ def summarize(recipients: Iterable[QueuedRecipient], is_onion_route: OnionRouteP
               per_partner: bool = False) -> QueueView:
     """Judge which deferred recipients are onion mail and summarize them.
 
-    The predicate is called at most once per distinct domain.
+    The predicate is called at most once per distinct domain. A predicate with a ``prime(domains)``
+    method (:class:`~onion_gateway.health.routes.RouterRoutes`) gets every deferred domain first, to
+    decide them all at once.
 
     :param recipients: from :func:`parse_postqueue_json`.
     :param is_onion_route: ``domain -> True`` (onion route), ``False`` (another route) or ``None``
@@ -153,6 +155,10 @@ def summarize(recipients: Iterable[QueuedRecipient], is_onion_route: OnionRouteP
     :param per_partner: also break the figures down per partner domain.
     :returns: the :class:`QueueView`.
     """
+    recipients = list(recipients)
+    prime = getattr(is_onion_route, "prime", None)
+    if prime is not None:
+        prime({r.domain for r in recipients if r.queue_name == DEFERRED_QUEUE and r.domain})
     decided: dict[str, bool | None] = {}
     onion: list[QueuedRecipient] = []
     undecided = other = 0

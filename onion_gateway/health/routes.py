@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Iterable
 
 from onion_gateway.config import ServeSettings
 from onion_gateway.lookup.result import Outcome
 from onion_gateway.lookup.routing import Router, onions_in_route
 
 log = logging.getLogger(__name__)
+
+CONCURRENT_LOOKUPS = 32
 
 
 class RouterRoutes:
@@ -62,15 +65,36 @@ class RouterRoutes:
         """
         key = domain.lower()
         if key not in self._answers:
-            result = self._loop.run_until_complete(self.router.lookup(key))
+            self.prime([key])
+        return self._answers[key]
+
+    def prime(self, domains: Iterable[str]) -> None:
+        """Route every domain not yet asked, at most :data:`CONCURRENT_LOOKUPS` at a time.
+
+        :func:`~onion_gateway.health.queue.summarize` calls this with all deferred domains first, so
+        that a DNS outage costs one DNS timeout per batch, not one per domain.
+
+        :param domains: recipient domains (any case).
+        """
+        todo = sorted({d.lower() for d in domains} - set(self._answers))
+        if todo:
+            self._loop.run_until_complete(self._route_all(todo))
+
+    async def _route_all(self, domains: list[str]) -> None:
+        gate = asyncio.Semaphore(CONCURRENT_LOOKUPS)
+
+        async def one(domain: str) -> None:
+            async with gate:
+                result = await self.router.lookup(domain)
             if result.outcome is Outcome.TEMP_FAIL:
                 answer: bool | None = None
             else:
                 answer = result.outcome is Outcome.FOUND and result.value.startswith(self.router.transport + ":")
-            log.debug("health: %s routes %s (%s)", key, answer, result.value)
-            self._answers[key] = answer
-            self._onions[key] = tuple(o.lower() for o in onions_in_route(result.value)) if answer else ()
-        return self._answers[key]
+            log.debug("health: %s routes %s (%s)", domain, answer, result.value)
+            self._answers[domain] = answer
+            self._onions[domain] = tuple(o.lower() for o in onions_in_route(result.value)) if answer else ()
+
+        await asyncio.gather(*(one(d) for d in domains))
 
     def onions(self, domain: str) -> tuple[str, ...]:
         """The onions the route of *domain* named when it was asked (empty if not asked or not onion mail).

@@ -10,7 +10,9 @@ Everything else goes to the dead relayhost via plain smtp. The routing decision 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import shutil
 import subprocess
 import sys
@@ -191,3 +193,18 @@ def test_journal_that_cannot_be_opened_is_a_clear_error(tmp_path):
     require("journalctl")
     with pytest.raises(HealthSourceError, match="journalctl failed"):
         read_journal(("postfix/smtptor",), 60, journal_directory=tmp_path / "none")
+
+
+def test_a_dns_outage_costs_one_timeout_not_one_per_domain(lab):
+    _, settings = lab
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blackhole:     # never answers
+        blackhole.bind(("127.0.0.1", 0))
+        dead = dataclasses.replace(settings, dns_servers=(blackhole.getsockname(),), dns_timeout_seconds=1.0)
+        domains = [f"d{i}.example.test" for i in range(40)]
+        started = time.monotonic()
+        with RouterRoutes.from_settings(dead) as routes:
+            routes.prime(domains)
+            answers = [routes(d) for d in domains]
+        elapsed = time.monotonic() - started
+    assert answers == [None] * 40                     # DNS failed: undecided, never "not onion"
+    assert elapsed < 10, f"{elapsed:.1f} s for 40 domains with a 1 s DNS timeout"

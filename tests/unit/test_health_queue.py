@@ -147,3 +147,21 @@ def test_a_malformed_line_is_a_clear_error_naming_it(line):
                                             ("postmaster", ""), ('"a@b"@c.example', "c.example")])
 def test_domain_of(address, domain):
     assert domain_of(address) == domain
+
+
+def test_a_predicate_with_prime_gets_every_deferred_domain_at_once():
+    class Primed:
+        def __init__(self) -> None:
+            self.primed: list[set[str]] = []
+
+        def prime(self, domains) -> None:
+            self.primed.append(set(domains))
+
+        def __call__(self, domain: str) -> bool:
+            assert self.primed, "called before prime"
+            return is_onion(domain)
+
+    predicate = Primed()
+    view = summarize(parse_postqueue_json(LISTING), predicate, NOW)
+    assert predicate.primed == [{"dead1.partner.test", "dead2.partner.test", "tordown.partner.test", "clear.example"}]
+    assert view.recipients == 10
