@@ -14,6 +14,8 @@ changes nothing in Postfix or Tor.
   ``status/circuit-established``, HSFETCH of partner descriptors with a bounded wait;
 - :mod:`.verdicts`: thresholds in seconds and the :class:`~onion_gateway.status.Check` verdicts with
   one-line suggestions (restart tor, check the partner's SRV record, check the wrapper).
+- :mod:`.report`: :func:`~onion_gateway.health.report.assess` runs all of the above and returns the
+  checks plus the figures behind them (for metrics); it never raises for what it inspects.
 
 docs/health.md explains the verdicts for the postmaster.
 """

@@ -21,17 +21,20 @@ from pathlib import Path
 
 import pytest
 
-from onion_gateway.config import ServeSettings, parse_dns_server
+from onion_gateway.config import ServeSettings, parse_dns_server, parse_listen_address
 from onion_gateway.errors import HealthSourceError
 from onion_gateway.health.maillog import log_source, read_deliveries, read_journal, transport_syslog_names
 from onion_gateway.health.queue import read_queue
+from onion_gateway.health.report import HealthSettings, assess
 from onion_gateway.health.routes import RouterRoutes
-from onion_gateway.health.verdicts import HealthThresholds, check_delivery, check_queue
+from onion_gateway.health.verdicts import HealthThresholds, Suggestion, check_delivery, check_queue
 from onion_gateway.status import Verdict
+from onion_gateway.tor import TorControl
 from tests.conftest import require
 from tests.support.onions import ONION_A
 from tests.support.postfix import new_instance
-from tests.support.procs import free_port, port_accepts, wait_for
+from tests.support.procs import free_port, port_accepts, public_tempdir, wait_for
+from tests.support.tor import TorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +211,42 @@ def test_a_dns_outage_costs_one_timeout_not_one_per_domain(lab):
         elapsed = time.monotonic() - started
     assert answers == [None] * 40                     # DNS failed: undecided, never "not onion"
     assert elapsed < 10, f"{elapsed:.1f} s for 40 domains with a 1 s DNS timeout"
+
+
+@pytest.fixture(scope="module")
+def no_network_tor():
+    require("tor")
+    proc = TorProcess(public_tempdir("og-health-pf-tor-")).write().start()
+    yield proc
+    proc.stop()
+    shutil.rmtree(proc.workdir, ignore_errors=True)
+
+
+def test_assess_names_tor_when_our_tor_cannot_build_circuits(lab, no_network_tor):
+    pf, settings = lab
+    health = HealthSettings(postfix_config_dir=pf.config_dir, thresholds=HealthThresholds(0, 3600),
+                            fetch_timeout_seconds=2.0)
+    with RouterRoutes.from_settings(settings) as routes, \
+            TorControl(parse_listen_address(no_network_tor.control)) as control:
+        report = assess(health, routes, control, no_network_tor.control)
+    by_name = {c.name: c for c in report.checks}
+    assert [c.name for c in report.checks] == ["tor_circuits", "smtptor_queue", "partner_queue", "smtptor_delivery"]
+    assert by_name["tor_circuits"].verdict is Verdict.FAIL
+    assert by_name["smtptor_queue"].verdict is Verdict.WARN
+    assert by_name["smtptor_queue"].detail.endswith(Suggestion.RESTART_TOR.value)
+    assert by_name["partner_queue"].target == "single.example.test"
+    assert by_name["smtptor_delivery"].detail.endswith(Suggestion.RESTART_TOR.value)
+    assert report.fetches == {}          # no point asking HSDirs without circuits
+    assert report.queue.recipients == 2 and report.delivery.sent == 1
+
+
+def test_assess_without_tor_and_with_an_unreadable_source(lab, tmp_path):
+    pf, _ = lab
+    health = HealthSettings(postfix_config_dir=pf.config_dir, log_file=tmp_path / "missing.log")
+    report = assess(health, lambda d: d == "single.example.test")
+    by_name = {c.name: c for c in report.checks}
+    assert "tor_circuits" not in by_name
+    assert by_name["smtptor_queue"].verdict is Verdict.OK          # 2 deferred, younger than 1800 s
+    assert by_name["smtptor_delivery"].verdict is Verdict.WARN
+    assert by_name["smtptor_delivery"].detail.startswith("cannot tell: cannot read the mail log")
+    assert report.delivery is None and report.tor is None
