@@ -5,7 +5,9 @@
 :class:`~onion_gateway.lookup.routing.Router` the daemon uses (exclusions, static map, own domains,
 SRV ``_onion-mx._tcp.<domain>``) and says "onion" when the answer starts with the onion transport
 (``smtptor:``). Built by :meth:`RouterRoutes.from_settings` with pinning off, so it never writes the
-pins file; it reads the static map and exclusion files and asks DNS, nothing else.
+pins file; it reads the static map and exclusion files and asks DNS, nothing else. (A domain whose
+changed onion set the daemon holds under strict pinning is still onion mail here: it is deferred
+onion mail waiting for ``pins accept``.)
 
 Routing outcome -> predicate::
 

@@ -41,6 +41,14 @@ def test_traditional_line_splits_into_time_tag_and_message():
     assert 0 <= NOW - stamp < 600
 
 
+@pytest.mark.parametrize("stamp,expected", [
+    ("2026-12-01T01:02:58Z", dt.datetime(2026, 12, 1, 1, 2, 58, tzinfo=UTC)),
+    ("2026-12-01T01:02:58.5+0100", dt.datetime(2026, 12, 1, 0, 2, 58, 500000, tzinfo=UTC)),
+    ("2026-12-01 01:02:58-05:00", dt.datetime(2026, 12, 1, 6, 2, 58, tzinfo=UTC))])
+def test_rfc3339_variants(stamp, expected):
+    assert parse_syslog_line(f"{stamp} gw postfix/smtptor/smtp[1]: x", NOW)[0] == expected.timestamp()
+
+
 def test_rfc3339_line_as_rsyslog_writes_it():
     line = ("2026-12-01T01:02:58.123456+01:00 gw postfix/smtptor/smtp[13235]: 506E320DC32: to=<bob@x.test>, "
             "relay=a.onion[127.42.42.0]:25, delay=0.05, delays=0.01/0.04/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)")
