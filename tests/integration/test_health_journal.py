@@ -23,19 +23,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 JOURNAL = ROOT / "tests" / "data" / "health" / "journal.jsonl"
-
-NAMESPACE = r"""
-set -eu
-mount -t tmpfs none /run/systemd
-mkdir -p /run/log
-mount -t tmpfs none /run/log
-mkdir -p /run/systemd/journal
-/lib/systemd/systemd-journald >/dev/null 2>&1 &
-JOURNALD=$!
-trap 'kill $JOURNALD' EXIT
-for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
-"$PYTHON" -c "$CODE"
-"""
+WITH_JOURNALD = ROOT / "tests" / "data" / "health" / "with_journald.sh"
 
 CODE = r"""
 import json, os, socket, time
@@ -67,8 +55,9 @@ def test_read_journal_through_real_journald_and_journalctl():
     require("unshare", "journalctl")
     if not Path("/lib/systemd/systemd-journald").exists():
         pytest.fail("systemd-journald is missing (Debian package systemd)")
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", NAMESPACE],
-                          env={"PYTHON": sys.executable, "CODE": CODE, "JOURNAL_SAMPLE": str(JOURNAL), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", str(WITH_JOURNALD),
+                           sys.executable, "-c", CODE],
+                          env={"JOURNAL_SAMPLE": str(JOURNAL), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr

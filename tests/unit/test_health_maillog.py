@@ -130,6 +130,8 @@ def test_recorded_journal_counts_match_the_same_scenario():
     expected_deferred = sum(1 for l in JOURNAL if '"SYSLOG_IDENTIFIER":"postfix/smtptor/smtp"' in l
                             and "status=deferred" in l)
     assert view.deferred == expected_deferred > 0
+    assert any('"SYSLOG_IDENTIFIER":"postfix/error"' in l and "status=deferred" in l for l in JOURNAL)
+    assert not any(e.reason.startswith("delivery temporarily suspended") for e in events)
     assert {e.recipient for e in events if e.status == "sent"} == {"bob@sent.partner.test", "ivan@sent.partner.test"}
 
 

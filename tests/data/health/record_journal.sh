@@ -1,9 +1,9 @@
 #!/bin/sh
 # Record tests/data/health/journal.jsonl: Postfix logging through syslog(3) into a real
 # systemd-journald, read back with journalctl -o json. The machine runs no journald, so this
-# starts one inside a private mount namespace (tmpfs over /run/systemd, /run/log and /dev, with
-# the few device nodes bind-mounted back and /dev/log pointing at journald's socket); nothing
-# outside the namespace changes. Run as root from the repository root:
+# runs inside a private mount namespace: tmpfs over /dev with the few device nodes bind-mounted
+# back and /dev/log pointing at journald's socket, and with_journald.sh for journald itself;
+# nothing outside the namespace changes. Run as root from the repository root:
 #     unshare -m --propagation private sh tests/data/health/record_journal.sh
 set -eu
 OLD=$(mktemp -d /tmp/og-health-dev.XXXXXX)
@@ -14,13 +14,5 @@ mkdir /dev/pts /dev/shm
 mount --bind "$OLD/pts" /dev/pts
 mount -t tmpfs none /dev/shm
 ln -s /proc/self/fd /dev/fd
-mount -t tmpfs none /run/systemd
-mkdir -p /run/log
-mount -t tmpfs none /run/log
-mkdir -p /run/systemd/journal
-/lib/systemd/systemd-journald >/dev/null 2>&1 &
-JOURNALD=$!
-trap 'kill $JOURNALD' EXIT
-for i in $(seq 50); do [ -S /run/systemd/journal/dev-log ] && break; sleep 0.1; done
 ln -s /run/systemd/journal/dev-log /dev/log
-.venv/bin/python tests/data/health/record_samples.py --journal
+sh tests/data/health/with_journald.sh .venv/bin/python tests/data/health/record_samples.py --journal

@@ -117,7 +117,7 @@ def main(keep: bool = False, journal: bool = False) -> None:
             "recorded_at": time.time(),
             "mail_version": subprocess.run(["postconf", "-dh", "mail_version"], capture_output=True,
                                            text=True).stdout.strip(),
-            "onion_routes": {d: r.split(":", 1)[0] == "smtptor" and r for d, r in routes.items()},
+            "onion_routes": dict(routes),
             "clear_domains": [CLEAR]}, indent=2, sort_keys=True) + "\n")
     finally:
         pf.stop()
