@@ -10,9 +10,10 @@
    +- TorError               the Tor control port failed or refused
    +- SetupError             setup refused to start, or failed and restored what it had changed
    +- AuditError             the relay audit could not do part of its work
-       +- Unreachable        a listener could not be connected to or greeted
-       |   +- GreetingRefused  ... it answered with a non-220 greeting
-       +- TableUnreadable    postmap could not query a lookup table
+   |   +- Unreachable        a listener could not be connected to or greeted
+   |   |   +- GreetingRefused  ... it answered with a non-220 greeting
+   |   +- TableUnreadable    postmap could not query a lookup table
+   +- HealthSourceError      a health source (queue listing, mail log, journal) could not be read
 
 Each layer translates foreign errors (OSError, dnspython, stem) into one of these at its boundary,
 so that the CLI can turn any of them into a message and an exit code.
@@ -71,3 +72,12 @@ class GreetingRefused(Unreachable):
 
 class TableUnreadable(AuditError):
     """A Postfix lookup table could not be queried (``postmap -q`` reported a fatal or query error)."""
+
+
+class HealthSourceError(OnionGatewayError):
+    """A source of the delivery-health views could not be read: ``postqueue -j`` refused or failed, the
+    mail log is missing or unreadable, or ``journalctl`` is missing or refused.
+
+    The message names the source and what gives access (root, the ``adm``/``systemd-journal`` groups,
+    ``authorized_mailq_users``).
+    """

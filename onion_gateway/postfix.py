@@ -109,6 +109,28 @@ def postmap_query(key: str, table: str, config_dir: Path | None = None) -> tuple
     return done.returncode, done.stdout, done.stderr
 
 
+def postqueue_json(config_dir: Path | None) -> str:
+    """The mail queue as Postfix's JSON listing: ``postqueue [-c DIR] -j`` (postqueue(1), Postfix >= 3.1).
+
+    One JSON object per message and line, e.g.::
+
+        {"queue_name": "deferred", "queue_id": "520E120DC34", "arrival_time": 1796086978,
+         "message_size": 327, "forced_expire": false, "sender": "alice@lab.test",
+         "recipients": [{"address": "dave@dead1.partner.test",
+                         "delay_reason": "connect to 127.0.0.1[127.0.0.1]:45903: Connection refused"}]}
+
+    Read-only; works for any user that ``authorized_mailq_users`` allows (default: everyone), with the
+    default configuration directory; a non-root user may name another one only when the default
+    main.cf lists it in ``alternate_config_directories``. When Postfix is down, root still gets the
+    listing (postqueue reads the queue directly and warns on stderr).
+
+    :param config_dir: the configuration directory, ``None`` for the default instance.
+    :returns: postqueue's stdout (empty for an empty queue).
+    :raises PostfixError: if postqueue is missing or exits non-zero (with its stderr).
+    """
+    return _run(["postqueue", *_c(config_dir), "-j"]).stdout
+
+
 def is_running(config_dir: Path | None) -> bool:
     """True if the Postfix instance of *config_dir* is running (``postfix [-c DIR] status`` exits 0)."""
     return _run(["postfix", *_c(config_dir), "status"], check=False).returncode == 0

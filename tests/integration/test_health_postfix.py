@@ -1,0 +1,252 @@
+"""The queue and log readers against a live private Postfix, with the gateway's routing deciding.
+
+The instance has an ``smtptor`` transport (Postfix's smtp with ``-o syslog_name=postfix/smtptor``, as
+setup writes it) and routes by a static transport table: ``single.example.test`` (whose SRV record in
+the test zone names an onion) to a closed loopback port, ``sent.example.test`` to an smtp-sink.
+Everything else goes to the dead relayhost via plain smtp. The routing decision comes from
+:class:`RouterRoutes` over the session's dnsmasq: ``single.example.test`` is onion mail,
+``nx.example.test`` (no SRV) is not, ``x.servfail.test`` (SERVFAIL) is undecided.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from onion_gateway.config import ServeSettings, parse_dns_server, parse_listen_address
+from onion_gateway.errors import HealthSourceError
+from onion_gateway.health.maillog import log_source, read_deliveries, read_journal, transport_syslog_names
+from onion_gateway.health.queue import read_queue
+from onion_gateway.health.report import HealthSettings, assess
+from onion_gateway.health.routes import RouterRoutes
+from onion_gateway.health.verdicts import HealthThresholds, Suggestion, check_delivery, check_queue
+from onion_gateway.status import Verdict
+from onion_gateway.tor import TorControl
+from tests.conftest import require
+from tests.support.onions import ONION_A
+from tests.support.postfix import new_instance
+from tests.support.procs import free_port, port_accepts, public_tempdir, wait_for
+from tests.support.tor import TorProcess
+
+pytestmark = pytest.mark.integration
+
+SMTPTOR = ("smtptor unix - - n - - smtp\n"
+           "  -o syslog_name=postfix/smtptor\n"
+           "  -o smtp_dns_support_level=disabled\n"
+           "  -o smtp_host_lookup=native\n")
+
+
+@pytest.fixture(scope="module")
+def lab(dns_server):
+    require("postfix", "postqueue", "smtp-sink", "setpriv")
+    sink_port, dead_port = free_port(), free_port()
+    pf = new_instance("og-health-pf-", hostname="gw.lab.test", domains=["lab.test"])
+    (pf.root / "transport").write_text(f"single.example.test smtptor:[127.0.0.1]:{dead_port}\n"
+                                       f"sent.example.test smtptor:[127.0.0.1]:{sink_port}\n")
+    pf.main_extra["transport_maps"] = f"texthash:{pf.root}/transport"
+    pf.master_extra = SMTPTOR
+    pf.write()
+    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "10"])
+    try:
+        wait_for(lambda: port_accepts(sink_port), 10, "smtp-sink")
+        pf.start()
+        with pf.smtp() as client:
+            client.sendmail("alice@lab.test", ["bob@sent.example.test"], "Subject: ok\r\n\r\nout\r\n")
+            client.sendmail("alice@lab.test", ["carol@single.example.test", "dave@single.example.test",
+                                               "erin@nx.example.test", "frank@x.servfail.test"],
+                            "Subject: multi\r\n\r\nstuck\r\n")
+        wait_for(lambda: pf.log_text().count("status=deferred") >= 4 and "status=sent" in pf.log_text(), 60,
+                 "first delivery attempts", pf.log_text)
+        wait_for(lambda: len(pf.queue_ids()) == 1, 30, "the deferred message in postqueue -j")
+        settings = ServeSettings(dns_servers=(parse_dns_server(dns_server.address),), dns_timeout_seconds=2.0,
+                                 postfix_config_dir=pf.config_dir)
+        yield pf, settings
+    finally:
+        pf.stop()
+        sink.terminate()
+        sink.wait(10)
+        shutil.rmtree(pf.root, ignore_errors=True)
+
+
+def test_router_decides_onion_clear_and_undecided(lab):
+    _, settings = lab
+    with RouterRoutes.from_settings(settings) as routes:
+        assert routes("single.example.test") is True
+        assert routes.onions("single.example.test") == (ONION_A,)
+        assert routes("nx.example.test") is False
+        assert routes("x.servfail.test") is None
+        assert routes("lab.test") is False            # Postfix's own domain is never onion mail
+
+
+def test_queue_view_of_the_live_instance(lab):
+    pf, settings = lab
+    with RouterRoutes.from_settings(settings) as routes:
+        view = read_queue(pf.config_dir, routes, per_partner=True)
+    assert (view.messages, view.recipients) == (1, 2)          # carol and dave
+    assert view.other_recipients == 1                          # erin: no SRV record
+    assert view.undecided_recipients == 1                      # frank: SERVFAIL now
+    assert view.top_reason_count == 2 and "Connection refused" in view.top_reason
+    assert [p.domain for p in view.partners] == ["single.example.test"]
+    assert 0 < view.oldest_seconds < 300
+
+
+def test_oldest_age_grows_while_mail_waits(lab):
+    pf, _ = lab
+    first = read_queue(pf.config_dir, lambda d: d == "single.example.test")
+    time.sleep(1.1)
+    second = read_queue(pf.config_dir, lambda d: d == "single.example.test")
+    assert second.oldest_seconds >= first.oldest_seconds + 1.0
+
+
+def test_queue_verdict_with_a_low_warning_threshold(lab):
+    pf, _ = lab
+    view = read_queue(pf.config_dir, lambda d: d == "single.example.test")
+    assert check_queue(view, HealthThresholds(0, 3600)).verdict is Verdict.WARN
+    assert check_queue(view, HealthThresholds()).verdict is Verdict.OK
+
+
+def test_log_source_is_the_maillog_file_and_the_transports_syslog_name(lab):
+    pf, _ = lab
+    source = log_source(pf.config_dir)
+    assert source.path == pf.maillog
+    assert source.syslog_names == ("postfix/smtptor",)
+
+
+def test_delivery_view_of_the_live_log(lab):
+    pf, _ = lab
+    view = read_deliveries(log_source(pf.config_dir), window_seconds=3600)
+    assert view.sent == 1 and view.last_sent.recipient == "bob@sent.example.test"
+    assert view.deferred >= 2
+    assert {view.last_failed.recipient} <= {"carol@single.example.test", "dave@single.example.test"}
+    # erin's and frank's deferrals went through plain smtp: not counted
+    assert view.bounced == 0
+    check = check_delivery(view, HealthThresholds(0, 3600))
+    assert check.target == str(pf.maillog)
+    assert check.verdict is Verdict.WARN                     # failing for more than 0 s: the warning threshold
+
+
+def test_a_short_window_sees_nothing(lab):
+    pf, _ = lab
+    view = read_deliveries(log_source(pf.config_dir), window_seconds=3600, now=time.time() + 7200)
+    assert (view.sent, view.deferred, view.last_sent) == (0, 0, None)
+
+
+def test_transport_without_its_own_syslog_name_is_refused(lab):
+    pf, _ = lab
+    with pytest.raises(HealthSourceError, match="cannot be told apart"):
+        transport_syslog_names(pf.config_dir, "relay")
+    with pytest.raises(HealthSourceError, match="no nosuch/unix service"):
+        transport_syslog_names(pf.config_dir, "nosuch")
+
+
+def test_readers_change_nothing(lab):
+    pf, settings = lab
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in pf.config_dir.iterdir() if p.is_file()}
+    ids = pf.queue_ids()
+    with RouterRoutes.from_settings(settings) as routes:
+        read_queue(pf.config_dir, routes)
+    read_deliveries(log_source(pf.config_dir), window_seconds=60)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in pf.config_dir.iterdir() if p.is_file()} == files
+    assert pf.queue_ids() == ids
+
+
+def run_as_nobody(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                           "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "HOME": "/"})
+
+
+def test_non_root_user_gets_a_clear_error_for_an_alternate_instance(lab):
+    pf, _ = lab
+    done = run_as_nobody(
+        "from pathlib import Path\n"
+        "from onion_gateway.errors import HealthSourceError\n"
+        "from onion_gateway.health.queue import read_queue\n"
+        f"try:\n    read_queue(Path({str(pf.config_dir)!r}), lambda d: True)\n"
+        "except HealthSourceError as exc:\n    print('ERR', exc)\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ERR cannot list the mail queue")
+    assert "alternate_config_directories" in done.stdout
+
+
+def test_unreadable_maillog_is_a_clear_error_for_a_user_without_access(lab, tmp_path):
+    pf, _ = lab
+    private = pf.root / "private-maillog"
+    shutil.copy(pf.maillog, private)
+    private.chmod(0o600)
+    done = run_as_nobody(
+        "from pathlib import Path\n"
+        "from onion_gateway.errors import HealthSourceError\n"
+        "from onion_gateway.health.maillog import read_maillog\n"
+        f"try:\n    read_maillog(Path({str(private)!r}), ('postfix/smtptor',), 60)\n"
+        "except HealthSourceError as exc:\n    print('ERR', exc)\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"ERR cannot read the mail log {private}: Permission denied")
+
+
+def test_journal_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    require("journalctl")
+    with pytest.raises(HealthSourceError, match="journalctl failed"):
+        read_journal(("postfix/smtptor",), 60, journal_directory=tmp_path / "none")
+
+
+def test_a_dns_outage_costs_one_timeout_not_one_per_domain(lab):
+    _, settings = lab
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blackhole:     # never answers
+        blackhole.bind(("127.0.0.1", 0))
+        dead = dataclasses.replace(settings, dns_servers=(blackhole.getsockname(),), dns_timeout_seconds=1.0)
+        domains = [f"d{i}.example.test" for i in range(40)]
+        started = time.monotonic()
+        with RouterRoutes.from_settings(dead) as routes:
+            routes.prime(domains)
+            answers = [routes(d) for d in domains]
+        elapsed = time.monotonic() - started
+    assert answers == [None] * 40                     # DNS failed: undecided, never "not onion"
+    assert elapsed < 10, f"{elapsed:.1f} s for 40 domains with a 1 s DNS timeout"
+
+
+@pytest.fixture(scope="module")
+def no_network_tor():
+    require("tor")
+    proc = TorProcess(public_tempdir("og-health-pf-tor-")).write().start()
+    yield proc
+    proc.stop()
+    shutil.rmtree(proc.workdir, ignore_errors=True)
+
+
+def test_assess_names_tor_when_our_tor_cannot_build_circuits(lab, no_network_tor):
+    pf, settings = lab
+    health = HealthSettings(postfix_config_dir=pf.config_dir, thresholds=HealthThresholds(0, 3600),
+                            fetch_timeout_seconds=2.0)
+    with RouterRoutes.from_settings(settings) as routes, \
+            TorControl(parse_listen_address(no_network_tor.control)) as control:
+        report = assess(health, routes, control, no_network_tor.control)
+    by_name = {c.name: c for c in report.checks}
+    assert [c.name for c in report.checks] == ["tor_circuits", "smtptor_queue", "partner_queue", "smtptor_delivery"]
+    assert by_name["tor_circuits"].verdict is Verdict.FAIL
+    assert by_name["smtptor_queue"].verdict is Verdict.WARN
+    assert by_name["smtptor_queue"].detail.endswith(Suggestion.RESTART_TOR.value)
+    assert by_name["partner_queue"].target == "single.example.test"
+    assert by_name["smtptor_delivery"].detail.endswith(Suggestion.RESTART_TOR.value)
+    assert report.fetches == {}          # no point asking HSDirs without circuits
+    assert report.queue.recipients == 2 and report.delivery.sent == 1
+
+
+def test_assess_without_tor_and_with_an_unreadable_source(lab, tmp_path):
+    pf, _ = lab
+    health = HealthSettings(postfix_config_dir=pf.config_dir, log_file=tmp_path / "missing.log")
+    report = assess(health, lambda d: d == "single.example.test")
+    by_name = {c.name: c for c in report.checks}
+    assert "tor_circuits" not in by_name
+    assert by_name["smtptor_queue"].verdict is Verdict.OK          # 2 deferred, younger than 1800 s
+    assert by_name["smtptor_delivery"].verdict is Verdict.WARN
+    assert by_name["smtptor_delivery"].detail.startswith("cannot tell: cannot read the mail log")
+    assert report.delivery is None and report.tor is None

@@ -1,0 +1,197 @@
+"""The log readers, on logs recorded from Postfix 3.7.11 (tests/data/health/maillog, journal.jsonl).
+
+The recordings (record_samples.py) hold ``postfix/smtptor/smtp`` lines ending sent (bob, ivan @sent),
+bounced (carol, peggy @bounce: the sink rejects RCPT with 5xx) and deferred (dead ports, and an onion
+whose torsocks finds no Tor), plain ``postfix/smtp`` deferrals for clear.example, and ``postfix/error``
+"delivery temporarily suspended" echoes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from onion_gateway.errors import HealthSourceError
+from onion_gateway.health.maillog import (DeliveryEvent, journal_events, maillog_events, parse_delivery,
+                                          parse_journal_record, parse_syslog_line, read_maillog, summarize)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "health"
+RECORDED = json.loads((DATA / "recorded.json").read_text())
+NOW = RECORDED["recorded_at"]
+UTC = dt.timezone.utc                      # the machine that recorded the maillog runs in UTC
+NAMES = ("postfix/smtptor",)
+MAILLOG = (DATA / "maillog").read_text().splitlines()
+JOURNAL = (DATA / "journal.jsonl").read_text().splitlines()
+
+
+def sample(program: str, status: str) -> str:
+    return next(line for line in MAILLOG if f" {program}[" in line and f"status={status}" in line)
+
+
+def test_traditional_line_splits_into_time_tag_and_message():
+    line = sample("postfix/smtptor/smtp", "sent")
+    stamp, tag, message = parse_syslog_line(line, NOW, UTC)
+    assert tag == "postfix/smtptor/smtp"
+    assert message.split(": ", 1)[1].startswith("to=<")
+    when = dt.datetime.fromtimestamp(stamp, UTC)
+    assert when.strftime("%b %d %H:%M:%S") == line[:15]
+    assert 0 <= NOW - stamp < 600
+
+
+@pytest.mark.parametrize("stamp,expected", [
+    ("2026-12-01T01:02:58Z", dt.datetime(2026, 12, 1, 1, 2, 58, tzinfo=UTC)),
+    ("2026-12-01T01:02:58.5+0100", dt.datetime(2026, 12, 1, 0, 2, 58, 500000, tzinfo=UTC)),
+    ("2026-12-01 01:02:58-05:00", dt.datetime(2026, 12, 1, 6, 2, 58, tzinfo=UTC))])
+def test_rfc3339_variants(stamp, expected):
+    assert parse_syslog_line(f"{stamp} gw postfix/smtptor/smtp[1]: x", NOW)[0] == expected.timestamp()
+
+
+def test_rfc3339_line_as_rsyslog_writes_it():
+    line = ("2026-12-01T01:02:58.123456+01:00 gw postfix/smtptor/smtp[13235]: 506E320DC32: to=<bob@x.test>, "
+            "relay=a.onion[127.42.42.0]:25, delay=0.05, delays=0.01/0.04/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)")
+    stamp, tag, _ = parse_syslog_line(line, NOW)
+    assert stamp == dt.datetime(2026, 12, 1, 0, 2, 58, 123456, UTC).timestamp()
+    assert tag == "postfix/smtptor/smtp"
+
+
+@pytest.mark.parametrize("line,now,expected", [
+    # a December line read on January 1st belongs to the year before
+    ("Dec 31 23:59:59 h postfix/smtptor/smtp[1]: x", dt.datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC),
+     dt.datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    # a clock slightly behind the log's: the line stays in the year that puts it just ahead
+    ("Jan  1 00:00:05 h postfix/smtptor/smtp[1]: x", dt.datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
+     dt.datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC)),
+    ("Feb 29 12:00:00 h postfix/smtptor/smtp[1]: x", dt.datetime(2029, 3, 1, tzinfo=UTC),
+     dt.datetime(2028, 2, 29, 12, tzinfo=UTC)),
+    ("Mar 08 13:02:17.447893 h postfix/smtptor/smtp[1]: x", dt.datetime(2026, 3, 9, tzinfo=UTC),
+     dt.datetime(2026, 3, 8, 13, 2, 17, 447893, tzinfo=UTC)),
+])
+def test_year_of_a_traditional_stamp(line, now, expected):
+    assert parse_syslog_line(line, now.timestamp(), UTC)[0] == expected.timestamp()
+
+
+@pytest.mark.parametrize("line", ["", "  continuation", "Foo 01 01:02:03 h postfix/smtp[1]: x",
+                                  "Dec 01 01:02:58", "Feb 30 01:02:03 h postfix/smtp[1]: x"])
+def test_other_lines_are_skipped(line):
+    assert parse_syslog_line(line, NOW, UTC) is None
+
+
+def test_delivery_fields_of_a_bounced_line():
+    line = sample("postfix/smtptor/smtp", "bounced")
+    stamp, tag, message = parse_syslog_line(line, NOW, UTC)
+    event = parse_delivery(tag, message, stamp, NAMES)
+    assert event.status == "bounced"
+    assert event.recipient.endswith("@bounce.partner.test")
+    assert event.relay.startswith("127.0.0.1[127.0.0.1]:")
+    assert "said: 500 5.3.0" in event.reason and event.reason.endswith("(in reply to RCPT TO command)")
+
+
+def test_tor_down_deferral_reads_like_a_refused_connection():
+    line = next(l for l in MAILLOG if "tordown.partner.test" in l and "status=deferred" in l)
+    event = parse_delivery(*parse_syslog_line(line, NOW, UTC)[1:], 0.0, NAMES)
+    assert event.relay == "none"
+    assert event.reason.endswith(".onion[127.42.42.0]:25: Connection refused")
+
+
+@pytest.mark.parametrize("program", ["postfix/smtp", "postfix/error", "postfix/virtual"])
+def test_other_transports_are_not_onion_deliveries(program):
+    line = next(l for l in MAILLOG if f" {program}[" in l and "status=" in l)
+    parts = parse_syslog_line(line, NOW, UTC)
+    assert parse_delivery(parts[1], parts[2], parts[0], NAMES) is None
+
+
+def test_non_delivery_lines_of_the_transport_are_skipped():
+    line = next(l for l in MAILLOG if " postfix/smtptor/smtp[" in l and "status=" not in l)
+    parts = parse_syslog_line(line, NOW, UTC)
+    assert parse_delivery(parts[1], parts[2], parts[0], NAMES) is None
+
+
+def test_recorded_maillog_counts():
+    events = maillog_events(MAILLOG, NAMES, NOW, tz=UTC)
+    view = summarize(events, 3600, NOW, "maillog")
+    assert (view.sent, view.bounced) == (2, 2)
+    expected_deferred = sum(1 for l in MAILLOG if " postfix/smtptor/smtp[" in l and "status=deferred" in l)
+    assert view.deferred == expected_deferred > 0
+    assert not any(e.recipient.endswith("@clear.example") for e in events)
+    assert not any(e.reason.startswith("delivery temporarily suspended") for e in events)
+    assert view.last_sent.recipient in {"bob@sent.partner.test", "ivan@sent.partner.test"}
+    assert view.last_failed.status == "deferred"
+    # mail to the dead partners kept failing after the last success
+    assert view.failing_since is not None and view.failing_since >= view.last_sent.timestamp
+
+
+def test_recorded_journal_counts_match_the_same_scenario():
+    events = journal_events(JOURNAL, NAMES)
+    view = summarize(events, 3600, max(e.timestamp for e in events) + 1, "journal")
+    assert (view.sent, view.bounced) == (2, 2)
+    expected_deferred = sum(1 for l in JOURNAL if '"SYSLOG_IDENTIFIER":"postfix/smtptor/smtp"' in l
+                            and "status=deferred" in l)
+    assert view.deferred == expected_deferred > 0
+    assert any('"SYSLOG_IDENTIFIER":"postfix/error"' in l and "status=deferred" in l for l in JOURNAL)
+    assert not any(e.reason.startswith("delivery temporarily suspended") for e in events)
+    assert {e.recipient for e in events if e.status == "sent"} == {"bob@sent.partner.test", "ivan@sent.partner.test"}
+
+
+def test_journal_record_fields():
+    record = next(l for l in JOURNAL if "status=sent" in l and "smtptor" in l)
+    stamp, tag, message = parse_journal_record(record)
+    assert tag == "postfix/smtptor/smtp"
+    assert stamp == int(json.loads(record)["__REALTIME_TIMESTAMP"]) / 1e6
+    assert "status=sent" in message
+
+
+def test_journal_message_as_byte_array_is_decoded():
+    # journalctl -o json prints a MESSAGE that is not valid UTF-8 as an array of byte values
+    text = "ABC: to=<x@y.test>, relay=none, delay=1, dsn=4.4.1, status=deferred (bad \xff byte)"
+    raw = list(text.encode("latin-1"))
+    record = json.dumps({"__REALTIME_TIMESTAMP": "1796086978000000", "SYSLOG_IDENTIFIER": "postfix/smtptor/smtp",
+                         "MESSAGE": raw})
+    event = journal_events([record], NAMES)[0]
+    assert event.status == "deferred" and event.reason.startswith("bad ")
+
+
+@pytest.mark.parametrize("record", ["not json", "{}", '{"MESSAGE": "x", "SYSLOG_IDENTIFIER": "y"}',
+                                    '{"__REALTIME_TIMESTAMP": "1", "SYSLOG_IDENTIFIER": "y", "MESSAGE": 5}'])
+def test_unusable_journal_records_are_skipped(record):
+    assert parse_journal_record(record) is None
+
+
+def test_window_excludes_older_events():
+    events = maillog_events(MAILLOG, NAMES, NOW, tz=UTC)
+    first = min(e.timestamp for e in events)
+    view = summarize(events, NOW - first - 1, NOW, "maillog")     # the first second falls out
+    assert view.sent + view.deferred + view.bounced < len(events)
+    assert maillog_events(MAILLOG, NAMES, NOW, since=NOW + 1, tz=UTC) == []
+
+
+def _event(t: float, status: str) -> DeliveryEvent:
+    return DeliveryEvent(t, status, "Q", "r@p.test", "none", "why")
+
+
+@pytest.mark.parametrize("statuses,failing_since", [
+    ([], None),
+    (["sent"], None),
+    (["deferred", "sent"], None),                       # recovered
+    (["sent", "deferred", "deferred"], 2.0),            # failing since the first deferral after the success
+    (["deferred", "deferred"], 1.0),                    # nothing sent in the window
+    (["sent", "bounced"], None),                        # a bounce is the partner's answer: delivery works
+    (["sent", "bounced", "deferred"], 3.0),
+])
+def test_failing_since(statuses, failing_since):
+    view = summarize([_event(float(i + 1), s) for i, s in enumerate(statuses)], 100, 10, "t")
+    assert view.failing_since == failing_since
+
+
+def test_missing_maillog_is_a_clear_error(tmp_path):
+    with pytest.raises(HealthSourceError, match="cannot read the mail log"):
+        read_maillog(tmp_path / "nope", NAMES, 60)
+
+
+def test_read_maillog_reads_the_file(tmp_path):
+    path = tmp_path / "maillog"
+    path.write_text("\n".join(MAILLOG) + "\n")
+    view = read_maillog(path, NAMES, 3600, NOW, tz=UTC)
+    assert (view.sent, view.bounced, view.source) == (2, 2, str(path))
