@@ -103,9 +103,47 @@ def configure_logging(level: str, *, fmt: str = "%(asctime)s onion-gateway[%(pro
     """The one logging setup: a stderr handler at *level* (``debug``/``info``/``warning``/``error``).
 
     stem logs every control command at DEBUG and closed sockets at INFO: it is shown only at ``debug``.
+    When stderr is the journal (systemd.exec(5) ``$JOURNAL_STREAM``), each line carries its syslog
+    priority as sd-daemon(3) prefixes it (``<4>`` warning) and no timestamp or pid of its own (journald
+    records both), so ``journalctl -p warning -u onion-gateway`` shows the warnings.
     """
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=fmt)
+    if stderr_is_journal():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+        logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    else:
+        logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=fmt)
     logging.getLogger("stem").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is connected to journald: ``$JOURNAL_STREAM`` is ``DEVICE:INODE`` of stderr.
+
+    systemd.exec(5): the variable is inherited by children whose stderr may be elsewhere, so the device
+    and inode are compared with stderr's own.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix every line of a record with its syslog priority, ``<3>`` error ... ``<7>`` debug (sd-daemon(3)).
+
+    A multi-line record (a traceback) becomes one journal entry per line, each with the priority.
+    """
+
+    PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        """:returns: the formatted record, every line prefixed with ``<N>``."""
+        priority = next((p for level, p in sorted(self.PRIORITY.items(), reverse=True) if record.levelno >= level), 7)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
 def log_level_option(default: str):
