@@ -20,17 +20,17 @@ import enum
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onion_gateway import postfix
 from onion_gateway.audit.discover import MasterService
+from onion_gateway.audit.tables import (CLIENT_ADDRESS, Action, Unreadable, address_in_list,
+                                        classify_answer, client_answer, loopback_is_interface, table_entries)
 from onion_gateway.postfix_syntax import parse_restrictions, split_list
 
 log = logging.getLogger(__name__)
 
-CLIENT_ADDRESS = "127.0.0.1"       # where Tor connects from to a loopback target (and for unix: targets)
-CLIENT_NAME = "localhost"          # what Postfix names that client
 
 #: Parameters read for every audited smtpd (their effective values go into the report).
 PARAMETERS = (
@@ -41,6 +41,8 @@ PARAMETERS = (
     "relay_domains", "mydestination", "virtual_mailbox_domains", "virtual_alias_domains",
     "allow_untrusted_routing", "resolve_dequoted_address", "soft_bounce", "smtpd_sasl_auth_enable",
     "myhostname", "mydomain", "myorigin", "queue_directory", "syslog_name", "smtpd_restriction_classes",
+    "smtpd_tls_CAfile", "smtpd_tls_CApath", "smtpd_tls_ask_ccert", "relay_clientcerts", "smtpd_tls_security_level",
+    "smtpd_upstream_proxy_protocol",
 )
 MAX_CLASS_DEPTH = 10
 
@@ -49,7 +51,6 @@ EARLY_LISTS = ("smtpd_client_restrictions", "smtpd_helo_restrictions", "smtpd_se
 ACCESS_CHECKS = re.compile(r"^check_\w+_access$|^check_\w+_(mx|ns|a)_access$")
 ALWAYS_REJECT = {"reject", "defer", "reject_all", "defer_all"}
 REJECT_FOREIGN = ALWAYS_REJECT | {"reject_unauth_destination", "defer_unauth_destination"}
-PERMIT_ACTIONS = re.compile(r"^(ok|relay|permit\w*|\d+)$", re.IGNORECASE)
 
 
 class Severity(enum.Enum):
@@ -81,6 +82,7 @@ class Check(enum.Enum):
     ALL_INTERFACES = "all_interfaces"
     NO_REJECT = "no_unauth_destination"
     NO_SERVICE = "no_service"
+    TLS_CLIENTCERT = "tls_client_certificate"
 
 
 @dataclass(frozen=True)
@@ -168,84 +170,6 @@ def effective_policy(config_dir: Path | None, service: MasterService,
     return EffectivePolicy(service.label, settings, config_dir, client_address)
 
 
-def address_in_list(address: str, name: str, value: str, config_dir: Path | None = None) -> bool | None:
-    """Does a Postfix address match list (mynetworks, *_authorized_*_hosts) contain *address*?
-
-    Handles CIDR and plain addresses (``[::1]/128`` too), ``!`` negation, ``localhost``-style names
-    matched against the client name ``localhost``, and ``type:table`` entries via ``postmap -q``.
-    A ``/file/name`` entry is read as more list items.
-
-    :returns: ``True``/``False``, or ``None`` if an entry cannot be evaluated.
-    """
-    ip = ipaddress.ip_address(address)
-    unknown = False
-    for raw in split_list(value):
-        negate = raw.startswith("!")
-        item = raw[1:] if negate else raw
-        hit: bool | None
-        if item.startswith("/"):
-            try:
-                hit = address_in_list(address, name, Path(item).read_text().replace("\n", " "), config_dir)
-            except OSError:
-                hit = None
-        elif re.match(r"^[a-z0-9]+:", item) and not _looks_like_ip(item):
-            code, out, err = postfix.postmap_query(address, item, config_dir)
-            if code != 0 and "fatal" not in err:
-                code, out, err = postfix.postmap_query(_client_name(address), item, config_dir)
-            if "fatal" in err:             # unreadable table or query error: cannot tell
-                hit = None
-            else:
-                hit = code == 0 and not out.strip().upper().startswith(("REJECT", "DUNNO"))
-        else:
-            hit = _ip_matches(ip, item, _client_name(address))
-        if hit is None:
-            unknown = True
-            continue
-        if hit:
-            return not negate
-    return None if unknown else False
-
-
-def _looks_like_ip(item: str) -> bool:
-    try:
-        ipaddress.ip_network(item.strip("[]").replace("]/", "/"), strict=False)
-        return True
-    except ValueError:
-        return item.startswith("[")
-
-
-def _client_name(address: str) -> str:
-    return CLIENT_NAME if ipaddress.ip_address(address).is_loopback else address
-
-
-def _ip_matches(ip, item: str, client_name: str) -> bool | None:
-    text = item.replace("[", "").replace("]", "")
-    try:
-        return ip in ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        pass
-    if re.match(r"^[\w.-]+$", text):                 # a host or domain name: matched against the client name
-        return text.lower() == client_name.lower()
-    return None
-
-
-def loopback_is_interface(inet_interfaces: str, client_address: str = CLIENT_ADDRESS) -> bool:
-    """True if ``permit_inet_interfaces`` matches the client: ``all``; for a loopback client also
-    ``loopback-only``, ``localhost`` and 127/8 addresses; else the client's own address."""
-    loopback = ipaddress.ip_address(client_address).is_loopback
-    for item in inet_interfaces.replace(",", " ").split():
-        item = item.strip("[]").lower()
-        if item == "all" or loopback and item in ("loopback-only", "localhost"):
-            return True
-        try:
-            ip = ipaddress.ip_address(item)
-        except ValueError:
-            continue
-        if (ip.is_loopback if loopback else str(ip) == client_address):
-            return True
-    return False
-
-
 class Step(enum.Enum):
     """What one restriction does to a foreign recipient from the Tor client."""
 
@@ -258,13 +182,19 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one restriction-list step does to a relay attempt: the step, the check it trips, and why."""
+    """What one restriction-list step does to a relay attempt: the step, the check it trips, and why.
+
+    :param inline: a restriction list the step evaluates in place (an access table's answer), or ``""``.
+    :param keys: for an attacker-keyed access table, the keys whose answer may permit (probes try them).
+    """
 
     step: Step
     check: Check | None = None
     why: str = ""
     value: str = ""
     source_params: tuple[str, ...] = ()
+    inline: str = ""
+    keys: tuple[str, ...] = ()
 
 
 def classify_restriction(policy: EffectivePolicy, list_name: str, name: str, arg: str | None) -> StepResult:
@@ -308,76 +238,97 @@ def classify_restriction(policy: EffectivePolicy, list_name: str, name: str, arg
         return StepResult(Step.UNKNOWN, Check.POLICY_SERVICE,
                           "check_policy_service may answer OK before the relay check",
                           f"check_policy_service {arg}", (list_name,))
+    if name in ("permit_tls_all_clientcerts", "permit_tls_clientcerts"):
+        return tls_client_step(policy, list_name, name)
     if ACCESS_CHECKS.match(name) and arg:
         return _access_table(policy, list_name, name, arg)
     return StepResult(Step.NEXT)
 
 
+CLIENT_TABLE_CHECKS = ("check_client_access", "check_client_a_access", "check_reverse_client_name_access")
+
+
 def _access_table(policy: EffectivePolicy, list_name: str, name: str, table: str) -> StepResult:
-    entries = table_entries(table, policy.config_dir)
+    """An access(5) check: a table keyed by the Tor client is asked with ``postmap -q`` (its answer is the
+    step, a restriction-list answer is walked in place); a table keyed by what the attacker sends (HELO,
+    sender, recipient, their MX/NS/A) may permit if any entry permits."""
     where = f"{name} {table}"
+    if name in CLIENT_TABLE_CHECKS:
+        # the key is the Tor client itself, which nobody chooses: it permits everyone or no one
+        try:
+            answer = client_answer(table, policy.client_address, policy.config_dir)
+        except Unreadable as exc:
+            return StepResult(Step.UNKNOWN, Check.ACCESS_MAP_OPAQUE,
+                              f"{name} table cannot be read; it may return OK before the relay check",
+                              f"{where}: {exc}", (list_name,))
+        if answer is None or answer.action is Action.NEXT:
+            return StepResult(Step.NEXT)
+        if answer.action is Action.REJECT:
+            return StepResult(Step.REJECT)
+        found = f"{where}: {_matching_entry(table, answer.key, policy.config_dir)} {answer.text} " \
+                f"(looked up as {answer.key})"
+        if answer.action is Action.RESTRICTIONS:
+            return StepResult(Step.NEXT, Check.ACCESS_MAP_OK, f"{name} answers {answer.text!r} for the Tor client",
+                              found, (list_name,), inline=answer.text)
+        return StepResult(Step.PERMIT, Check.ACCESS_MAP_OK,
+                          f"{name} answers {answer.text!r} for the Tor client ({answer.key})", found, (list_name,))
+    entries = table_entries(table, policy.config_dir)
     if entries is None:
         return StepResult(Step.UNKNOWN, Check.ACCESS_MAP_OPAQUE,
                           f"{name} table cannot be listed; it may return OK before the relay check",
                           where, (list_name,))
-    permits = [f"{k} {v}" for k, v in entries if PERMIT_ACTIONS.match(v.split()[0] if v.split() else "")]
+    permits = [f"{k} {v}" for k, v in entries if _answer_may_permit(policy, list_name, v)]
     if not permits:
         return StepResult(Step.NEXT)
-    step = Step.MAY_PERMIT                 # helo, sender, recipient, MX/NS/A: the attacker chooses the key
-    if name in ("check_client_access", "check_client_a_access", "check_reverse_client_name_access"):
-        # the key is the Tor client itself, which nobody chooses: it permits everyone or no one
-        if not any(_client_key_matches(k.split()[0], policy.client_address) for k in permits):
-            return StepResult(Step.NEXT)
-        step = Step.PERMIT
-    elif name == "check_ccert_access":     # needs a client certificate the attacker cannot present here
-        return StepResult(Step.NEXT)
-    return StepResult(step, Check.ACCESS_MAP_OK,
+    if name == "check_ccert_access":      # needs a client certificate the server's CA signed
+        return StepResult(Step.MAY_PERMIT, Check.TLS_CLIENTCERT,
+                          f"{name} permits clients by their TLS certificate", f"{where}: " + "; ".join(permits[:5]),
+                          (list_name,))
+    # helo, sender, recipient, MX/NS/A: the attacker chooses the key
+    return StepResult(Step.MAY_PERMIT, Check.ACCESS_MAP_OK,
                       f"{name} can answer OK before the relay check",
-                      f"{where}: " + "; ".join(permits[:5]), (list_name,))
+                      f"{where}: " + "; ".join(permits[:5]), (list_name,), keys=tuple(k for k, v in entries
+                      if _answer_may_permit(policy, list_name, v)))
 
 
-def _client_key_matches(key: str, client_address: str) -> bool:
-    """Does a check_client_access key (address, prefix, CIDR in cidr tables, name) match the client?"""
-    key = key.lower().strip("[]")
-    if key == _client_name(client_address).lower() or key == "*":
-        return True
-    try:
-        return ipaddress.ip_address(client_address) in ipaddress.ip_network(key, strict=False)
-    except ValueError:
-        pass
-    octets = client_address.split(".")
-    return key in {".".join(octets[:n]) for n in range(1, 5)}
-
-
-def table_entries(table: str, config_dir: Path | None = None) -> list[tuple[str, str]] | None:
-    """The ``(key, action)`` pairs of an access table, or ``None`` if it cannot be read.
-
-    Indexed tables are listed with ``postmap -s``; regexp/pcre/cidr/texthash files are read directly
-    (pattern, then action); ``static:VALUE`` is one entry matching everything.
-    """
-    kind, _, name = table.partition(":")
-    kind = kind.lower()
-    if kind == "static":
-        return [("*", name.strip("{} "))]
-    if kind in ("regexp", "pcre", "cidr", "texthash"):
+def _matching_entry(table: str, key: str, config_dir: Path | None) -> str:
+    """The table line a found *key* matched, for the report: a cidr table's network, else the key."""
+    if table.partition(":")[0].lower() != "cidr":
+        return key
+    for entry, _ in table_entries(table, config_dir) or []:
         try:
-            text = Path(name).read_text()
-        except OSError:
-            return None
-        entries = []
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or line.lower().startswith(("if ", "endif")):
-                continue
-            if kind in ("regexp", "pcre") and line[0] in "/!":
-                match = re.match(r"^(!?/.*?/\w*)\s+(.*)$", line)
-                if match:
-                    entries.append((match.group(1), match.group(2)))
-                continue
-            key, action = (line.split(None, 1) + [""])[:2]
-            entries.append((key, action.strip()))
-        return entries
-    return postfix.postmap_dump(table, config_dir)
+            if ipaddress.ip_address(key) in ipaddress.ip_network(entry.strip("[]").replace("]/", "/"), strict=False):
+                return entry
+        except ValueError:
+            continue
+    return key
+
+
+def _answer_may_permit(policy: EffectivePolicy, list_name: str, text: str) -> bool:
+    action = classify_answer(text)
+    if action is Action.RESTRICTIONS:
+        outcome, met = _walk(policy, list_name, text, depth=1)
+        return outcome is Step.PERMIT or bool(met)
+    return action is Action.PERMIT
+
+
+def tls_client_step(policy: EffectivePolicy, list_name: str, name: str) -> StepResult:
+    """``permit_tls_all_clientcerts`` / ``permit_tls_clientcerts`` (postconf(5)): a client that presents a
+    certificate the server verifies (signed by ``smtpd_tls_CAfile``/``smtpd_tls_CApath``; for the second,
+    also listed in ``relay_clientcerts``) relays. Nothing in Tor stops a client from presenting one."""
+    sources = (list_name, "smtpd_tls_CAfile", "smtpd_tls_CApath", "smtpd_tls_ask_ccert")
+    detail = (f"smtpd_tls_CAfile = {policy.value('smtpd_tls_CAfile')}; "
+              f"smtpd_tls_ask_ccert = {policy.value('smtpd_tls_ask_ccert')}")
+    if name == "permit_tls_clientcerts":
+        certs = policy.value("relay_clientcerts")
+        if not certs:
+            return StepResult(Step.NEXT)
+        return StepResult(Step.MAY_PERMIT, Check.TLS_CLIENTCERT,
+                          "permit_tls_clientcerts: a client presenting a certificate listed in relay_clientcerts "
+                          "relays", f"relay_clientcerts = {certs}; {detail}", (*sources, "relay_clientcerts"))
+    return StepResult(Step.MAY_PERMIT, Check.TLS_CLIENTCERT,
+                      "permit_tls_all_clientcerts: any client presenting a certificate signed by the CA in "
+                      "smtpd_tls_CAfile relays", detail, sources)
 
 
 def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str = "") -> list[Finding]:
@@ -472,6 +423,13 @@ def _walk(policy: EffectivePolicy, list_name: str, value: str | None = None,
                 continue
             return outcome, met
         result = classify_restriction(policy, list_name, name, arg)
+        if result.inline and depth < MAX_CLASS_DEPTH:     # an access table answered with restrictions
+            outcome, inner = _walk(policy, list_name, result.inline, depth + 1)
+            met += [replace(r, check=result.check, why=f"{result.why}: {r.why}", value=f"{result.value}; {r.value}")
+                    for r in inner]
+            if outcome is Step.NEXT:
+                continue
+            return outcome, met
         if result.step is Step.REJECT:
             return Step.REJECT, met
         if result.step is Step.PERMIT:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from onion_gateway.audit.policy import (Check, EffectivePolicy, Setting, Severity, address_in_list, analyse,
-                                        loopback_is_interface)
+from onion_gateway.audit.policy import Check, EffectivePolicy, Setting, Severity, analyse
+from onion_gateway.audit.tables import address_in_list, loopback_is_interface
 from onion_gateway.audit.probe import ProbeResult, ProbeSpec, Reply, Verdict
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
 from onion_gateway.postfix_syntax import parse_restrictions, split_list
