@@ -37,28 +37,37 @@ EXIT_USAGE = 64
 @click.option("--helo", default="localhost", show_default=True, help="EHLO name the probes send.")
 @click.option("--timeout", "timeout_seconds", type=float, default=30.0, show_default=True, metavar="SECONDS",
               help="Per-command timeout.")
+@click.option("--client-cert", type=click.Path(dir_okay=False, exists=True), metavar="PEM",
+              help="Present this TLS client certificate after STARTTLS (proves a permit_tls_*clientcerts relay).")
+@click.option("--client-key", type=click.Path(dir_okay=False, exists=True), metavar="PEM",
+              help="The client certificate's private key (default: inside --client-cert).")
 @click.option("--static-only", is_flag=True, help="Analyse the configuration only; no live probes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, test_domain, control_recipient,
-                  own_onion, helo, timeout_seconds, static_only, as_json, log_level) -> None:
+                  own_onion, helo, timeout_seconds, client_cert, client_key, static_only, as_json,
+                  log_level) -> None:
     """Prove the onion-facing Postfix listener cannot relay (static policy analysis + live probes).
 
     Exit 0 safe, 1 open relay confirmed, 2 risky configuration not exploitable now, 3 inconclusive,
     64 usage error, 69 target unreachable.
     """
-    from onion_gateway.audit import (DEFAULT_TEST_DOMAIN, AuditOptions, audit_listener, audit_setup, audit_torrc,
-                                     overall_exit_code, read_setup_state, setup_record, to_json, to_text)
+    from onion_gateway.audit import (DEFAULT_TEST_DOMAIN, AuditOptions, ClientCertificate, audit_listener,
+                                     audit_setup, audit_torrc, overall_exit_code, read_setup_state, setup_record,
+                                     to_json, to_text)
     from onion_gateway.errors import OnionGatewayError
 
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
                         format="onion-gateway[%(process)d] %(levelname)s %(name)s: %(message)s")
     if sum(map(bool, (listeners, torrc, state_dir, config_file))) > 1:
         _usage("give one of --listener, --torrc, --state-dir, --config")
+    if client_key and not client_cert:
+        _usage("--client-key needs --client-cert")
     options = AuditOptions(config_dir=postfix_config_dir, test_domain=test_domain or DEFAULT_TEST_DOMAIN,
                            control_recipient=control_recipient, own_onion=own_onion, helo=helo,
-                           timeout_seconds=timeout_seconds, probe=not static_only)
+                           timeout_seconds=timeout_seconds, probe=not static_only,
+                           client_cert=ClientCertificate(client_cert, client_key) if client_cert else None)
     try:
         if listeners:
             reports = [audit_listener(item, options) for item in listeners]

@@ -9,6 +9,10 @@
    +- PostfixError           postconf/postmap/postfix failed or disagreed
    +- TorError               the Tor control port failed or refused
    +- SetupError             setup refused to start, or failed and restored what it had changed
+   +- AuditError             the relay audit could not do part of its work
+       +- Unreachable        a listener could not be connected to or greeted
+       |   +- GreetingRefused  ... it answered with a non-220 greeting
+       +- TableUnreadable    postmap could not query a lookup table
 
 Each layer translates foreign errors (OSError, dnspython, stem) into one of these at its boundary,
 so that the CLI can turn any of them into a message and an exit code.
@@ -44,3 +48,26 @@ class SetupError(OnionGatewayError):
 
     The message says which step failed and what to do about it.
     """
+
+
+class AuditError(OnionGatewayError):
+    """The relay audit could not do part of its work (``onion-gateway audit-open-relay``)."""
+
+
+class Unreachable(AuditError):
+    """A listener could not be connected to or greeted; the message names the listener and the cause."""
+
+
+class GreetingRefused(Unreachable):
+    """The listener answered, but with a non-220 greeting (e.g. ``554 5.7.1`` for every client).
+
+    :param reply: the greeting (an :class:`onion_gateway.audit.probe.Reply`).
+    """
+
+    def __init__(self, message: str, reply) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class TableUnreadable(AuditError):
+    """A Postfix lookup table could not be queried (``postmap -q`` reported a fatal or query error)."""

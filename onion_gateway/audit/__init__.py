@@ -24,16 +24,18 @@ from pathlib import Path
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress
 from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
-                                          parse_torrc, read_master, read_setup_state)
-from onion_gateway.audit.policy import Check, EffectivePolicy, Finding, Severity, analyse, effective_policy
-from onion_gateway.audit.probe import ProbeContext, Unreachable, expected_client_address, run_probes
+                                          find_listeners, parse_torrc, read_master, read_setup_state)
+from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
+                                        sender_keys, uses_proxy_protocol)
+from onion_gateway.audit.probe import (TOR_PROXY_SOURCE, ClientCertificate, ProbeContext, ProxyHeader,
+                                       expected_client_address, run_probes)
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
-from onion_gateway.errors import PostfixError
+from onion_gateway.errors import PostfixError, Unreachable
 from onion_gateway.postfix_syntax import split_list
 from onion_gateway.config import load_config_file
 from onion_gateway.setup_config import setup_settings
 
-__all__ = ["AuditOptions", "AuditReport", "ListenAddress", "Outcome", "SetupRecord", "analyse_listener",
+__all__ = ["AuditOptions", "AuditReport", "ClientCertificate", "ListenAddress", "Outcome", "SetupRecord", "analyse_listener",
            "audit_listener", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
            "overall_exit_code", "to_json", "to_text"]
 
@@ -54,6 +56,8 @@ class AuditOptions:
     :param helo: EHLO name the probes use.
     :param timeout_seconds: per-command socket timeout.
     :param probe: run the live probes (``False``: static analysis only, outcome at best INCONCLUSIVE).
+    :param client_cert: a TLS client certificate the probes present after STARTTLS (proves a
+        ``permit_tls_*clientcerts`` relay), or ``None``.
     """
 
     config_dir: Path | None = None
@@ -63,6 +67,11 @@ class AuditOptions:
     helo: str = "localhost"
     timeout_seconds: float = 30.0
     probe: bool = True
+    client_cert: ClientCertificate | None = None
+
+
+#: Catalogue rounds when several services share the listener's address (each probe on a fresh connection).
+SHARED_LISTENER_ROUNDS = 4
 
 
 def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditOptions(),
@@ -90,6 +99,12 @@ def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditO
         own_onion=own_onion,
         xclient_addr=_xclient_address(policy),
         xclient_login=bool(policy and policy.value("smtpd_sasl_auth_enable").lower() == "yes"),
+        sender_keys=tuple(sender_keys(policy, options.test_domain)) if policy else (),
+        proxy=ProxyHeader(destination_port=onion_port.virtual_port if onion_port else 25)
+        if policy and uses_proxy_protocol(policy) else None,
+        proxy_forge_addr=_trusted_address(policy) if policy and uses_proxy_protocol(policy) else None,
+        client_cert=options.client_cert,
+        rounds=SHARED_LISTENER_ROUNDS if len(report.listener.get("services", [])) > 1 else 1,
     )
     if not options.probe:
         report.probed = False
@@ -100,6 +115,8 @@ def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditO
         report.error = str(exc)
         return report
     report.client_address = run.client_address
+    if run.helo and run.helo != options.helo:
+        report.listener["helo"] = f"{run.helo} (HELO {options.helo} was refused)"
     report.control = run.control
     report.probes = run.probes
     log.info("audit %s: %s", endpoint, report.outcome.name)
@@ -198,24 +215,46 @@ def _pass_name(config_dir: Path | None):
 
 
 def _policy_for(endpoint: ListenAddress, config_dir: Path | None, report: AuditReport) -> EffectivePolicy | None:
+    """Analyse every smtpd that can receive a connection on *endpoint* (several services may share one
+    port); ``report.policy`` becomes the one with the most critical findings."""
     services = read_master(config_dir)
     globals_ = _globals(config_dir)
-    match = find_listener(services, endpoint, inet_interfaces=globals_["inet_interfaces"],
-                          queue_directory=globals_["queue_directory"],
-                          pass_service_name=_pass_name(config_dir))
-    if match is None:
+    matches = find_listeners(services, endpoint, inet_interfaces=globals_["inet_interfaces"],
+                             queue_directory=globals_["queue_directory"],
+                             pass_service_name=_pass_name(config_dir))
+    if not matches:
         report.findings.append(Finding(Severity.WARNING, Check.NO_SERVICE,
                                        "no smtpd or postscreen service of this Postfix listens here: "
                                        "policy not analysed", str(endpoint),
                                        f"master.cf in {config_dir or 'the default configuration directory'}"))
         return None
+    analysed = []
+    for match in matches:
+        policy = effective_policy(config_dir, match.smtpd, expected_client_address(endpoint))
+        if uses_proxy_protocol(policy):        # Postfix sees the address in the PROXY header, not the socket's
+            policy.client_address = TOR_PROXY_SOURCE
+        findings = analyse(policy, all_interfaces=match.all_interfaces, bound=match.bound_addresses)
+        if len(matches) > 1:
+            findings = [replace(f, source=f"{match.smtpd.label}: {f.source}") for f in findings]
+        analysed.append((match, policy, findings))
+    match, policy, _ = max(analysed, key=lambda item: sum(f.severity is Severity.CRITICAL for f in item[2]))
     report.listener.update(service=match.service.label, command=match.service.command,
                            bound=match.bound_addresses)
     if match.smtpd is not match.service:
         report.listener["via"] = f"postscreen -> {match.smtpd.label}"
-    policy = effective_policy(config_dir, match.smtpd, expected_client_address(endpoint))
     report.policy = policy
-    report.findings[:0] = analyse(policy, all_interfaces=match.all_interfaces, bound=match.bound_addresses)
+    found = [f for _, _, findings in analysed for f in findings]
+    if len(matches) > 1:
+        labels = [m.service.label for m, _, _ in analysed]
+        report.listener["services"] = labels
+        open_ = any(f.severity is Severity.CRITICAL for f in found)
+        found.insert(0, Finding(Severity.CRITICAL if open_ else Severity.WARNING, Check.SHARED_LISTENER,
+                                f"{len(matches)} master.cf services accept connections on {endpoint}: the kernel "
+                                "hands each connection to any of them"
+                                + (", and one of them may relay" if open_ else ""),
+                                ", ".join(labels), "master.cf"))
+    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    report.findings[:0] = sorted(found, key=lambda f: order[f.severity])
     return policy
 
 
@@ -239,6 +278,18 @@ def _control_recipient(policy: EffectivePolicy) -> str | None:
         return None
     candidates.sort(key=lambda d: (d == "localhost" or d.startswith("localhost."), d.endswith(".onion")))
     return f"postmaster@{candidates[0]}"
+
+
+def _trusted_address(policy: EffectivePolicy) -> str | None:
+    """An address inside mynetworks to claim in a forged PROXY header (loopback included), or ``None``."""
+    for item in split_list(policy.value("mynetworks")):
+        try:
+            network = ipaddress.ip_network(item.replace("[", "").replace("]", ""), strict=False)
+        except ValueError:
+            continue
+        hosts = network.hosts() if network.num_addresses > 2 else iter([network.network_address])
+        return str(next(hosts, network.network_address))
+    return None
 
 
 def _xclient_address(policy: EffectivePolicy | None) -> str:

@@ -279,7 +279,20 @@ class ListenerMatch:
 def find_listener(services: list[MasterService], endpoint: ListenAddress, *, inet_interfaces: str,
                   queue_directory: str,
                   pass_service_name: Callable[[MasterService], str] | None = None) -> ListenerMatch | None:
-    """Find the smtpd or postscreen service that accepts connections on *endpoint*.
+    """The first of :func:`find_listeners`, or ``None``."""
+    matches = find_listeners(services, endpoint, inet_interfaces=inet_interfaces, queue_directory=queue_directory,
+                             pass_service_name=pass_service_name)
+    return matches[0] if matches else None
+
+
+def find_listeners(services: list[MasterService], endpoint: ListenAddress, *, inet_interfaces: str,
+                   queue_directory: str,
+                   pass_service_name: Callable[[MasterService], str] | None = None) -> list[ListenerMatch]:
+    """Every smtpd or postscreen service that accepts connections on *endpoint*, in master.cf order.
+
+    Two inet services can bind the same address and port (``127.0.0.1:2525`` and a host-less ``2525``
+    with ``inet_interfaces = 127.0.0.1``): master(8) sets SO_REUSEPORT and the kernel hands each
+    connection to either of them, so each one can receive a Tor client.
 
     :param services: from :func:`read_master`.
     :param endpoint: the HiddenServicePort target or ``--listener``.
@@ -287,8 +300,10 @@ def find_listener(services: list[MasterService], endpoint: ListenAddress, *, ine
     :param queue_directory: expanded ``queue_directory`` (where unix services live).
     :param pass_service_name: ``(postscreen service) -> its effective smtpd_service_name``; default
         ``smtpd`` for every postscreen.
-    :returns: the match, or ``None`` when no smtpd/postscreen service listens there.
+    :returns: the matches; empty when no smtpd/postscreen service listens there. A postscreen whose
+        ``pass`` service is missing is logged and left out.
     """
+    matches: list[ListenerMatch] = []
     for service in services:
         if service.program not in SMTPD_PROGRAMS:
             continue
@@ -313,9 +328,9 @@ def find_listener(services: list[MasterService], endpoint: ListenAddress, *, ine
             smtpd = next((s for s in services if s.type == "pass" and s.name == name), None)
             if smtpd is None:
                 log.warning("postscreen %s hands off to %s/pass, which master.cf lacks", service.label, name)
-                return None
-        return ListenerMatch(service, smtpd, everywhere, bound)
-    return None
+                continue
+        matches.append(ListenerMatch(service, smtpd, everywhere, bound))
+    return matches
 
 
 def _inet_matches(name: str, endpoint: ListenAddress, inet_interfaces: str) -> tuple[str, bool] | None:

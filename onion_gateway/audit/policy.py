@@ -25,8 +25,9 @@ from pathlib import Path
 
 from onion_gateway import postfix
 from onion_gateway.audit.discover import MasterService
-from onion_gateway.audit.tables import (CLIENT_ADDRESS, Action, Unreadable, address_in_list,
+from onion_gateway.audit.tables import (CLIENT_ADDRESS, Action, address_in_list,
                                         classify_answer, client_answer, loopback_is_interface, table_entries)
+from onion_gateway.errors import TableUnreadable
 from onion_gateway.postfix_syntax import parse_restrictions, split_list
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class Check(enum.Enum):
     NO_REJECT = "no_unauth_destination"
     NO_SERVICE = "no_service"
     TLS_CLIENTCERT = "tls_client_certificate"
+    SHARED_LISTENER = "shared_listener"
+    PROXY_FORGEABLE = "proxy_header_forgeable"
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,7 @@ def _access_table(policy: EffectivePolicy, list_name: str, name: str, table: str
         # the key is the Tor client itself, which nobody chooses: it permits everyone or no one
         try:
             answer = client_answer(table, policy.client_address, policy.config_dir)
-        except Unreadable as exc:
+        except TableUnreadable as exc:
             return StepResult(Step.UNKNOWN, Check.ACCESS_MAP_OPAQUE,
                               f"{name} table cannot be read; it may return OK before the relay check",
                               f"{where}: {exc}", (list_name,))
@@ -383,6 +386,52 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
     return sorted(findings, key=lambda f: order[f.severity])
 
 
+def uses_proxy_protocol(policy: EffectivePolicy) -> bool:
+    """True if the smtpd expects a PROXY v1 header first (``smtpd_upstream_proxy_protocol = haproxy``)."""
+    setting = policy.settings.get("smtpd_upstream_proxy_protocol")
+    return setting is not None and setting.value.lower() == "haproxy"
+
+
+def sender_keys(policy: EffectivePolicy, test_domain: str) -> list[str]:
+    """Sender addresses that a ``check_sender_access`` table in the relay path may permit (access(5)
+    "EMAIL ADDRESS PATTERNS"): ``user@domain`` as is, ``domain`` -> ``audit@domain``, ``.domain`` ->
+    ``audit@sub.domain``, ``user@`` -> ``user@<test_domain>``. Pattern keys (regexp, pcre) are skipped.
+
+    :returns: addresses without brackets, in table order, at most 10.
+    """
+    keys: list[str] = []
+    for list_name in (*RELAY_LISTS, *EARLY_LISTS):
+        for name, arg in _all_restrictions(policy, policy.value(list_name) if list_name in policy.settings else ""):
+            if name != "check_sender_access" or not arg:
+                continue
+            result = classify_restriction(policy, list_name, name, arg)
+            for key in result.keys:
+                if key.startswith(("/", "!")) or key == "*":
+                    continue
+                if key.endswith("@"):
+                    address = f"{key}{test_domain}"
+                elif "@" in key:
+                    address = key
+                else:
+                    address = f"audit@sub{key}" if key.startswith(".") else f"audit@{key}"
+                if address not in keys:
+                    keys.append(address)
+    return keys[:10]
+
+
+def _all_restrictions(policy: EffectivePolicy, value: str, depth: int = 0) -> list[tuple[str, str | None]]:
+    """A restriction list with restriction classes expanded in place."""
+    classes = set(split_list(policy.value("smtpd_restriction_classes"))) \
+        if "smtpd_restriction_classes" in policy.settings else set()
+    out = []
+    for name, arg in parse_restrictions(value):
+        if name in classes and name in policy.settings and depth < MAX_CLASS_DEPTH:
+            out += _all_restrictions(policy, policy.value(name), depth + 1)
+        else:
+            out.append((name, arg))
+    return out
+
+
 def _always_rejects(policy: EffectivePolicy, list_name: str) -> bool:
     """True if *list_name* (client/helo/sender) rejects every client before anything may permit
     (``smtpd_client_restrictions = reject``): then no recipient at all gets through."""
@@ -477,6 +526,16 @@ def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
     if _level(policy.value("compatibility_level")) < (3, 6):
         add(Severity.INFO, Check.COMPATIBILITY,
             "compatibility_level below 3.6: backwards-compatible defaults are in effect", "compatibility_level")
+    proxy = policy.settings.get("smtpd_upstream_proxy_protocol")
+    if proxy is not None and proxy.value.lower() == "haproxy":
+        if policy.value("mynetworks"):
+            add(Severity.CRITICAL, Check.PROXY_FORGEABLE,
+                "smtpd_upstream_proxy_protocol = haproxy with a non-empty mynetworks: any local process can send "
+                "a PROXY header claiming an address in mynetworks", "mynetworks")
+        else:
+            add(Severity.INFO, Check.PROXY_FORGEABLE,
+                "smtpd_upstream_proxy_protocol = haproxy: any local process can forge the PROXY header and pose "
+                "as any address; mynetworks is empty, so no address is trusted", "smtpd_upstream_proxy_protocol")
     if policy.value("soft_bounce").lower() == "yes":
         add(Severity.WARNING, Check.SOFT_BOUNCE,
             "soft_bounce = yes: every reject becomes a temporary 4xx reply", "soft_bounce")

@@ -37,10 +37,12 @@ import logging
 import re
 import smtplib
 import socket
+import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from onion_gateway.address import ListenAddress
+from onion_gateway.errors import GreetingRefused, Unreachable
 from onion_gateway.onion import onion_from_public_key
 
 log = logging.getLogger(__name__)
@@ -123,12 +125,15 @@ class ProbeSpec:
     :param mail_from: the MAIL FROM argument, brackets included (``"<a@b>"``).
     :param rcpt_to: the RCPT TO arguments in order; the verdict is taken from the last one.
     :param xclient: XCLIENT attributes to send first (``"ADDR=192.0.2.1"``), or ``None``.
+    :param proxy_source: on a PROXY listener, the client address to claim in the header (a fresh
+        connection), or ``None`` for the context's header.
     """
 
     name: str
     mail_from: str
     rcpt_to: tuple[str, ...]
     xclient: str | None = None
+    proxy_source: str | None = None
 
 
 @dataclass
@@ -163,6 +168,13 @@ class ProbeContext:
     :param own_onion: the service's own onion address, if known.
     :param xclient_addr: address to claim with XCLIENT (one inside mynetworks if any).
     :param xclient_login: also send ``LOGIN=`` (SASL is enabled).
+    :param sender_keys: sender addresses an access table may permit (``check_sender_access``): each
+        is tried as MAIL FROM.
+    :param proxy: the PROXY header every connection starts with, or ``None`` (plain listener).
+    :param proxy_forge_addr: on a PROXY listener, a trusted (mynetworks) address to claim, or ``None``.
+    :param client_cert: a TLS client certificate to present after STARTTLS, or ``None``.
+    :param rounds: how many times to run the catalogue, each probe on a fresh connection when more than
+        one (several services share the listener's port: the kernel spreads connections among them).
     """
 
     test_domain: str
@@ -172,6 +184,11 @@ class ProbeContext:
     own_onion: str | None = None
     xclient_addr: str = "127.0.0.1"
     xclient_login: bool = False
+    sender_keys: tuple[str, ...] = ()
+    proxy: "ProxyHeader | None" = None
+    proxy_forge_addr: str | None = None
+    client_cert: "ClientCertificate | None" = None
+    rounds: int = 1
 
 
 def other_onion() -> str:
@@ -202,6 +219,8 @@ def catalogue(ctx: ProbeContext) -> list[ProbeSpec]:
         add("postmaster_sender", f"<postmaster@{ctx.own_domain}>", plain)
     if ctx.own_onion:
         add("own_onion_sender", f"<audit@{ctx.own_onion}>", plain)
+    for i, sender in enumerate(ctx.sender_keys):
+        add(f"table_sender_{i + 1}", f"<{sender}>", plain)
     add("unqualified_sender", "<audit>", plain)
     add("ip_literal_sender", "<audit@[127.0.0.1]>", plain)
     add("bang_path_sender", f"<{d}!audit>", plain)
@@ -235,76 +254,142 @@ def xclient_spec(ctx: ProbeContext) -> ProbeSpec:
     return ProbeSpec("xclient", f"<audit@{ctx.test_domain}>", (f"<relay-test@{ctx.test_domain}>",), attrs)
 
 
-class Unreachable(Exception):
-    """The listener could not be connected to or greeted (internal to the audit package)."""
+#: The PROXY v1 header Tor sends with ``HiddenServiceExportCircuitID haproxy`` (tor(1)): the circuit id is
+#: encoded in the low 32 bits of an address in fc00:dead:beef:4dad::/64. Postfix sees that address.
+TOR_PROXY_NETWORK = "fc00:dead:beef:4dad::/64"
+TOR_PROXY_SOURCE = "fc00:dead:beef:4dad::1"
 
 
-class GreetingRefused(Unreachable):
-    """The listener answered, but with a non-220 greeting (e.g. ``554 5.7.1`` for every client)."""
+@dataclass(frozen=True)
+class ProxyHeader:
+    """A PROXY protocol v1 header (haproxy proxy-protocol.txt §2.1), sent before the SMTP greeting.
 
-    def __init__(self, message: str, reply: "Reply"):
-        super().__init__(message)
-        self.reply = reply
+    Wire example (what Tor sends for circuit 1 to virtual port 25)::
+
+        PROXY TCP6 fc00:dead:beef:4dad::1 ::1 12345 25\r\n
+    """
+
+    source: str = TOR_PROXY_SOURCE
+    destination: str = "::1"
+    source_port: int = 12345
+    destination_port: int = 25
+
+    def encode(self) -> bytes:
+        """The header line as bytes (``TCP6`` when the source is IPv6, else ``TCP4``)."""
+        family = "TCP6" if ":" in self.source else "TCP4"
+        destination = self.destination if (":" in self.destination) == (family == "TCP6") else \
+            ("::1" if family == "TCP6" else "127.0.0.1")
+        return (f"PROXY {family} {self.source} {destination} {self.source_port} "
+                f"{self.destination_port}\r\n").encode("ascii")
 
 
-class _UnixSMTP(smtplib.SMTP):
-    """smtplib over a unix-domain socket (Tor's ``unix:`` HiddenServicePort targets)."""
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A TLS client certificate the probes present after STARTTLS (``--client-cert``/``--client-key``).
 
-    def __init__(self, path: str, **kwargs):
-        self._path = path
+    :param cert_file: PEM certificate (chain) path.
+    :param key_file: PEM private key path (``None``: the key is in *cert_file*).
+    """
+
+    cert_file: str
+    key_file: str | None = None
+
+
+def open_connection(address: ListenAddress, timeout_seconds: float, proxy: ProxyHeader | None = None) -> socket.socket:
+    """Open one connection to a listener the way Tor does: the one place the audit connects.
+
+    :param address: TCP (from 127.0.0.1 when the listener is on IPv4 loopback) or unix socket.
+    :param timeout_seconds: connect and read timeout.
+    :param proxy: a PROXY v1 header to send first (listeners with ``smtpd_upstream_proxy_protocol = haproxy``).
+    :returns: the connected socket; the SMTP greeting is still unread.
+    :raises OSError: if the connection fails.
+    """
+    if address.is_unix:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout_seconds)
+        try:
+            sock.connect(address.path)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        source = ("127.0.0.1", 0) if _is_loopback(address.host) and ":" not in address.host else None
+        sock = socket.create_connection((address.host, address.port), timeout_seconds, source_address=source)
+    if proxy is not None:
+        sock.sendall(proxy.encode())
+    return sock
+
+
+class _ListenerSMTP(smtplib.SMTP):
+    """smtplib over :func:`open_connection` (unix sockets and PROXY headers included)."""
+
+    def __init__(self, address: ListenAddress, proxy: ProxyHeader | None, **kwargs):
+        self._address = address
+        self._proxy = proxy
         super().__init__(**kwargs)
 
     def _get_socket(self, host, port, timeout):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(self._path)
-        return sock
+        return open_connection(self._address, timeout, self._proxy)
 
 
 @dataclass
 class Session:
-    """One SMTP connection to the listener; counts error replies so the runner can reconnect early."""
+    """One SMTP connection to the listener; counts error replies so the runner can reconnect early.
+
+    :param proxy: PROXY header to send first, or ``None``.
+    :param client_cert: present this certificate after STARTTLS, or ``None`` (no TLS).
+    """
 
     endpoint: ListenAddress
     helo: str
     timeout_seconds: float
+    proxy: ProxyHeader | None = None
+    client_cert: ClientCertificate | None = None
     client: smtplib.SMTP | None = None
     errors: int = 0
     extensions: dict = field(default_factory=dict)
     client_address: str = ""
 
     def open(self) -> None:
-        """Connect and EHLO.
+        """Connect (with the PROXY header if any), EHLO, and STARTTLS with the client certificate if any.
 
         :raises Unreachable: on a connection error or a greeting other than 220.
         """
         try:
-            if self.endpoint.is_unix:
-                self.client = _UnixSMTP(self.endpoint.path, local_hostname=self.helo, timeout=self.timeout_seconds)
-                code, banner = self.client.connect("localhost")
-                if code != 220:
-                    raise GreetingRefused(f"greeting {code}", Reply.from_smtplib(code, banner))
+            self.client = _ListenerSMTP(self.endpoint, self.proxy, local_hostname=self.helo,
+                                        timeout=self.timeout_seconds)
+            code, banner = self.client.connect(self.endpoint.host or "localhost", self.endpoint.port or 0)
+            if code != 220:
+                raise GreetingRefused(f"greeting {code}", Reply.from_smtplib(code, banner))
+            if self.proxy is not None:
+                self.client_address = f"{self.proxy.source} (PROXY header)"
+            elif self.endpoint.is_unix:
                 self.client_address = "127.0.0.1 (unix socket)"
             else:
-                source = ("127.0.0.1", 0) if _is_loopback(self.endpoint.host) and ":" not in self.endpoint.host \
-                    else None
-                self.client = smtplib.SMTP(local_hostname=self.helo, timeout=self.timeout_seconds,
-                                           source_address=source)
-                code, banner = self.client.connect(self.endpoint.host, self.endpoint.port)
-                if code != 220:
-                    raise GreetingRefused(f"greeting {code}", Reply.from_smtplib(code, banner))
                 self.client_address = self.client.sock.getsockname()[0]
             code, _ = self.client.ehlo()
             if code != 250:
                 code, _ = self.client.helo()
+            if self.client_cert is not None:
+                self._starttls()
             self.extensions = dict(self.client.esmtp_features)
         except Unreachable:
             self.close()
             raise
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
             self.close()
             raise Unreachable(f"{self.endpoint}: {exc}") from exc
         self.errors = 0
+
+    def _starttls(self) -> None:
+        if not self.client.has_extn("starttls"):
+            raise Unreachable(f"{self.endpoint}: STARTTLS not offered, cannot present the client certificate")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE          # the audit judges the server's policy, not its certificate
+        context.load_cert_chain(self.client_cert.cert_file, self.client_cert.key_file)
+        self.client.starttls(context=context)
+        self.client.ehlo()
 
     def command(self, verb: str, args: str = "") -> Reply:
         """Send one command and read its reply (``docmd``: the argument goes out verbatim)."""
@@ -359,33 +444,55 @@ def _is_loopback(host: str | None) -> bool:
 
 @dataclass
 class ProbeRun:
-    """Everything the live part produced."""
+    """Everything the live part produced.
+
+    :param helo: the HELO name the probes finally used (a second one when the first was refused).
+    """
 
     client_address: str
     control: ProbeResult | None
     probes: list[ProbeResult]
     xclient_offered: bool = False
+    helo: str = ""
 
 
 def run_probes(endpoint: ListenAddress, ctx: ProbeContext, *, helo: str = "localhost",
                timeout_seconds: float = 30.0) -> ProbeRun:
     """Connect like Tor does and run the control and the catalogue.
 
+    When the control recipient is refused because of the HELO name (``Helo command rejected``), the
+    whole run is repeated once with :func:`second_helo`: a HELO check proves nothing about relaying.
+
     :param endpoint: the listener (TCP connections come from 127.0.0.1 when it is on loopback).
-    :param ctx: what the catalogue is built from.
+    :param ctx: what the catalogue is built from (PROXY header, client certificate, rounds included).
     :param helo: the EHLO name to send.
     :param timeout_seconds: per-command socket timeout.
     :returns: the :class:`ProbeRun`.
     :raises Unreachable: if the first connection fails. A non-220 greeting is not raised: it comes
         back as a failed control with no probes (inconclusive).
     """
-    session = Session(endpoint, helo, timeout_seconds)
+    run = _run(endpoint, ctx, helo, timeout_seconds)
+    refused = run.control is not None and run.control.reply is not None and run.control.reply.code >= 400
+    if refused and "helo command rejected" in run.control.reply.text.lower():
+        log.info("%s refuses HELO %s; probing again with HELO %s", endpoint, helo, second_helo(ctx))
+        run = _run(endpoint, ctx, second_helo(ctx), timeout_seconds)
+    return run
+
+
+def second_helo(ctx: ProbeContext) -> str:
+    """The HELO name tried when the first is refused: a fully qualified name under the test domain."""
+    return f"probe.{ctx.test_domain}"
+
+
+def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds: float) -> ProbeRun:
+    session = Session(endpoint, helo, timeout_seconds, ctx.proxy, ctx.client_cert)
     try:
         session.open()
     except GreetingRefused as exc:            # reachable, but refuses everyone: proves nothing
         spec = ProbeSpec("greeting", "", ())
         return ProbeRun(expected_client_address(endpoint),
-                        ProbeResult(spec, Verdict.INCONCLUSIVE, "connect", exc.reply, "greeting refused"), [])
+                        ProbeResult(spec, Verdict.INCONCLUSIVE, "connect", exc.reply, "greeting refused"), [],
+                        helo=helo)
     client_address = session.client_address
     xclient_offered = "xclient" in session.extensions
     control = None
@@ -395,24 +502,39 @@ def run_probes(endpoint: ListenAddress, ctx: ProbeContext, *, helo: str = "local
                                                   (f"<{ctx.control_recipient}>",)))
         results = []
         lost = ""
-        specs = catalogue(ctx) + [xclient_spec(ctx)]
-        for spec in specs:
-            if spec.xclient and not xclient_offered:
-                results.append(ProbeResult(spec, Verdict.SKIPPED, note="XCLIENT not offered in EHLO"))
-                continue
-            if not lost and (spec.xclient or session.errors >= ERRORS_PER_CONNECTION or session.client is None):
-                session.close()
-                try:
-                    session.open()
-                except Unreachable as exc:         # the server went away mid-run: the rest is unknown
-                    lost = f"could not reconnect: {exc}"
-            if lost:
-                results.append(ProbeResult(spec, Verdict.INCONCLUSIVE, "connection", note=lost))
-                continue
-            results.append(_run_one(session, spec))
+        specs = catalogue(ctx) + [xclient_spec(ctx)] + proxy_specs(ctx)
+        for round_ in range(max(1, ctx.rounds)):
+            for spec in specs:
+                if round_:
+                    spec = replace(spec, name=f"{spec.name}#{round_ + 1}")
+                if spec.xclient and not xclient_offered:
+                    results.append(ProbeResult(spec, Verdict.SKIPPED, note="XCLIENT not offered in EHLO"))
+                    continue
+                fresh = spec.xclient or spec.proxy_source or ctx.rounds > 1 or session.proxy is not ctx.proxy
+                if not lost and (fresh or session.errors >= ERRORS_PER_CONNECTION or session.client is None):
+                    session.close()
+                    session.proxy = replace(ctx.proxy, source=spec.proxy_source) if spec.proxy_source \
+                        else ctx.proxy
+                    try:
+                        session.open()
+                    except Unreachable as exc:         # the server went away mid-run: the rest is unknown
+                        lost = f"could not reconnect: {exc}"
+                if lost:
+                    results.append(ProbeResult(spec, Verdict.INCONCLUSIVE, "connection", note=lost))
+                    continue
+                results.append(_run_one(session, spec))
     finally:
         session.close()
-    return ProbeRun(client_address, control, results, xclient_offered)
+    return ProbeRun(client_address, control, results, xclient_offered, helo)
+
+
+def proxy_specs(ctx: ProbeContext) -> list[ProbeSpec]:
+    """On a PROXY-protocol listener: a probe whose PROXY header claims a trusted address (one in
+    mynetworks), as any local process can; empty when there is no such address to claim."""
+    if ctx.proxy is None or not ctx.proxy_forge_addr:
+        return []
+    return [ProbeSpec("proxy_forged_trusted", f"<audit@{ctx.test_domain}>",
+                      (f"<relay-test@{ctx.test_domain}>",), proxy_source=ctx.proxy_forge_addr)]
 
 
 def _run_one(session: Session, spec: ProbeSpec) -> ProbeResult:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onion_gateway import postfix
+from onion_gateway.errors import TableUnreadable
 from onion_gateway.postfix_syntax import split_list
 
 CLIENT_ADDRESS = "127.0.0.1"       # where Tor connects from to a loopback target (and for unix: targets)
@@ -64,10 +65,6 @@ class Answer:
     action: Action
 
 
-class Unreadable(Exception):
-    """A table could not be queried (``postmap`` reported a fatal or query error)."""
-
-
 def client_name(address: str) -> str:
     """The client name smtpd logs and matches for *address*: ``localhost`` for loopback, else the address
     itself (the audit never does reverse DNS)."""
@@ -99,12 +96,12 @@ def query(table: str, keys: list[str], config_dir: Path | None = None) -> Answer
     :param table: ``type:name``.
     :param keys: lookup keys, most specific first.
     :returns: the :class:`Answer`, or ``None`` if no key is found.
-    :raises Unreadable: if postmap cannot read the table.
+    :raises TableUnreadable: if postmap cannot read the table.
     """
     for key in keys:
         code, out, err = postfix.postmap_query(key, table, config_dir)
         if "fatal:" in err or "query error" in err or "lookup error" in err:
-            raise Unreadable(f"{table}: {err.strip().splitlines()[-1] if err.strip() else 'query error'}")
+            raise TableUnreadable(f"{table}: {err.strip().splitlines()[-1] if err.strip() else 'query error'}")
         if code == 0:
             text = out.strip().splitlines()[0] if out.strip() else ""
             return Answer(key, text, classify_answer(text))
@@ -135,7 +132,7 @@ def client_keys(table: str, address: str) -> list[str]:
 def client_answer(table: str, address: str, config_dir: Path | None = None) -> Answer | None:
     """What a ``check_client_access`` *table* answers for the client at *address* (see :func:`client_keys`).
 
-    :raises Unreadable: if postmap cannot read the table.
+    :raises TableUnreadable: if postmap cannot read the table.
     """
     return query(table, client_keys(table, address), config_dir)
 
@@ -164,7 +161,7 @@ def address_in_list(address: str, name: str, value: str, config_dir: Path | None
         elif re.match(r"^[a-z0-9]+:", item) and not _looks_like_ip(item):
             try:
                 answer = query(item, [address, client_name(address)], config_dir)
-            except Unreadable:
+            except TableUnreadable:
                 hit = None
             else:
                 hit = answer is not None and not answer.text.upper().startswith(("REJECT", "DUNNO"))
