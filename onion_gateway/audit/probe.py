@@ -388,6 +388,7 @@ class Session:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE          # the audit judges the server's policy, not its certificate
         context.load_cert_chain(self.client_cert.cert_file, self.client_cert.key_file)
+        self.client._host = self.endpoint.host or "localhost"      # smtplib's SNI name (set only by __init__)
         self.client.starttls(context=context)
         self.client.ehlo()
 

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from onion_gateway.audit import AuditOptions, audit_listener
+from onion_gateway.audit import AuditOptions, ClientCertificate, audit_listener
 from onion_gateway.audit.policy import Check, Severity
 from onion_gateway.audit.probe import Verdict, other_onion
 from tests.conftest import require
 from tests.support.netns import Namespace
 from tests.support.postfix import PostfixInstance, new_instance
 from tests.support.procs import free_port, port_accepts, public_tempdir, tail, wait_for
+from tests.support.tlsca import make_test_ca
 
 pytestmark = pytest.mark.integration
 
@@ -402,3 +403,242 @@ def test_unresolvable_test_domain_is_inconclusive_never_denied(dns_lab):
     assert probe["verdict"] == "inconclusive"
     assert report["exit_code"] == 3
     assert_never_data_never_queued(dns_lab[0])
+
+
+# --- issue 13: no open relay missed, no false alarm --------------------------------------------------
+#
+# One more instance (inet_protocols = all, so smtpd accepts Tor's IPv6 PROXY header), one listener per
+# case. Every case is also tried by swaks, which stops after RCPT: the listener really relays, or not.
+
+def _issue13_listeners(etc: Path, tls: Path) -> dict[str, str]:
+    tls_opts = (f"-o smtpd_tls_security_level=may -o smtpd_tls_cert_file={tls}/server.pem "
+                f"-o smtpd_tls_key_file={tls}/server.key -o smtpd_tls_CAfile={tls}/ca.pem "
+                "-o smtpd_tls_ask_ccert=yes -o mynetworks=")
+    return {
+        "tls_all": (f"-o syslog_name=postfix/tlsall {tls_opts} "
+                    "-o smtpd_relay_restrictions=permit_tls_all_clientcerts,reject_unauth_destination"),
+        "tls_listed": (f"-o syslog_name=postfix/tlslisted {tls_opts} -o relay_clientcerts=texthash:{etc}/relay_certs "
+                       "-o smtpd_relay_restrictions=permit_tls_clientcerts,reject_unauth_destination"),
+        "client_regexp": ("-o syslog_name=postfix/cregexp -o mynetworks= "
+                          f"-o smtpd_relay_restrictions=check_client_access,regexp:{etc}/clients.regexp,"
+                          "reject_unauth_destination"),
+        "client_pcre": ("-o syslog_name=postfix/cpcre -o mynetworks= "
+                        f"-o smtpd_relay_restrictions=check_client_access,pcre:{etc}/clients.pcre,"
+                        "reject_unauth_destination"),
+        "client_class": ("-o syslog_name=postfix/cclass -o mynetworks= -o smtpd_restriction_classes=trusted "
+                         "-o trusted=permit "
+                         f"-o smtpd_relay_restrictions=check_client_access,texthash:{etc}/clients.class,"
+                         "reject_unauth_destination"),
+        "client_list": ("-o syslog_name=postfix/clist -o mynetworks= "
+                        f"-o smtpd_relay_restrictions=check_client_access,texthash:{etc}/clients.list,"
+                        "reject_unauth_destination"),
+        "sender_partner": ("-o syslog_name=postfix/partner -o mynetworks= "
+                           f"-o smtpd_relay_restrictions=check_sender_access,texthash:{etc}/partner_senders,"
+                           "reject_unauth_destination"),
+        # main.cf's mynetworks = 127.0.0.0/8 stays; the client table refuses loopback first
+        "client_reject": ("-o syslog_name=postfix/creject "
+                          "-o smtpd_relay_restrictions=permit_auth_destination,"
+                          f"check_client_access,cidr:{etc}/tor_clients.cidr,permit_mynetworks,"
+                          "reject_unauth_destination"),
+        "helo_localhost": f"{HARDENED.replace('postfix/onion', 'postfix/helo')} "
+                          f"-o smtpd_helo_restrictions=check_helo_access,texthash:{etc}/helo_access",
+        "proxy": f"{HARDENED.replace('postfix/onion', 'postfix/proxy')} -o smtpd_upstream_proxy_protocol=haproxy",
+        "proxy_trusting": ("-o syslog_name=postfix/proxytrust -o smtpd_upstream_proxy_protocol=haproxy "
+                           "-o mynetworks=127.0.0.0/8 "
+                           "-o smtpd_relay_restrictions=permit_mynetworks,reject_unauth_destination"),
+    }
+
+
+TABLES = {
+    "clients.regexp": "/^127\\./ OK\n",
+    "clients.pcre": "/^localhost$/ OK\n",
+    "clients.class": "127.0.0.1 trusted\n",
+    "clients.list": "127.0.0.1 permit_auth_destination, permit\n",
+    "partner_senders": "partner.example OK\n",
+    "tor_clients.cidr": "127.0.0.0/8 REJECT onion clients may not relay\n",
+    "helo_access": "localhost REJECT\n",
+}
+
+
+class Lab13(Lab):
+    """The issue-13 instance: ``ports`` per listener, ``shared`` the port two services share, ``ca`` the CA."""
+
+    def __init__(self, pf, ports, shared, ca):
+        super().__init__(pf, ports)
+        self.shared = shared
+        self.ca = ca
+
+    def audit(self, name: str, **options):
+        port = self.shared if name == "shared" else self.ports[name]
+        options.setdefault("test_domain", TEST_DOMAIN)
+        return audit_listener(f"127.0.0.1:{port}", AuditOptions(config_dir=self.pf.config_dir, **options))
+
+    def swaks(self, name: str, *args: str, sender: str = "audit@relay-target.example",
+              helo: str = "client.lab.test") -> subprocess.CompletedProcess:
+        """One swaks session that stops after RCPT TO a foreign recipient (never DATA)."""
+        port = self.shared if name == "shared" else self.ports[name]
+        return subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--from", sender,
+                               "--to", f"relay-test@{TEST_DOMAIN}", "--helo", helo, "--quit-after", "RCPT",
+                               "--timeout", "20", *args], capture_output=True, text=True, timeout=60)
+
+
+def relayed(done: subprocess.CompletedProcess) -> bool:
+    """swaks got a 2xx reply to RCPT TO the foreign recipient (exit 0 after --quit-after RCPT)."""
+    assert "RCPT TO:<relay-test@" in done.stdout, done.stdout + done.stderr
+    assert not re.search(r"^ ?[~-]> (DATA|BDAT)", done.stdout, re.M)
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def lab13():
+    require("postfix", "postconf", "postmap", "postqueue", "swaks", "openssl")
+    root = public_tempdir("og-audit13-")
+    tls = root / "tls"
+    tls.mkdir()
+    ca = make_test_ca(tls)
+    listeners = _issue13_listeners(root / "etc", tls)
+    ports = {name: free_port() for name in listeners}
+    shared = free_port()
+    extra = "".join(f"127.0.0.1:{ports[n]} inet n - n - - smtpd\n  {o}\n" for n, o in listeners.items())
+    # the same port twice: hardened on 127.0.0.1, and host-less (inet_interfaces) with main.cf's open policy
+    extra += (f"127.0.0.1:{shared} inet n - n - - smtpd\n  {HARDENED.replace('postfix/onion', 'postfix/shard')}\n"
+              f"{shared} inet n - n - - smtpd\n  -o syslog_name=postfix/hostless\n"
+              "tlsmgr unix - - n 1000? 1 tlsmgr\n")
+    pf = PostfixInstance(root=root, hostname="i13.lab.test", master_extra=extra,
+                         main_extra={**NO_FLOW_DELAY, "inet_protocols": "all"})
+    pf.write()
+    for name, text in TABLES.items():
+        (pf.config_dir / name).write_text(text)
+    (pf.config_dir / "relay_certs").write_text(f"{ca.fingerprint('client')} audit-client\n")
+    pf.start()
+    for port in [*ports.values(), shared]:
+        wait_for(lambda: port_accepts(port), 10, f"listener {port}", lambda: tail(pf.maillog))
+    yield Lab13(pf, ports, shared, ca)
+    pf.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _client_cert(lab13) -> ClientCertificate:
+    return ClientCertificate(str(lab13.ca.cert("client")), str(lab13.ca.key("client")))
+
+
+@pytest.mark.parametrize("name", ["tls_all", "tls_listed"])
+def test_tls_client_certificate_relay_is_flagged_and_proved(lab13, name):
+    static = lab13.audit(name)
+    assert static.exit_code == 2, static.reasons                   # no certificate given: never SAFE
+    finding = next(f for f in static.critical if f.check is Check.TLS_CLIENTCERT)
+    assert "permit_tls" in finding.title and "smtpd_tls_CAfile" in finding.value
+    proved = lab13.audit(name, client_cert=_client_cert(lab13))
+    assert proved.exit_code == 1, proved.reasons
+    assert "third_party_sender" in {p.spec.name for p in proved.accepted}
+    assert not relayed(lab13.swaks(name, "--tls"))
+    assert relayed(lab13.swaks(name, "--tls", "--tls-cert", str(lab13.ca.cert("client")),
+                               "--tls-key", str(lab13.ca.key("client"))))
+    assert_never_data_never_queued(lab13.pf)
+
+
+def test_cli_presents_the_client_certificate(lab13):
+    done = subprocess.run([*CLI, "--postfix-config-dir", str(lab13.pf.config_dir), "--test-domain", TEST_DOMAIN,
+                           "--listener", f"127.0.0.1:{lab13.ports['tls_all']}",
+                           "--client-cert", str(lab13.ca.cert("client")),
+                           "--client-key", str(lab13.ca.key("client"))], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "permit_tls_all_clientcerts: any client presenting a certificate" in done.stdout
+
+
+def test_two_services_on_one_port_are_both_analysed(lab13):
+    report = lab13.audit("shared")
+    assert report.exit_code == 1, report.reasons
+    assert len(report.listener["services"]) == 2
+    shared = next(f for f in report.findings if f.check is Check.SHARED_LISTENER)
+    assert shared.severity is Severity.CRITICAL and "may relay" in shared.title
+    mynet = next(f for f in report.critical if f.check is Check.MYNETWORKS_LOOPBACK)
+    assert mynet.source.startswith(f"{lab13.shared}/inet: ")       # the host-less service is the open one
+    assert report.accepted
+    sessions = [relayed(lab13.swaks("shared")) for _ in range(16)]
+    assert True in sessions and False in sessions                   # swaks meets both services
+    assert_never_data_never_queued(lab13.pf)
+
+
+@pytest.mark.parametrize("name, answer", [
+    ("client_regexp", "OK"), ("client_pcre", "OK"), ("client_class", "trusted"),
+    ("client_list", "permit_auth_destination, permit"),
+])
+def test_client_table_patterns_and_restriction_answers_are_resolved(lab13, name, answer):
+    done = subprocess.run([*CLI, "--postfix-config-dir", str(lab13.pf.config_dir), "--static-only", "--json",
+                           "--listener", f"127.0.0.1:{lab13.ports[name]}"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr          # a finding, not "cannot tell"
+    [static] = json.loads(done.stdout)["reports"]
+    finding = next(f for f in static["findings"] if f["check"] == "access_map_ok")
+    assert finding["severity"] == "critical" and answer in finding["value"]
+    report = lab13.audit(name)
+    assert report.exit_code == 1, report.reasons
+    assert relayed(lab13.swaks(name))
+    assert_never_data_never_queued(lab13.pf)
+
+
+def test_sender_table_keys_are_probed(lab13):
+    report = lab13.audit("sender_partner")
+    assert report.exit_code == 1, report.reasons
+    [probe] = report.accepted
+    assert (probe.spec.name, probe.spec.mail_from) == ("table_sender_1", "<audit@partner.example>")
+    finding = next(f for f in report.critical if f.check is Check.ACCESS_MAP_OK)
+    assert "partner.example OK" in finding.value
+    assert relayed(lab13.swaks("sender_partner", sender="someone@partner.example"))
+    assert not relayed(lab13.swaks("sender_partner"))
+    assert_never_data_never_queued(lab13.pf)
+
+
+def test_client_table_reject_ahead_of_permit_mynetworks_is_safe(lab13):
+    report = lab13.audit("client_reject")
+    assert report.exit_code == 0, (report.reasons, report.findings)
+    assert not report.findings
+    assert report.control_passed
+    probe = next(p for p in report.probes if p.spec.name == "third_party_sender")
+    assert "onion clients may not relay" in probe.reply.text
+    done = lab13.swaks("client_reject")
+    assert not relayed(done) and "onion clients may not relay" in done.stdout
+    assert_never_data_never_queued(lab13.pf)
+
+
+def test_helo_check_rejecting_localhost_is_probed_with_a_second_helo(lab13):
+    report = lab13.audit("helo_localhost")
+    assert report.exit_code == 0, report.reasons
+    assert report.listener["helo"] == f"probe.{TEST_DOMAIN} (HELO localhost was refused)"
+    probe = next(p for p in report.probes if p.spec.name == "third_party_sender")
+    assert probe.verdict is Verdict.DENIED and "Relay access denied" in probe.reply.text
+    assert "Helo command rejected" in lab13.swaks("helo_localhost", helo="localhost").stdout
+    done = lab13.swaks("helo_localhost", helo=f"probe.{TEST_DOMAIN}")
+    assert not relayed(done) and "Relay access denied" in done.stdout
+    assert_never_data_never_queued(lab13.pf)
+
+
+PROXY_SWAKS = ["--proxy-version", "1", "--proxy-family", "TCP6", "--proxy-source", "fc00:dead:beef:4dad::1",
+               "--proxy-source-port", "12345", "--proxy-dest", "::1", "--proxy-dest-port", "25"]
+
+
+def test_proxy_protocol_listener_is_probed_as_tor_presents_clients(lab13):
+    report = lab13.audit("proxy", timeout_seconds=10)
+    assert report.exit_code == 0, report.reasons
+    assert report.client_address == "fc00:dead:beef:4dad::1 (PROXY header)"
+    assert report.policy.client_address == "fc00:dead:beef:4dad::1"
+    finding = next(f for f in report.findings if f.check is Check.PROXY_FORGEABLE)
+    assert finding.severity is Severity.INFO and "mynetworks is empty" in finding.title
+    assert "connect from unknown[fc00:dead:beef:4dad::1]" in lab13.pf.log_text()
+    done = lab13.swaks("proxy", *PROXY_SWAKS)
+    assert not relayed(done) and "Relay access denied" in done.stdout
+    assert_never_data_never_queued(lab13.pf)
+
+
+def test_proxy_header_forged_by_a_local_process_is_an_open_relay(lab13):
+    report = lab13.audit("proxy_trusting", timeout_seconds=10)
+    assert report.exit_code == 1, report.reasons
+    finding = next(f for f in report.critical if f.check is Check.PROXY_FORGEABLE)
+    assert "mynetworks = 127.0.0.0/8" in finding.value
+    assert [p.spec.name for p in report.accepted] == ["proxy_forged_trusted"]     # Tor's own address is refused
+    assert not relayed(lab13.swaks("proxy_trusting", *PROXY_SWAKS))
+    forged = ["--proxy-version", "1", "--proxy-family", "TCP4", "--proxy-source", "127.0.0.1",
+              "--proxy-source-port", "12345", "--proxy-dest", "127.0.0.1", "--proxy-dest-port", "25"]
+    assert relayed(lab13.swaks("proxy_trusting", *forged))
+    assert_never_data_never_queued(lab13.pf)
