@@ -401,3 +401,45 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
         return OnionServiceState(True, False, f"descriptor not fetched within {timeout_seconds:g} s ({shown})")
     finally:
         controller.close()
+
+
+# --- the relay audit: what Tor itself reads from a torrc ----------------------------------------------------
+
+
+def dump_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: str = "tor") -> list[tuple[str, str]]:
+    """The options Tor reads from *torrc*: ``tor --dump-config short -f TORRC --hush`` (tor(1)).
+
+    Tor expands ``%include`` (files, directories, globs), continuation lines, quoting and comments
+    itself and validates the result; nothing is started, no network is used.
+
+    Wire example (stdout)::
+
+        HiddenServiceDir /var/lib/tor/mail
+        HiddenServicePort 25 127.0.0.1:2525
+
+    :param torrc: the torrc.
+    :param defaults_torrc: the defaults file Tor is started with, or ``None`` for tor's built-in one.
+    :param tor_program: the tor binary.
+    :returns: ``(Keyword, value)`` pairs in Tor's order (options at their default are left out).
+    :raises TorError: if tor is missing, times out or rejects the configuration (with its warnings).
+    """
+    if shutil.which(tor_program) is None:
+        raise TorError(f"{tor_program} not found: is Tor installed?")
+    argv = [tor_program, "--dump-config", "short", "-f", str(torrc), "--hush"]
+    if defaults_torrc is not None:
+        argv += ["--defaults-torrc", str(defaults_torrc)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS,
+                              env={**os.environ, "LC_ALL": "C"})
+    except subprocess.TimeoutExpired as exc:
+        raise TorError(f"{' '.join(argv)} did not finish in {VERIFY_TIMEOUT_SECONDS} s") from exc
+    if done.returncode != 0:
+        complaints = [line for line in (done.stdout + done.stderr).splitlines()
+                      if "[warn]" in line or "[err]" in line]
+        raise TorError(f"tor --dump-config rejected {torrc}: " + (" | ".join(complaints) or done.stderr.strip()))
+    pairs = []
+    for line in done.stdout.splitlines():
+        keyword, _, value = line.strip().partition(" ")
+        if keyword and not keyword.startswith("#"):
+            pairs.append((keyword, value.strip()))
+    return pairs

@@ -24,7 +24,7 @@ from pathlib import Path
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress
 from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
-                                          find_listeners, parse_torrc, read_master, read_setup_state)
+                                          find_listeners, onion_ports, read_master, read_setup_state)
 from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
                                         sender_keys, uses_proxy_protocol)
 from onion_gateway.audit.probe import (TOR_PROXY_SOURCE, ClientCertificate, ProbeContext, ProxyHeader,
@@ -144,7 +144,8 @@ def analyse_listener(endpoint: ListenAddress | str, config_dir: Path | None = No
     if onion_port is not None:
         report.listener.update(source=f"{onion_port.source} HiddenServicePort {onion_port.virtual_port} "
                                       f"{onion_port.target}",
-                               onion=onion_port.onion, virtual_port=onion_port.virtual_port)
+                               onion=onion_port.onion, virtual_port=onion_port.virtual_port,
+                               discovered_by=onion_port.discovered_by)
     _policy_for(endpoint, config_dir, report)
     return report
 
@@ -156,13 +157,13 @@ def audit_torrc(torrc: Path, options: AuditOptions = AuditOptions()) -> list[Aud
     logged): the same onion may also serve a web server.
 
     :returns: one report per Postfix listener; empty if none.
-    :raises ConfigError: if the torrc cannot be read or parsed.
+    :raises ConfigError: if neither Tor (``tor --dump-config``) nor the torrc parser can read the torrc.
     :raises PostfixError: if postconf fails.
     """
     reports = []
     services = read_master(options.config_dir)
     globals_ = _globals(options.config_dir)
-    for port in parse_torrc(torrc):
+    for port in onion_ports(torrc):
         if find_listener(services, port.target, inet_interfaces=globals_["inet_interfaces"],
                          queue_directory=globals_["queue_directory"],
                          pass_service_name=_pass_name(options.config_dir)) is None:

@@ -2,6 +2,9 @@
 
 Sources implemented:
 
+* tor(1) ``--dump-config short``: Tor itself reads the torrc (:func:`onion_ports`); the hand-written
+  reader below (:func:`parse_torrc`) only names the file and line of each port and stands in when Tor
+  cannot answer.
 * tor(1) "HiddenServicePort VIRTPORT [TARGET]": TARGET is ``PORT``, ``ADDR``, ``ADDR:PORT`` or
   ``unix:PATH``; the default target is 127.0.0.1:VIRTPORT, a bare address takes port VIRTPORT.
   The port lines belong to the HiddenServiceDir above them, whose ``hostname`` file holds the onion name.
@@ -41,7 +44,8 @@ from pathlib import Path
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress, torrc_target
 from onion_gateway.address import parse_port as _port
-from onion_gateway.errors import ConfigError
+from onion_gateway import tor
+from onion_gateway.errors import ConfigError, TorError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ class OnionPort:
     :param target: where Tor connects for it.
     :param service_dir: the HiddenServiceDir it belongs to, or ``None``.
     :param onion: the service's address from ``service_dir/hostname`` if readable, else ``None``.
-    :param source: ``file:line`` of the HiddenServicePort line.
+    :param source: ``file:line`` of the HiddenServicePort line (or the torrc, when only Tor could tell).
+    :param discovered_by: ``"tor --dump-config"`` when Tor itself read the torrc, else ``"torrc parser"``.
     """
 
     virtual_port: int
@@ -72,6 +77,44 @@ class OnionPort:
     service_dir: str | None
     onion: str | None
     source: str
+    discovered_by: str = "torrc parser"
+
+
+def onion_ports(torrc: Path, tor_program: str = "tor") -> list[OnionPort]:
+    """Every ``HiddenServicePort`` of a torrc, as Tor itself reads it (``tor --dump-config``, which expands
+    includes, quoting and defaults and validates the file).
+
+    Tor's dump does not say which file a line came from: :func:`parse_torrc` still reads the files for
+    that (``file:line`` in the report), and stands in for Tor when Tor cannot answer (tor not installed,
+    or it refuses to validate the torrc as this user, e.g. a HiddenServiceDir it does not own).
+
+    :param torrc: the torrc.
+    :param tor_program: the tor binary.
+    :returns: the onion ports in Tor's order.
+    :raises ConfigError: if neither Tor nor the parser can read the torrc.
+    """
+    try:
+        lines = tor.dump_config(Path(torrc), tor_program=tor_program)
+    except TorError as exc:
+        log.info("Tor cannot answer for %s (%s): reading it with the torrc parser", torrc, exc)
+        return parse_torrc(Path(torrc))
+    try:
+        sources = {(p.virtual_port, p.target): p.source for p in parse_torrc(Path(torrc))}
+    except ConfigError:
+        sources = {}
+    ports: list[OnionPort] = []
+    service_dir, onion = None, None
+    for keyword, value in lines:
+        if keyword.lower() == "hiddenservicedir":
+            service_dir, onion = value, _read_hostname(value)
+        elif keyword.lower() == "hiddenserviceport":
+            virtual_text, _, target_text = value.partition(" ")
+            virtual = _port(virtual_text)
+            target = torrc_target(target_text, virtual)
+            ports.append(OnionPort(virtual, target, service_dir, onion,
+                                   sources.get((virtual, target), f"{torrc} (tor --dump-config)"),
+                                   "tor --dump-config"))
+    return ports
 
 
 def parse_torrc(path: Path) -> list[OnionPort]:

@@ -233,7 +233,7 @@ def tor_dir():
 
 def _torrc(tor: Path, port_lines: str) -> Path:
     """torrc -> %include torrc.d/ -> 50-mail.conf with a HiddenServiceDir whose hostname file exists."""
-    (tor / "hs").mkdir()
+    (tor / "hs").mkdir(mode=0o700)                   # as Tor demands, so that tor --dump-config answers
     onion = other_onion()
     (tor / "hs" / "hostname").write_text(onion + "\n")
     (tor / "torrc.d").mkdir()
@@ -254,6 +254,7 @@ def test_cli_follows_torrc_include_to_the_hardened_listener(lab, tor_dir):
     assert report["listener"]["virtual_port"] == 25
     assert report["listener"]["onion"] == other_onion()
     assert "50-mail.conf" in report["listener"]["source"]
+    assert report["listener"]["discovered_by"] == "tor --dump-config"
     assert report["effective_policy"]["smtpd_relay_restrictions"]["value"] == "reject_unauth_destination"
     names = {p["name"] for p in report["probes"]}
     assert {"own_onion_sender", "percent_hack_own_onion"} <= names

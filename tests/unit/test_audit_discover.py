@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onion_gateway.address import ListenAddress
-from onion_gateway.audit.discover import MasterService, find_listener, parse_torrc
+from onion_gateway.audit.discover import MasterService, find_listener, onion_ports, parse_torrc
 from onion_gateway.errors import ConfigError
 
 
@@ -214,3 +214,35 @@ def test_config_file_after_setup_ran_uses_the_record(tmp_path):
     config = tmp_path / "og.toml"
     config.write_text('[setup]\nlistener = "127.0.0.1:2600"\nstate_dir = "state"\n')
     assert str(setup_record(config).listener) == "127.0.0.1:2601"
+
+
+def _tor_torrc(tmp_path, hs_mode: int):
+    hs = tmp_path / "hs"
+    hs.mkdir(mode=hs_mode)
+    hs.chmod(hs_mode)
+    (hs / "hostname").write_text("abc.onion\n")
+    (tmp_path / "torrc.d").mkdir()
+    (tmp_path / "torrc.d" / "50.conf").write_text(
+        f"HiddenServiceDir {hs}\nHiddenServicePort 25 127.0.0.1:2526\nHiddenServicePort 26 unix:\"/run/a b/s\"\n")
+    (tmp_path / "torrc").write_text(f"DisableNetwork 1\n%include {tmp_path}/torrc.d\n")
+    return tmp_path / "torrc"
+
+
+def test_onion_ports_are_read_by_tor_itself(tmp_path):
+    from tests.conftest import require
+
+    require("tor")
+    ports = onion_ports(_tor_torrc(tmp_path, 0o700))
+    assert [(p.virtual_port, str(p.target), p.discovered_by) for p in ports] == [
+        (25, "127.0.0.1:2526", "tor --dump-config"), (26, "unix:/run/a b/s", "tor --dump-config")]
+    assert ports[0].onion == "abc.onion"
+    assert ports[0].source == f"{tmp_path}/torrc.d/50.conf:2"          # the file and line, from the parser
+
+
+def test_onion_ports_fall_back_to_the_parser_when_tor_refuses(tmp_path):
+    from tests.conftest import require
+
+    require("tor")
+    ports = onion_ports(_tor_torrc(tmp_path, 0o755))       # tor: "Permissions on directory ... too permissive"
+    assert [p.discovered_by for p in ports] == ["torrc parser"] * 2
+    assert str(ports[1].target) == "unix:/run/a b/s"
