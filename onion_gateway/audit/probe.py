@@ -148,9 +148,9 @@ class ProbeResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        """The probe as JSON-ready ``{name, mail_from, rcpt_to, xclient, stage, code, ...}``."""
+        """The probe as JSON-ready ``{name, mail_from, rcpt_to, xclient, proxy_source, stage, code, ...}``."""
         return {"name": self.spec.name, "mail_from": self.spec.mail_from, "rcpt_to": list(self.spec.rcpt_to),
-                "xclient": self.spec.xclient, "stage": self.stage,
+                "xclient": self.spec.xclient, "proxy_source": self.spec.proxy_source, "stage": self.stage,
                 "code": self.reply.code if self.reply else None,
                 "enhanced_code": self.reply.enhanced if self.reply else None,
                 "text": self.reply.text if self.reply else None,

@@ -157,8 +157,12 @@ def to_text(reports: list[AuditReport]) -> str:
         if listener.get("service"):
             via = f" via {listener['via']}" if listener.get("via") else ""
             lines.append(f"   service  {listener['service']}{via}")
+        if listener.get("services"):
+            lines.append(f"   shared   {', '.join(listener['services'])} (each connection goes to any of them)")
         if report.client_address:
             lines.append(f"   client   {report.client_address}")
+        if listener.get("helo"):
+            lines.append(f"   helo     {listener['helo']}")
         if report.probes:
             counts: dict[str, int] = {}
             for p in report.probes:
@@ -185,6 +189,8 @@ def to_text(reports: list[AuditReport]) -> str:
                 envelope = f"{p.spec.mail_from} -> {' '.join(p.spec.rcpt_to)}"
                 if p.spec.xclient:
                     envelope = f"XCLIENT {p.spec.xclient}; {envelope}"
+                if p.spec.proxy_source:
+                    envelope = f"PROXY from {p.spec.proxy_source}; {envelope}"
                 lines.append(f"   {p.spec.name:{width}}  {p.verdict.value:14}  {_cut(reply, 40):40}  {envelope}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

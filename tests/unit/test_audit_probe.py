@@ -116,3 +116,38 @@ def test_session_refuses_to_send_message_content(verb):
 
     with pytest.raises(ValueError, match="never sends message content"):
         Session(ListenAddress(host="127.0.0.1", port=25), "localhost", 1.0).command(verb)
+
+
+def test_proxy_header_is_what_tor_sends():
+    from onion_gateway.audit.probe import ProxyHeader
+
+    assert ProxyHeader().encode() == b"PROXY TCP6 fc00:dead:beef:4dad::1 ::1 12345 25\r\n"
+    # a forged IPv4 source gets an IPv4 destination: Postfix refuses mixed families
+    assert ProxyHeader(source="127.0.0.1").encode() == b"PROXY TCP4 127.0.0.1 127.0.0.1 12345 25\r\n"
+
+
+def test_sender_table_keys_become_probes_and_the_forged_proxy_probe_needs_a_header():
+    from onion_gateway.audit.probe import ProxyHeader, proxy_specs
+
+    ctx = ProbeContext("example.com", None, None, "mx.lab.test", sender_keys=("audit@partner.example",))
+    spec = next(s for s in catalogue(ctx) if s.name == "table_sender_1")
+    assert (spec.mail_from, spec.rcpt_to) == ("<audit@partner.example>", ("<relay-test@example.com>",))
+    assert proxy_specs(ctx) == []
+    assert proxy_specs(ProbeContext("example.com", None, None, "h", proxy=ProxyHeader())) == []   # nothing trusted
+    [forged] = proxy_specs(ProbeContext("example.com", None, None, "h", proxy=ProxyHeader(),
+                                        proxy_forge_addr="127.0.0.1"))
+    assert forged.proxy_source == "127.0.0.1"
+
+
+@pytest.mark.parametrize("key, address", [
+    ("partner.example", "audit@partner.example"), (".partner.example", "audit@sub.partner.example"),
+    ("boss@partner.example", "boss@partner.example"), ("postmaster@", "postmaster@example.com"),
+])
+def test_sender_keys_from_an_access_table(tmp_path, key, address):
+    from onion_gateway.audit.policy import sender_keys
+    from tests.unit.test_audit_policy import policy
+
+    table = tmp_path / "senders"
+    table.write_text(f"{key} OK\nspam.example REJECT\n")
+    p = policy(smtpd_relay_restrictions=f"check_sender_access texthash:{table}, reject_unauth_destination")
+    assert sender_keys(p, "example.com") == [address]
