@@ -26,6 +26,10 @@ EXIT_USAGE = 64
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Audit the listener of this config file's [setup] table (its state directory's record "
                    "if setup ran, else the table's listener).")
+@click.option("--tor-control", metavar="HOST:PORT|unix:PATH",
+              help="Ask this running Tor for its onion services (GETCONF over the control port); no torrc.")
+@click.option("--tor-control-password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="File holding the control port password (default: cookie or no authentication).")
 @click.option("--postfix-config-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Postfix configuration directory (default: Postfix's own, /etc/postfix).")
 @click.option("--test-domain", default=None, metavar="DOMAIN",
@@ -45,7 +49,8 @@ EXIT_USAGE = 64
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, test_domain, control_recipient,
+def audit_command(torrc, listeners, state_dir, config_file, tor_control, tor_control_password_file,
+                  postfix_config_dir, test_domain, control_recipient,
                   own_onion, helo, timeout_seconds, client_cert, client_key, static_only, as_json,
                   log_level) -> None:
     """Prove the onion-facing Postfix listener cannot relay (static policy analysis + live probes).
@@ -54,14 +59,14 @@ def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, 
     64 usage error, 69 target unreachable.
     """
     from onion_gateway.audit import (DEFAULT_TEST_DOMAIN, AuditOptions, ClientCertificate, audit_listener,
-                                     audit_setup, audit_torrc, overall_exit_code, read_setup_state, setup_record,
-                                     to_json, to_text)
+                                     audit_running_tor, audit_setup, audit_torrc, overall_exit_code,
+                                     read_setup_state, setup_record, to_json, to_text)
     from onion_gateway.errors import OnionGatewayError
 
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper()),
                         format="onion-gateway[%(process)d] %(levelname)s %(name)s: %(message)s")
-    if sum(map(bool, (listeners, torrc, state_dir, config_file))) > 1:
-        _usage("give one of --listener, --torrc, --state-dir, --config")
+    if sum(map(bool, (listeners, torrc, state_dir, config_file, tor_control))) > 1:
+        _usage("give one of --listener, --torrc, --state-dir, --config, --tor-control")
     if client_key and not client_cert:
         _usage("--client-key needs --client-cert")
     options = AuditOptions(config_dir=postfix_config_dir, test_domain=test_domain or DEFAULT_TEST_DOMAIN,
@@ -75,6 +80,10 @@ def audit_command(torrc, listeners, state_dir, config_file, postfix_config_dir, 
             reports = [audit_setup(read_setup_state(state_dir), options)]
         elif config_file:
             reports = [audit_setup(setup_record(config_file), options)]
+        elif tor_control:
+            reports = audit_running_tor(tor_control, options, tor_control_password_file)
+            if not reports:
+                _usage(f"no onion service of the Tor at {tor_control} leads to a Postfix smtpd")
         else:
             reports = audit_torrc(torrc or Path("/etc/tor/torrc"), options)
             if not reports:

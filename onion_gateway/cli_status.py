@@ -42,7 +42,7 @@ def status_command(config_file, dns_servers, tor_control, tor_password, no_tor, 
     """Check every piece of the onion route: Tor and the onion service, the daemon's listeners, SRV
     records, Postfix (map, smtptor and its wrapper) and the relay audit of the onion listeners."""
     from onion_gateway.cli import EXIT_CONFIG, EXIT_USAGE, _fail, _settings
-    from onion_gateway.config import parse_listen_address
+    from onion_gateway.address import parse_listen_address
     from onion_gateway.errors import ConfigError
     from onion_gateway.status import StatusSettings, format_report, run_status
 

@@ -443,3 +443,31 @@ def dump_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: st
         if keyword and not keyword.startswith("#"):
             pairs.append((keyword, value.strip()))
     return pairs
+
+
+def hidden_service_options(address: ListenAddress, password_file: Path | None = None) -> list[tuple[str, str]]:
+    """The onion services a running Tor has: ``GETCONF HiddenServiceOptions`` (control-spec.txt §3.3).
+
+    Wire example (reply)::
+
+        250-HiddenServiceDir=/var/lib/tor/mail
+        250 HiddenServicePort=25 127.0.0.1:2525
+
+    :param address: Tor's ControlPort/ControlSocket.
+    :param password_file: the control password file, or ``None`` for cookie or no authentication.
+    :returns: ``(Keyword, value)`` pairs in Tor's order (``HiddenServiceDir``, ``HiddenServicePort``, ...).
+    :raises TorError: if Tor cannot be reached, refuses authentication or the command.
+    """
+    with TorControl(address, password_file) as control:
+        try:
+            reply = control._c.msg("GETCONF HiddenServiceOptions")
+        except (stem.ControllerError, stem.SocketError) as exc:
+            raise TorError(f"GETCONF HiddenServiceOptions on {address} failed: {exc}") from exc
+    if not reply.is_ok():
+        raise TorError(f"GETCONF HiddenServiceOptions on {address} refused: {reply}")
+    pairs = []
+    for _, _, content in reply.content():
+        keyword, sep, value = content.partition("=")
+        if sep:
+            pairs.append((keyword.strip(), value.strip()))
+    return pairs

@@ -2,10 +2,12 @@
 
 Map of the package (dependencies point down):
 
-* :mod:`.discover`  torrc ``HiddenServicePort`` (with ``%include``) or setup's record -> master.cf
-  service -> its smtpd
-* :mod:`.policy`    effective settings of that smtpd (``postconf -x -o``) and static findings
-* :mod:`.probe`     live SMTP probes from 127.0.0.1 (never DATA), reply classification
+* :mod:`.discover`  torrc ``HiddenServicePort`` (read by ``tor --dump-config``) or setup's record ->
+  every master.cf service listening there -> its smtpd
+* :mod:`.tables`    Postfix list and table matching for the Tor client (``postmap -q``)
+* :mod:`.policy`    effective settings of that smtpd (``postconf -x -o``), restriction walk, static findings
+* :mod:`.probe`     the one connection opener (TCP/unix, PROXY header, STARTTLS with a client certificate)
+  and the live SMTP probes (never DATA), reply classification
 * :mod:`.report`    :class:`AuditReport`, outcome/exit code, text and JSON
 
 Entry points: :func:`audit_listener` for one endpoint, :func:`audit_torrc` for every onion port of a
@@ -24,7 +26,8 @@ from pathlib import Path
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress
 from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
-                                          find_listeners, onion_ports, read_master, read_setup_state)
+                                          find_listeners, onion_ports, read_master, read_setup_state,
+                                          running_onion_ports)
 from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
                                         sender_keys, uses_proxy_protocol)
 from onion_gateway.audit.probe import (TOR_PROXY_SOURCE, ClientCertificate, ProbeContext, ProxyHeader,
@@ -36,7 +39,7 @@ from onion_gateway.config import load_config_file
 from onion_gateway.setup_config import setup_settings
 
 __all__ = ["AuditOptions", "AuditReport", "ClientCertificate", "ListenAddress", "Outcome", "SetupRecord", "analyse_listener",
-           "audit_listener", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
+           "audit_listener", "audit_running_tor", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
            "overall_exit_code", "to_json", "to_text"]
 
 log = logging.getLogger(__name__)
@@ -160,10 +163,31 @@ def audit_torrc(torrc: Path, options: AuditOptions = AuditOptions()) -> list[Aud
     :raises ConfigError: if neither Tor (``tor --dump-config``) nor the torrc parser can read the torrc.
     :raises PostfixError: if postconf fails.
     """
+    return _audit_ports(onion_ports(torrc), options)
+
+
+def audit_running_tor(control: ListenAddress | str, options: AuditOptions = AuditOptions(),
+                      password_file: Path | None = None) -> list[AuditReport]:
+    """Audit every Postfix listener the onion services of a *running* Tor lead to (``GETCONF
+    HiddenServiceOptions`` over its control port), skipping other ports like :func:`audit_torrc`.
+
+    :param control: Tor's ControlPort (``127.0.0.1:9051``) or ControlSocket (``unix:/run/tor/control``).
+    :param password_file: the control password file, or ``None`` (cookie or no authentication).
+    :returns: one report per Postfix listener; empty if none.
+    :raises TorError: if Tor cannot be asked.
+    :raises ConfigError: if *control* is not an address.
+    :raises PostfixError: if postconf fails.
+    """
+    if isinstance(control, str):
+        control = ListenAddress.parse(control)
+    return _audit_ports(running_onion_ports(control, password_file), options)
+
+
+def _audit_ports(ports: list[OnionPort], options: AuditOptions) -> list[AuditReport]:
     reports = []
     services = read_master(options.config_dir)
     globals_ = _globals(options.config_dir)
-    for port in onion_ports(torrc):
+    for port in ports:
         if find_listener(services, port.target, inet_interfaces=globals_["inet_interfaces"],
                          queue_directory=globals_["queue_directory"],
                          pass_service_name=_pass_name(options.config_dir)) is None:

@@ -102,6 +102,25 @@ def onion_ports(torrc: Path, tor_program: str = "tor") -> list[OnionPort]:
         sources = {(p.virtual_port, p.target): p.source for p in parse_torrc(Path(torrc))}
     except ConfigError:
         sources = {}
+    return _ports_from_options(lines, sources, f"{torrc} (tor --dump-config)", "tor --dump-config")
+
+
+def running_onion_ports(control: ListenAddress, password_file: Path | None = None) -> list[OnionPort]:
+    """Every ``HiddenServicePort`` of a running Tor, asked over its control port (``GETCONF
+    HiddenServiceOptions``): what Tor uses now, whatever torrc it was started with.
+
+    :param control: Tor's ControlPort or ControlSocket.
+    :param password_file: the control password file, or ``None`` (cookie or no authentication).
+    :returns: the onion ports in Tor's order; ``source`` names the control port.
+    :raises TorError: if Tor cannot be asked.
+    :raises ConfigError: if Tor reports a port line that cannot be parsed.
+    """
+    lines = tor.hidden_service_options(control, password_file)
+    return _ports_from_options(lines, {}, f"Tor control {control}", "GETCONF HiddenServiceOptions")
+
+
+def _ports_from_options(lines: list[tuple[str, str]], sources: dict, default_source: str,
+                        discovered_by: str) -> list[OnionPort]:
     ports: list[OnionPort] = []
     service_dir, onion = None, None
     for keyword, value in lines:
@@ -111,9 +130,8 @@ def onion_ports(torrc: Path, tor_program: str = "tor") -> list[OnionPort]:
             virtual_text, _, target_text = value.partition(" ")
             virtual = _port(virtual_text)
             target = torrc_target(target_text, virtual)
-            ports.append(OnionPort(virtual, target, service_dir, onion,
-                                   sources.get((virtual, target), f"{torrc} (tor --dump-config)"),
-                                   "tor --dump-config"))
+            ports.append(OnionPort(virtual, target, service_dir, onion, sources.get((virtual, target), default_source),
+                                   discovered_by))
     return ports
 
 

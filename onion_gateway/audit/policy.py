@@ -10,8 +10,10 @@ first restriction that decides wins: ``permit``-like ends *that list* (the next 
 relayed when neither list rejects it. The client/helo/sender lists run too (smtpd_delay_reject), but a
 permit there never skips the relay lists, so they only matter when they reject.
 
-The analysis models the attacker Tor gives us: a client at 127.0.0.1 (name ``localhost``) that chooses
-HELO, sender and recipient freely and cannot authenticate or present a client certificate.
+The analysis models the attacker Tor gives us: a client at 127.0.0.1 (name ``localhost``; on a PROXY
+listener the address in Tor's header, see :data:`onion_gateway.audit.probe.TOR_PROXY_SOURCE`) that
+chooses HELO, sender and recipient freely, cannot authenticate, and may present any TLS client
+certificate it holds. Which list items and table entries match that client is :mod:`.tables`' job.
 """
 
 from __future__ import annotations

@@ -112,7 +112,8 @@ def client_keys(table: str, address: str) -> list[str]:
     """The keys ``check_client_access`` tries for the client at *address*, in smtpd's order.
 
     :param table: ``type:name`` (pattern tables get whole keys only).
-    :returns: name (and parent domains), then address (and, for IPv4 in non-pattern tables, its prefixes).
+    :returns: name (and parent domains), then address (and, in non-pattern tables, its prefixes: octets
+        for IPv4, ``:`` fields for IPv6).
     """
     pattern = table.partition(":")[0].lower() in PATTERN_TABLES
     name = client_name(address)
@@ -123,9 +124,13 @@ def client_keys(table: str, address: str) -> list[str]:
             parts = name.split(".")
             keys += [".".join(parts[i:]) for i in range(1, len(parts))]
     keys.append(address)
-    if not pattern and ":" not in address:
-        octets = address.split(".")
-        keys += [".".join(octets[:n]) for n in (3, 2, 1)]
+    if not pattern:                        # smtpd_check.c check_addr_access: strip fields from the right
+        delimiter = ":" if ":" in address else "."
+        rest = address
+        while delimiter in rest:
+            rest = rest.rpartition(delimiter)[0]
+            if rest and not rest.endswith(delimiter):
+                keys.append(rest)
     return keys
 
 

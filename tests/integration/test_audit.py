@@ -25,6 +25,7 @@ from tests.support.netns import Namespace
 from tests.support.postfix import PostfixInstance, new_instance
 from tests.support.procs import free_port, port_accepts, public_tempdir, tail, wait_for
 from tests.support.tlsca import make_test_ca
+from tests.support.tor import TorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -286,10 +287,39 @@ def test_unix_socket_target_counts_as_loopback(lab, tor_dir):
     assert_never_data_never_queued(lab.pf)
 
 
+@pytest.fixture
+def running_tor(lab, tor_dir):
+    """A real tor (DisableNetwork 1) whose onion service leads to the hardened listener and a web port."""
+    require("tor")
+    proc = TorProcess(tor_dir / "tor").write()
+    hs = tor_dir / "hs"
+    hs.mkdir(mode=0o700)
+    with proc.torrc.open("a") as torrc:
+        torrc.write(f"HiddenServiceDir {hs}\nHiddenServicePort 25 127.0.0.1:{lab.ports['hardened']}\n"
+                    "HiddenServicePort 80 127.0.0.1:9\n")
+    proc.start()
+    wait_for(lambda: (hs / "hostname").exists(), 15, "the onion service's hostname file", lambda: tail(proc.log))
+    yield proc, (hs / "hostname").read_text().strip()
+    proc.stop()
+
+
+def test_cli_asks_a_running_tor_for_its_onion_services(lab, running_tor):
+    proc, onion = running_tor
+    done = subprocess.run([*CLI, "--tor-control", proc.control, "--postfix-config-dir", str(lab.pf.config_dir),
+                           "--test-domain", TEST_DOMAIN, "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [report] = json.loads(done.stdout)["reports"]                  # port 80 is no Postfix: skipped
+    assert report["listener"]["discovered_by"] == "GETCONF HiddenServiceOptions"
+    assert report["listener"]["onion"] == onion
+    assert report["target"] == f"127.0.0.1:{lab.ports['hardened']}"
+
+
 @pytest.mark.parametrize("args, code", [
     (["--listener", "127.0.0.1"], 64),                          # no port
     (["--listener", "127.0.0.1:1", "--torrc", "/x"], 64),        # both
     (["--torrc", "/nonexistent/torrc"], 64),
+    (["--tor-control", f"127.0.0.1:{free_port()}"], 64),            # no Tor there
+    (["--tor-control", "127.0.0.1:1", "--listener", "127.0.0.1:2"], 64),
 ])
 def test_cli_usage_errors(lab, args, code):
     done = subprocess.run([*CLI, "--postfix-config-dir", str(lab.pf.config_dir), *args],

@@ -267,7 +267,7 @@ def test_cache_saved_under_other_settings_is_not_loaded(dns, tmp_path, caplog):
 
 def test_cache_hits_are_answered_without_creating_a_task(dns):
     """A hit is answered inside data_received: no task, no DNS; a miss goes through one task."""
-    from onion_gateway.config import parse_listen_address
+    from onion_gateway.address import parse_listen_address
     from onion_gateway.lookup.server import Limits, MapServer
 
     async def scenario():

@@ -156,7 +156,7 @@ def test_a_run_with_nothing_to_change_adds_a_missing_listener_record(gateway):
 def test_onion_address_survives_a_tor_restart(gateway):
     address = gateway.address_line(gateway.setup("--yes").output)
     gateway.tor.restart()                              # same torrc: now with setup's %include
-    from onion_gateway.config import parse_listen_address
+    from onion_gateway.address import parse_listen_address
     from onion_gateway.tor import TorControl
 
     with TorControl(parse_listen_address(gateway.tor.control)) as tor:
@@ -175,7 +175,7 @@ def test_rollback_restores_every_file_byte_for_byte(gateway):
     assert same_content(gateway.snapshot(), before)
     assert not gateway.state_dir.exists()
     assert gateway.pf.postconf("-n", "transport_maps") == ""
-    from onion_gateway.config import parse_listen_address
+    from onion_gateway.address import parse_listen_address
     from onion_gateway.tor import TorControl
 
     with TorControl(parse_listen_address(gateway.tor.control)) as tor:

@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from onion_gateway.cli import main
-from onion_gateway.config import parse_listen_address, serve_settings
+from onion_gateway.address import parse_listen_address
+from onion_gateway.config import serve_settings
 from onion_gateway.status import (Verdict, check_map_listener, check_onion_service, check_relay_audit,
                                   check_smtptor_service, check_srv, check_tor, check_transport_maps)
 from tests.conftest import require

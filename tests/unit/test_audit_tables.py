@@ -34,6 +34,8 @@ def test_client_keys_follow_smtpd_order():
     assert client_keys("hash:/x", "127.0.0.1") == ["localhost", "127.0.0.1", "127.0.0", "127.0", "127"]
     assert client_keys("regexp:/x", "127.0.0.1") == ["localhost", "127.0.0.1"]
     assert client_keys("cidr:/x", "fc00:dead:beef:4dad::1") == ["fc00:dead:beef:4dad::1"]
+    assert client_keys("hash:/x", "fc00:dead:beef:4dad::1") == [
+        "fc00:dead:beef:4dad::1", "fc00:dead:beef:4dad", "fc00:dead:beef", "fc00:dead", "fc00"]
 
 
 @pytest.mark.parametrize("kind, line", [("regexp", "/^127\\./ OK"), ("pcre", "/^localhost$/ OK"),

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from onion_gateway.config import ServeSettings, parse_listen_address
+from onion_gateway.address import parse_listen_address
+from onion_gateway.config import ServeSettings
 from onion_gateway.errors import ConfigError, SetupError
 from onion_gateway.installer import (check_listener_policy, main_parameters, master_entries,
                                      prepend_transport_map, srv_records)
