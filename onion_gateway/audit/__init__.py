@@ -38,8 +38,8 @@ from onion_gateway.postfix_syntax import split_list
 from onion_gateway.config import load_config_file
 from onion_gateway.setup_config import setup_settings
 
-__all__ = ["AuditOptions", "AuditReport", "ClientCertificate", "ListenAddress", "Outcome", "SetupRecord", "analyse_listener",
-           "audit_listener", "audit_running_tor", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
+__all__ = ["AuditOptions", "AuditReport", "ClientCertificate", "ListenAddress", "Outcome", "SetupRecord",
+           "analyse_listener", "audit_listener", "audit_running_tor", "audit_setup", "audit_torrc", "read_setup_state", "setup_record",
            "overall_exit_code", "to_json", "to_text"]
 
 log = logging.getLogger(__name__)
