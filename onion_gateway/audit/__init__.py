@@ -28,8 +28,8 @@ from onion_gateway.address import ListenAddress
 from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
                                           find_listeners, onion_ports, read_master, read_setup_state,
                                           running_onion_ports)
-from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Severity, analyse, effective_policy,
-                                        sender_keys, uses_proxy_protocol)
+from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Setting, Severity, analyse,
+                                        effective_policy, sender_keys, uses_proxy_protocol)
 from onion_gateway.audit.probe import (TOR_PROXY_SOURCE, ClientCertificate, ProbeContext, ProxyHeader,
                                        expected_client_address, run_probes)
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
@@ -256,6 +256,12 @@ def _policy_for(endpoint: ListenAddress, config_dir: Path | None, report: AuditR
     analysed = []
     for match in matches:
         policy = effective_policy(config_dir, match.smtpd, expected_client_address(endpoint))
+        if match.smtpd is not match.service:     # postscreen takes the connection: its own PROXY setting counts
+            overrides = [f"{k}={v}" for k, v in match.service.overrides.items()]
+            name = "postscreen_upstream_proxy_protocol"
+            value = postfix.get_parameter(config_dir, name, overrides=overrides).strip()
+            policy.settings["smtpd_upstream_proxy_protocol"] = Setting(
+                value, f"{name} of {match.service.label} (postscreen receives the connection)")
         if uses_proxy_protocol(policy):        # Postfix sees the address in the PROXY header, not the socket's
             policy.client_address = TOR_PROXY_SOURCE
         findings = analyse(policy, all_interfaces=match.all_interfaces, bound=match.bound_addresses)

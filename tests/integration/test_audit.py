@@ -528,12 +528,18 @@ def lab13():
     tls.mkdir()
     ca = make_test_ca(tls)
     listeners = _issue13_listeners(root / "etc", tls)
-    ports = {name: free_port() for name in listeners}
+    ports = {name: free_port() for name in [*listeners, "proxy_postscreen"]}
     shared = free_port()
     extra = "".join(f"127.0.0.1:{ports[n]} inet n - n - - smtpd\n  {o}\n" for n, o in listeners.items())
     # the same port twice: hardened on 127.0.0.1, and host-less (inet_interfaces) with main.cf's open policy
     extra += (f"127.0.0.1:{shared} inet n - n - - smtpd\n  {HARDENED.replace('postfix/onion', 'postfix/shard')}\n"
               f"{shared} inet n - n - - smtpd\n  -o syslog_name=postfix/hostless\n"
+              # postscreen receives Tor's PROXY header and hands the connection to a hardened smtpd
+              f"127.0.0.1:{ports['proxy_postscreen']} inet n - n - 1 postscreen\n"
+              "  -o postscreen_upstream_proxy_protocol=haproxy -o postscreen_greet_wait=1s "
+              "-o smtpd_service_name=smtpd13\n"
+              f"smtpd13 pass - - n - - smtpd\n  {HARDENED.replace('postfix/onion', 'postfix/pspass')}\n"
+              "tlsproxy unix - - n - 0 tlsproxy\ndnsblog unix - - n - 0 dnsblog\n"
               "tlsmgr unix - - n 1000? 1 tlsmgr\n")
     pf = PostfixInstance(root=root, hostname="i13.lab.test", master_extra=extra,
                          main_extra={**NO_FLOW_DELAY, "inet_protocols": "all"})
@@ -658,6 +664,17 @@ def test_proxy_protocol_listener_is_probed_as_tor_presents_clients(lab13):
     assert finding.severity is Severity.INFO and "mynetworks is empty" in finding.title
     assert "connect from unknown[fc00:dead:beef:4dad::1]" in lab13.pf.log_text()
     done = lab13.swaks("proxy", *PROXY_SWAKS)
+    assert not relayed(done) and "Relay access denied" in done.stdout
+    assert_never_data_never_queued(lab13.pf)
+
+
+def test_postscreen_expecting_the_proxy_header_is_followed(lab13):
+    report = lab13.audit("proxy_postscreen", timeout_seconds=10)
+    assert report.exit_code == 0, report.reasons
+    assert report.listener["via"] == "postscreen -> smtpd13/pass"
+    assert report.policy.client_address == "fc00:dead:beef:4dad::1"
+    assert "postscreen_upstream_proxy_protocol" in report.policy.source("smtpd_upstream_proxy_protocol")
+    done = lab13.swaks("proxy_postscreen", *PROXY_SWAKS)
     assert not relayed(done) and "Relay access denied" in done.stdout
     assert_never_data_never_queued(lab13.pf)
 
