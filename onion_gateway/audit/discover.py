@@ -41,10 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onion_gateway import postfix
+from onion_gateway import postfix, tor
 from onion_gateway.address import ListenAddress, torrc_target
-from onion_gateway.address import parse_port as _port
-from onion_gateway import tor
+from onion_gateway.address import parse_port as _port       # read_setup_state's name for it
 from onion_gateway.errors import ConfigError, TorError
 
 log = logging.getLogger(__name__)
