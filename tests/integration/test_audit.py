@@ -567,11 +567,18 @@ def test_tls_client_certificate_relay_is_flagged_and_proved(lab13, name):
     assert "permit_tls" in finding.title and "smtpd_tls_CAfile" in finding.value
     proved = lab13.audit(name, client_cert=_client_cert(lab13))
     assert proved.exit_code == 1, proved.reasons
+    assert proved.client_address == "127.0.0.1 (TLS client certificate)"
     assert "third_party_sender" in {p.spec.name for p in proved.accepted}
     assert not relayed(lab13.swaks(name, "--tls"))
     assert relayed(lab13.swaks(name, "--tls", "--tls-cert", str(lab13.ca.cert("client")),
                                "--tls-key", str(lab13.ca.key("client"))))
     assert_never_data_never_queued(lab13.pf)
+
+
+def test_client_certificate_on_a_listener_without_tls_is_not_presented(lab13):
+    report = lab13.audit("client_reject", client_cert=_client_cert(lab13))
+    assert report.exit_code == 0, report.reasons
+    assert report.client_address == "127.0.0.1"
 
 
 def test_cli_presents_the_client_certificate(lab13):
