@@ -404,7 +404,9 @@ def _inet_matches(name: str, endpoint: ListenAddress, inet_interfaces: str) -> t
         return None
     if port != endpoint.port:
         return None
-    if host == "*":
+    v6 = ":" in (endpoint.host or "")
+    if host == "*" or host == ("::" if v6 else "0.0.0.0"):    # a wildcard of the endpoint's family
+        # (Postfix sets IPV6_V6ONLY, so [::] never receives an IPv4 connection)
         return f"*:{port}", True
     if host:
         return (name, False) if _same_host(host, endpoint.host) else None
