@@ -423,20 +423,10 @@ def dump_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: st
     :returns: ``(Keyword, value)`` pairs in Tor's order (options at their default are left out).
     :raises TorError: if tor is missing, times out or rejects the configuration (with its warnings).
     """
-    if shutil.which(tor_program) is None:
-        raise TorError(f"{tor_program} not found: is Tor installed?")
-    argv = [tor_program, "--dump-config", "short", "-f", str(torrc), "--hush"]
+    argv = ["--dump-config", "short", "-f", str(torrc), "--hush"]
     if defaults_torrc is not None:
         argv += ["--defaults-torrc", str(defaults_torrc)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS,
-                              env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired as exc:
-        raise TorError(f"{' '.join(argv)} did not finish in {VERIFY_TIMEOUT_SECONDS} s") from exc
-    if done.returncode != 0:
-        complaints = [line for line in (done.stdout + done.stderr).splitlines()
-                      if "[warn]" in line or "[err]" in line]
-        raise TorError(f"tor --dump-config rejected {torrc}: " + (" | ".join(complaints) or done.stderr.strip()))
+    done = run_tor_checked(tor_program, argv, f"tor --dump-config rejected {torrc}")
     pairs = []
     for line in done.stdout.splitlines():
         keyword, _, value = line.strip().partition(" ")
@@ -471,3 +461,27 @@ def hidden_service_options(address: ListenAddress, password_file: Path | None = 
         if sep:
             pairs.append((keyword.strip(), value.strip()))
     return pairs
+
+
+def run_tor_checked(tor_program: str, args: list[str], refusal: str) -> subprocess.CompletedProcess:
+    """Run ``TOR_PROGRAM ARGS`` (a command that exits, such as ``--verify-config``/``--dump-config``).
+
+    :param tor_program: the tor binary.
+    :param args: its arguments.
+    :param refusal: the start of the error message when tor exits non-zero (its warnings follow).
+    :returns: the finished process (exit status 0).
+    :raises TorError: if tor is missing, does not finish within ``VERIFY_TIMEOUT_SECONDS`` or exits non-zero.
+    """
+    if shutil.which(tor_program) is None:
+        raise TorError(f"{tor_program} not found: is Tor installed?")
+    argv = [tor_program, *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS,
+                              env={**os.environ, "LC_ALL": "C"})
+    except subprocess.TimeoutExpired as exc:
+        raise TorError(f"{' '.join(argv)} did not finish in {VERIFY_TIMEOUT_SECONDS} s") from exc
+    if done.returncode != 0:
+        complaints = [line for line in (done.stdout + done.stderr).splitlines()
+                      if "[warn]" in line or "[err]" in line]
+        raise TorError(f"{refusal}: " + (" | ".join(complaints) or done.stderr.strip() or done.stdout.strip()))
+    return done

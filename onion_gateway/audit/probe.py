@@ -351,7 +351,8 @@ class Session:
     client_address: str = ""
 
     def open(self) -> None:
-        """Connect (with the PROXY header if any), EHLO, and STARTTLS with the client certificate if any.
+        """Connect (with the PROXY header if any), EHLO, and STARTTLS with the client certificate if any
+        (a listener that offers no STARTTLS is probed in the clear).
 
         :raises Unreachable: on a connection error or a greeting other than 220.
         """
@@ -371,7 +372,11 @@ class Session:
             if code != 250:
                 code, _ = self.client.helo()
             if self.client_cert is not None:
-                self._starttls()
+                if self.client.has_extn("starttls"):
+                    self._starttls()
+                    self.client_address += " (TLS client certificate)"
+                else:                                 # no TLS here: nothing to present, probe in the clear
+                    log.info("%s offers no STARTTLS: client certificate not presented", self.endpoint)
             self.extensions = dict(self.client.esmtp_features)
         except Unreachable:
             self.close()
@@ -382,8 +387,6 @@ class Session:
         self.errors = 0
 
     def _starttls(self) -> None:
-        if not self.client.has_extn("starttls"):
-            raise Unreachable(f"{self.endpoint}: STARTTLS not offered, cannot present the client certificate")
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE          # the audit judges the server's policy, not its certificate
