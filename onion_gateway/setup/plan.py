@@ -39,7 +39,7 @@ from onion_gateway.postfix_syntax import split_fields, split_list
 from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
                                   Wrapper, render)
 from onion_gateway.setup.settings import DEFAULT_SOCKS, SetupSettings, default_transport_map
-from onion_gateway.setup.state import JOURNAL, load_manifest
+from onion_gateway.setup.state import JOURNAL, check_state_dir, load_manifest
 from onion_gateway.tor import TorControl, check_hidden_service_dir, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
@@ -337,6 +337,7 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     """
     serve = serve or ServeSettings()
     cdir = settings.postfix_config_dir
+    check_state_dir(settings.state_dir, create=False)       # refuses a state directory others can change
     if (settings.state_dir / JOURNAL).exists():
         raise SetupError(f"an interrupted run left {settings.state_dir / JOURNAL}: run setup without "
                          "--dry-run to repair it first")
@@ -422,7 +423,9 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         notes.append(f"then: systemctl daemon-reload && systemctl enable --now {settings.systemd_unit.name}")
     record = {"listener": listener, "onion_port": settings.onion_port,
               "hidden_service_dir": str(settings.hidden_service_dir),
-              "postfix_config_dir": str(cdir) if cdir is not None else None}
+              "postfix_config_dir": str(cdir) if cdir is not None else None,
+              "tor_control": str(settings.tor_control), "domains": list(settings.domains),
+              "transport_map": transport_map, "serve_config": str(settings.serve_config)}
     blocker = None
     problem = daemon_problem(transport_map, cdir)
     if problem is not None:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from onion_gateway.cli import main
 from onion_gateway.onion import OnionCheck, check_onion
 from tests.conftest import require
-from tests.support.gateway import OWN_DOMAIN, Gateway, age_config, new_gateway, same_content
+from tests.support.gateway import OWN_DOMAIN, Gateway, age_config, changed_paths, new_gateway, same_content
 from tests.support.procs import free_port, tail
 
 pytestmark = pytest.mark.integration
@@ -257,8 +257,8 @@ def test_failure_midway_restores_everything(gateway, monkeypatch):
     result = gateway.setup("--yes", expect=1)
     assert "setup failed while setting up the onion service through Tor's control port" in result.output
     assert "Every change was undone" in result.output
-    assert same_content(gateway.snapshot(), before)
-    assert not (gateway.state_dir / "journal").exists()
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+    assert not (gateway.state_dir / "journal.json").exists()
     assert not (gateway.state_dir / "manifest.json").exists()
 
 
@@ -360,14 +360,14 @@ def test_interrupted_run_is_repaired_at_next_start(gateway):
     crashed = subprocess.run([sys.executable, "-c", CRASH, *(f"{k}={v}" for k, v in options.items())],
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == 9, crashed.stderr
-    assert (gateway.state_dir / "journal" / "journal.json").exists()
+    assert (gateway.state_dir / "journal.json").exists()
     assert not same_content(gateway.snapshot(), before)        # the run really changed files
     out = gateway.setup("--dry-run", expect=1).output           # a dry run refuses to plan over it
     assert "interrupted run" in out
     out = gateway.setup("--rollback", "--yes").output                    # any real start repairs it first
-    assert f"restored {gateway.pf.config_dir / 'master.cf'}" in out
-    assert same_content(gateway.snapshot(), before)
-    assert not (gateway.state_dir / "journal").exists()
+    assert "master.cf: removed the service smtptor/unix" in out
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+    assert not (gateway.state_dir / "journal.json").exists()
 
 
 def test_next_setup_after_an_interruption_repairs_then_completes(gateway):
@@ -376,6 +376,6 @@ def test_next_setup_after_an_interruption_repairs_then_completes(gateway):
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == 9, crashed.stderr
     out = gateway.setup("--yes").output
-    assert "repaired an interrupted run: restored" in out
+    assert "repaired an interrupted run: master.cf: removed the service" in out
     assert check_onion(gateway.address_line(out)) is OnionCheck.VALID
     gateway.pf.postfix("check")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 from onion_gateway.cli import main
 from tests.conftest import require
 from tests.support.daemon import ServeProcess
-from tests.support.gateway import OWN_DOMAIN, new_gateway, same_content
+from tests.support.gateway import OWN_DOMAIN, changed_paths, new_gateway, same_content
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,9 @@ def test_item3_rollback_dry_run_shows_and_changes_nothing(gateway):
     gateway.setup("--yes")
     after_setup = gateway.snapshot()
     out = gateway.setup("--rollback", "--dry-run").output
-    assert f"would restore {gateway.pf.config_dir / 'main.cf'}" in out
+    assert "would remove transport_maps from main.cf" in out
+    assert "would remove the service smtptor/unix from master.cf" in out
+    assert f"would remove {gateway.wrapper}" in out
     assert out.rstrip().endswith("dry run: nothing was changed")
     assert gateway.snapshot() == after_setup
     assert (gateway.state_dir / "manifest.json").exists()
@@ -216,3 +219,122 @@ def test_item7_a_nested_inline_transport_map_survives_setup_and_still_answers(ga
     gateway.pf.start()
     assert rcpt_reply(gateway.pf.smtp_port, f"postmaster@{OWN_DOMAIN}")[0] == 250
     assert rcpt_reply(gateway.pf.smtp_port, "x@b.example.test")[0] != 451
+
+
+# --- item 4: rollback reverses setup's changes and keeps every later edit ----------------------------------
+
+def test_item4_rollback_keeps_edits_made_after_setup(gateway):
+    gateway.setup("--yes")
+    extra_port = free_port()
+    gateway.pf.postconf("-e", "message_size_limit = 12345678")
+    gateway.pf.postconf("-M", f"127.0.0.1:{extra_port}/inet=127.0.0.1:{extra_port} inet n - n - - smtpd")
+    with open(gateway.tor.torrc, "a", encoding="utf-8") as fh:
+        fh.write("ConnectionPadding auto\n")
+    transport_maps = gateway.pf.postconf("-h", "transport_maps").strip()
+    gateway.pf.postconf("-e", f"transport_maps = {transport_maps}, hash:{gateway.pf.config_dir}/later")
+    gateway.wrapper.write_text(gateway.wrapper.read_text() + "# the postmaster's note\n")
+
+    out = gateway.setup("--rollback", "--yes").output
+
+    assert gateway.pf.postconf("-n", "message_size_limit").strip() == "message_size_limit = 12345678"
+    assert gateway.pf.postconf("-M", f"127.0.0.1:{extra_port}/inet").strip()
+    assert gateway.pf.postconf("-h", "transport_maps").strip() == f"hash:{gateway.pf.config_dir}/later"
+    assert not gateway.pf.postconf("-M", "smtptor/unix").strip()
+    assert not gateway.pf.postconf("-M", f"{gateway.listener}/inet").strip()
+    torrc = gateway.tor.torrc.read_text()
+    assert "ConnectionPadding auto" in torrc and "%include" not in torrc
+    kept = gateway.wrapper.with_name(gateway.wrapper.name + ".onion-gateway-kept")
+    assert not gateway.wrapper.exists() and "# the postmaster's note" in kept.read_text()
+    assert f"your version is kept as {kept}" in out
+
+
+# --- item 5: a kill at every journal step of apply and commit is repaired by the next run -------------------
+
+def _fork_with_fault(step: int, action) -> int:
+    """Run *action* in a child armed to SIGKILL itself at journal step *step*; return its wait status."""
+    from onion_gateway.setup import journal
+
+    pid = os.fork()
+    if pid == 0:                                             # child: never returns into pytest
+        code = 0
+        try:
+            os.environ[journal.FAULT_ENV] = str(step)
+            journal._fault_count = 0
+            action()
+        except BaseException:                                # noqa: BLE001 - report through the exit code
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def test_item5_a_kill_at_every_journal_step_is_repaired(gateway):
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup import journal
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
+
+    settings = setup_settings(None, gateway.options())
+    before = gateway.snapshot()
+    plan = plan_setup(settings)
+    steps_log = gateway.pf.root / "steps.log"                # outside what the snapshot covers
+    os.environ[journal.FAULT_LOG_ENV] = str(steps_log)
+    try:
+        assert _fork_with_fault(0, lambda: installer.apply_plan(plan)) == 0
+    finally:
+        del os.environ[journal.FAULT_LOG_ENV]
+    steps = steps_log.read_text().splitlines()
+    assert len(steps) > 20 and steps[-1].endswith("journal unlinked")
+    installer.rollback(settings)
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+
+    for step in range(1, len(steps) + 1):
+        status = _fork_with_fault(step, lambda: installer.apply_plan(plan))
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (step, status)
+        installer.rollback(settings)                         # the next start: repair (+ undo a finished run)
+        assert same_content(gateway.snapshot(), before), (steps[step - 1], changed_paths(gateway.snapshot(), before))
+        assert not settings.state_dir.exists(), steps[step - 1]
+
+
+def test_item5_a_kill_inside_recovery_is_repaired_by_the_next_run(gateway):
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
+
+    settings = setup_settings(None, gateway.options())
+    before = gateway.snapshot()
+    plan = plan_setup(settings)
+    status = _fork_with_fault(24, lambda: installer.apply_plan(plan))   # mid-way through the postconf steps
+    assert os.WIFSIGNALED(status)
+    for step in (1, 2, 3, 5, 8):                             # recovery killed at its own steps, again and again
+        _fork_with_fault(step, lambda: installer.recover_interrupted(settings))
+    assert installer.recover_interrupted(settings)
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+
+
+# --- item 6: trust nothing setup did not create -------------------------------------------------------------
+
+def test_item6_a_state_dir_others_can_write_is_refused_changing_nothing(gateway):
+    shared = gateway.root / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)                                      # world-writable, no sticky bit
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", "--state-dir", str(shared / "state"), expect=1)
+    assert f"its parent {shared} can be changed by others" in result.output
+    assert gateway.snapshot() == before and not (shared / "state").exists()
+
+
+def test_item6_a_planted_manifest_symlink_is_never_followed(gateway):
+    gateway.setup("--yes")
+    victim = gateway.root / "victim"
+    victim.write_text("precious\n")
+    crafted = gateway.root / "crafted.json"
+    crafted.write_text(json.dumps({"changes": [{"type": "file", "path": str(victim), "before": None,
+                                                "after": "0" * 64}]}))
+    manifest = gateway.state_dir / "manifest.json"
+    manifest.unlink()
+    manifest.symlink_to(crafted)
+    result = CliRunner().invoke(main, gateway.args("--rollback", "--yes"))
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert victim.read_text() == "precious\n"
