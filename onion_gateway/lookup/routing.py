@@ -7,8 +7,9 @@ Rules, in order (each stops the walk)::
     domain excluded (exact; subdomains if configured)         -> not found, no DNS query
     static map entry (exact, then ".parent" entries)          -> its value
     domain is itself a v3 .onion name                         -> <transport>:[domain]:25 (never to DNS,
-                                                                  RFC 7686); a bad one -> error: bounce
-    SRV _<service>._tcp.<A-label domain>.                     -> usable v3 onion targets in RFC 2782
+                                                                  RFC 7686); a bad one, or the bare
+                                                                  TLD "onion" -> error: bounce
+    SRV _<service>._tcp.<A-label domain>.                     -> usable v3 onion targets (port not 0) in RFC 2782
                                                                   order: <transport>:[a.onion]:25, [b.onion]:2525
       NXDOMAIN / NODATA / no usable target                    -> not found
       SERVFAIL / timeout / refused / network error            -> temporary failure (mail is deferred)
@@ -38,6 +39,7 @@ from onion_gateway.onion import OnionCheck, check_onion
 log = logging.getLogger(__name__)
 
 ONION_SMTP_PORT = 25
+PORT_ZERO_REFUSAL = "port_zero"     # refusal reason (metrics) of an SRV record with port 0
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")    # one fullmatch instead of one match per label
 _BRACKETED_HOST = re.compile(r"\[([^\]]*)\]")
@@ -125,21 +127,27 @@ def domain_of_key(key: str) -> str | None:
 
 def usable_targets(domain: str, records: Sequence[SrvRecord],
                    refusals: "collections.Counter[str] | None" = None) -> list[SrvRecord]:
-    """Keep the SRV records whose target is a valid v3 onion, each (target, port) once.
+    """Keep the SRV records whose target is a valid v3 onion on a port other than 0, each (target, port) once.
 
-    Refused targets (v2 onions, clearnet names, bad checksums) are logged at warning with *domain*;
+    Refused targets (v2 onions, clearnet names, bad checksums, port 0) are logged at warning with *domain*;
     the target ``.`` ("decidedly not available", RFC 2782) at info.
 
     :param domain: the domain the records belong to (for the log).
     :param records: the SRV records of its answer.
-    :param refusals: a counter incremented per refused target by its :class:`OnionCheck` value (metrics).
+    :param refusals: a counter incremented per refused target by its :class:`OnionCheck` value, or
+        ``"port_zero"`` (metrics).
     :returns: the usable records, in answer order.
     """
     usable: list[SrvRecord] = []
     seen: set[tuple[str, int]] = set()
     for record in records:
         verdict = check_onion(record.target) if record.target != "." else None
-        if verdict is OnionCheck.VALID:
+        if verdict is OnionCheck.VALID and record.port == 0:
+            # port 0 is no SMTP service; smtptor:[x.onion]:0 would only defer the mail at delivery time
+            log.warning("refusing SRV target %s:0 for %s: port 0", record.target, domain)
+            if refusals is not None:
+                refusals[PORT_ZERO_REFUSAL] += 1
+        elif verdict is OnionCheck.VALID:
             if (record.target, record.port) not in seen:
                 seen.add((record.target, record.port))
                 usable.append(record)
@@ -237,7 +245,7 @@ class Router:
         static = table.static_route(domain)
         if static is not None:
             return LookupResult.found(static)
-        if domain.endswith(".onion"):
+        if domain.endswith(".onion") or domain == "onion":     # RFC 7686 §2: never to DNS, the TLD neither
             verdict = check_onion(domain)
             if verdict is OnionCheck.VALID:
                 return LookupResult.found(f"{self.transport}:[{domain}]:{ONION_SMTP_PORT}")

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from onion_gateway.lookup.dns import DnsStatus, SrvAnswer, SrvRecord, SrvResolver
-from onion_gateway.lookup.result import Outcome
+from onion_gateway.lookup.result import LookupResult, Outcome
 from onion_gateway.lookup.routing import (Router, RoutingTable, build_routing_table, domain_of_key,
                                           normalize_domain, order_targets)
 from tests.support.onions import ONION_A, ONION_B, ONION_C, V2_ONION, bad_checksum
@@ -98,6 +98,29 @@ def test_invalid_onion_recipient_domain_bounces_instead_of_leaking_to_dns(onion,
         result = make_router().route_without_dns(f"bob@{onion}")
     assert result.outcome is Outcome.FOUND and result.value.startswith("error:5.1.2 ")
     assert onion in caplog.text
+
+
+@pytest.mark.parametrize("key", ["u@onion", "u@ONION.", "onion"])
+def test_the_bare_onion_tld_is_never_sent_to_dns(key):
+    # RFC 7686 §2: names in .onion -- the TLD itself included -- must not reach DNS
+    result = make_router().route_without_dns(key)
+    assert isinstance(result, LookupResult)
+    assert result.outcome is Outcome.FOUND and result.value.startswith("error:5.1.2 ")
+
+
+def test_srv_port_zero_is_refused_and_logged_with_the_domain(caplog):
+    router = make_router()
+    with caplog.at_level(logging.WARNING):
+        result = router.route_from_answer("d.example", answer(SrvRecord(10, 5, 0, ONION_A)))
+    assert result.outcome is Outcome.NOT_FOUND
+    assert f"refusing SRV target {ONION_A}:0 for d.example: port 0" in caplog.text
+    assert router.refusals["port_zero"] == 1
+
+
+def test_srv_port_zero_next_to_a_usable_record_leaves_the_usable_one():
+    result = make_router().route_from_answer("d.example", answer(
+        SrvRecord(10, 5, 0, ONION_A), SrvRecord(20, 5, 25, ONION_B)))
+    assert result.value == f"smtptor:[{ONION_B}]:25"
 
 
 def test_srv_name_is_absolute_and_uses_the_service_label():
