@@ -38,22 +38,45 @@ from onion_gateway.lookup.result import Outcome
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = tuple(Outcome)   # index order of the per-protocol counter lists
+OUTCOMES = tuple(Outcome)
 DNS_LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_HTTP_REQUEST_BYTES = 8192
 HTTP_TIMEOUT_SECONDS = 5.0
+
+
+class ReplyCounts:
+    """Replies sent on one protocol, one named counter per :class:`Outcome` (attribute = outcome value)."""
+
+    __slots__ = ("found", "not_found", "temp", "error")
+
+    def __init__(self) -> None:
+        self.found = self.not_found = self.temp = self.error = 0
+
+    def count(self, outcome: Outcome) -> None:
+        """Count one reply with *outcome*."""
+        if outcome is Outcome.FOUND:
+            self.found += 1
+        elif outcome is Outcome.NOT_FOUND:
+            self.not_found += 1
+        elif outcome is Outcome.TEMP_FAIL:
+            self.temp += 1
+        else:
+            self.error += 1
+
+    def of(self, outcome: Outcome) -> int:
+        """Replies counted with *outcome*."""
+        return getattr(self, outcome.value)
 
 
 @dataclass(slots=True)
 class Stats:
     """Plain counters shared by the server, the cache and the metrics endpoint.
 
-    :param lookups: ``{protocol: [found, not_found, temp, error]}`` replies sent (index order of
-        :data:`OUTCOMES`).
+    :param lookups: ``{protocol: ReplyCounts}`` replies sent per protocol (``tcp_table``, ``socketmap``).
     """
 
-    lookups: dict[str, list[int]] = field(
-        default_factory=lambda: {"tcp_table": [0] * len(OUTCOMES), "socketmap": [0] * len(OUTCOMES)})
+    lookups: dict[str, ReplyCounts] = field(
+        default_factory=lambda: {"tcp_table": ReplyCounts(), "socketmap": ReplyCounts()})
     cache_hits: int = 0
     cache_misses: int = 0
     cache_coalesced: int = 0
@@ -72,7 +95,7 @@ class Stats:
 
     def lookup_count(self, protocol: str, outcome: Outcome) -> int:
         """Replies sent on *protocol* (``tcp_table``/``socketmap``) with *outcome*."""
-        return self.lookups[protocol][OUTCOMES.index(outcome)]
+        return self.lookups[protocol].of(outcome)
 
 
 @dataclass
@@ -108,8 +131,8 @@ class _Collector:
         lookups = CounterMetricFamily("onion_gateway_lookups", "Lookup replies sent, by protocol and outcome",
                                       labels=["protocol", "outcome"])
         for protocol, counts in s.lookups.items():
-            for outcome, count in zip(OUTCOMES, counts):
-                lookups.add_metric([protocol, outcome.value], count)
+            for outcome in OUTCOMES:
+                lookups.add_metric([protocol, outcome.value], counts.of(outcome))
         yield lookups
         for name, value, text in (
                 ("cache_hits", s.cache_hits, "Lookups answered from a fresh cache entry"),
