@@ -31,10 +31,10 @@ The weighted RFC 2782 order of same-priority targets is drawn once per DNS answe
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from onion_gateway.lookup.dns import SrvAnswer
@@ -52,7 +52,7 @@ STALE_ANSWER_TTL_SECONDS = 30.0     # RFC 8767 §4: stale answers carry TTL 30 s
 class CachePolicy:
     """How long answers are kept and how many.
 
-    :param max_entries: the most domains kept; past it the least recently used goes. 0 disables
+    :param max_entries: the most domains kept (an approximate LRU, see :class:`RouteCache`). 0 disables
         caching (single-flight still applies).
     :param min_ttl_seconds: the shortest time any positive or negative answer is kept (seconds).
     :param max_ttl_seconds: the longest time a FOUND answer is kept (seconds).
@@ -74,31 +74,31 @@ class CachePolicy:
 
 _NEVER = float("inf")
 
-
-class CacheEntry:
-    """One cached answer (four references: about 100 bytes besides the result itself).
-
-    :param result: the routing result.
-    :param ttl_seconds: the clamped TTL it is stored with (seconds; only used to place the prefetch point).
-    :param expires_at: when it stops being fresh (``time.monotonic()`` seconds).
-    :param stale_until: until when it may be served stale (monotonic seconds; pass *expires_at*
-        itself when serve-stale is off, so no second float is kept).
-    :param prefetch: whether a hit in the last 10 % of the TTL starts a refresh.
-    """
-
-    __slots__ = ("result", "expires_at", "prefetch_at", "stale_until")
-
-    def __init__(self, result: LookupResult, ttl_seconds: float, expires_at: float, stale_until: float,
-                 prefetch: bool) -> None:
-        self.result = result
-        self.expires_at = expires_at
-        self.stale_until = stale_until
-        # a hit after this instant starts a refresh; +inf when prefetch is off
-        self.prefetch_at = expires_at - ttl_seconds * PREFETCH_FRACTION if prefetch else _NEVER
+# One entry is one bytes object: a fixed head, then the result's value as UTF-8 (about 270 bytes per
+# domain in RSS with its dict slot and key, against about 510 for an object per entry).
+#   expires_at, prefetch_at, stale_until: monotonic seconds (prefetch_at +inf when prefetch is off)
+#   code: index into _CODES; PIN_ONLY marks an entry that holds only a pin (never answered)
+#   pin: the domain's onion-pin digest (see pins.py), 0 = none
+_HEAD = struct.Struct("<dddBQ")
+_HEAD_SIZE = _HEAD.size
+_CODES = (Outcome.FOUND, Outcome.NOT_FOUND, Outcome.TEMP_FAIL)
+_CODE_OF = {outcome: code for code, outcome in enumerate(_CODES)}
+_TEMP = _CODE_OF[Outcome.TEMP_FAIL]
+PIN_ONLY = len(_CODES)
 
 
 class RouteCache:
     """Cache routing results per domain, with single-flight, prefetch and serve-stale.
+
+    **Bound** (an approximate LRU in two generations): new and used entries go to the young
+    generation; when it holds ``max_entries // 2`` domains, the old generation is dropped and the young
+    one becomes old. A hit in the old generation moves the entry back to the young one. So at most
+    ``max_entries`` domains are kept, and an entry used at least once per ``max_entries // 2`` new
+    domains is never evicted. Expired entries stay until they are replaced or evicted (they keep the
+    domain's pin).
+
+    The cache is also the memory of the onion pins (:class:`~onion_gateway.lookup.pins.PinStore` reads
+    and writes them through :meth:`pin_of` / :meth:`set_pin`): a pin is evicted with its route.
 
     :param router: resolves misses (:meth:`Router.resolve_domain`).
     :param policy: the :class:`CachePolicy`.
@@ -112,36 +112,56 @@ class RouteCache:
         self.policy = policy
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
-        self._entries: collections.OrderedDict[str, CacheEntry] = collections.OrderedDict()
+        self._young: dict[str, bytes] = {}
+        self._old: dict[str, bytes] = {}
+        self._generation = max(1, policy.max_entries // 2)
         self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
         self._enabled = policy.max_entries > 0
-        self._shared: dict[LookupResult, LookupResult] = {}   # one object per distinct negative answer
+        self._negative: dict[bytes, LookupResult] = {}   # one result object per distinct negative answer
         self._prefetch = policy.prefetch
         self.changed = False   # set on every store; the persistence task clears it after saving
+        # called with {domain: entry} of each dropped generation (the pin store forgets their pins)
+        self.on_evict: Callable[[dict[str, bytes]], None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``max_entries`` is 0 (nothing is kept; single-flight still applies)."""
+        return self._enabled
 
     # -- the per-request path --------------------------------------------------------------------
     def get(self, domain: str) -> LookupResult | None:
         """The fresh cached result for *domain*, or ``None`` on a miss (no DNS is asked here).
 
-        A hit moves the entry to the most-recently-used end and may start a prefetch.
+        A hit in the old generation moves the entry to the young one; a hit may start a prefetch.
 
         :param domain: a normalized A-label domain (as from :meth:`Router.route_without_dns`).
         :returns: the cached :class:`LookupResult`, or ``None`` if absent or expired.
         """
-        entry = self._entries.get(domain)
-        if entry is None:
-            return None
-        now = self._clock()
-        if now >= entry.expires_at:
-            if now >= entry.stale_until:
-                del self._entries[domain]
-            return None
-        self._entries.move_to_end(domain)
+        raw = self._young.get(domain)
+        if raw is None:
+            raw = self._old.get(domain)
+            if raw is None:
+                return None
+            expires, prefetch_at, _stale, code, _pin = _HEAD.unpack_from(raw)
+            now = self._clock()
+            if now >= expires:
+                return None
+            del self._old[domain]
+            self._young[domain] = raw
+            if len(self._young) >= self._generation:
+                self._rotate()
+        else:
+            expires, prefetch_at, _stale, code, _pin = _HEAD.unpack_from(raw)
+            now = self._clock()
+            if now >= expires:
+                return None
         self.stats.cache_hits += 1
-        if now >= entry.prefetch_at and domain not in self._inflight:
+        if now >= prefetch_at and domain not in self._inflight:
             self.stats.prefetches += 1
             self._start_fetch(domain)
-        return entry.result
+        if code:
+            return self._negative_result(raw, code)
+        return LookupResult(Outcome.FOUND, raw[_HEAD_SIZE:].decode())
 
     async def lookup(self, domain: str) -> LookupResult:
         """Answer *domain* from the cache or, on a miss, from DNS (one query for all concurrent callers).
@@ -162,6 +182,23 @@ class RouteCache:
         # shield: a caller whose connection closes must not cancel the query the others wait on
         return await asyncio.shield(task)
 
+    # -- pins (the PinStore's memory) ------------------------------------------------------------
+    def pin_of(self, domain: str) -> int:
+        """The pin digest kept with *domain*'s entry, 0 when none."""
+        raw = self._entry(domain)
+        return 0 if raw is None else _HEAD.unpack_from(raw)[4]
+
+    def set_pin(self, domain: str, pin: int) -> None:
+        """Keep pin digest *pin* (0 = forget) with *domain*'s entry; an entry holding only the pin is
+        made when there is none (it never answers a lookup)."""
+        raw = self._entry(domain)
+        if raw is None:
+            if pin:
+                self._put(domain, _HEAD.pack(0.0, _NEVER, 0.0, PIN_ONLY, pin), changed=False)
+            return
+        expires, prefetch_at, stale, code, _old_pin = _HEAD.unpack_from(raw)
+        self._replace(domain, _HEAD.pack(expires, prefetch_at, stale, code, pin) + raw[_HEAD_SIZE:])
+
     # -- filling ---------------------------------------------------------------------------------
     def _start_fetch(self, domain: str) -> asyncio.Task[LookupResult]:
         task = asyncio.get_running_loop().create_task(self._fetch(domain))
@@ -180,24 +217,32 @@ class RouteCache:
             self.stats.note_dns(answer.status, answer.elapsed_seconds)
         return self._store(domain, result, answer)
 
+    def _entry(self, domain: str) -> bytes | None:
+        raw = self._young.get(domain)
+        return raw if raw is not None else self._old.get(domain)
+
     def _store(self, domain: str, result: LookupResult, answer: SrvAnswer | None) -> LookupResult:
         policy = self.policy
         now = self._clock()
+        current = self._entry(domain)
+        if current is not None:
+            expires, _prefetch, stale, code, pin = _HEAD.unpack_from(current)
+        else:
+            expires, stale, code, pin = 0.0, 0.0, PIN_ONLY, 0
         if result.outcome is Outcome.TEMP_FAIL:
-            current = self._entries.get(domain)
-            if current is not None and now < current.expires_at:
-                return current.result           # a failed prefetch keeps the fresh entry
-            if current is not None and now < current.stale_until and current.result.outcome is not Outcome.TEMP_FAIL:
-                self.stats.stale_answers += 1
-                log.warning("DNS for %s failed (%s): answering the entry that expired %.0f s ago (serve-stale)",
-                            domain, result.value, now - current.expires_at)
-                current.expires_at = min(now + STALE_ANSWER_TTL_SECONDS, current.stale_until)
-                current.prefetch_at = _NEVER
-                return current.result
+            if current is not None and code != PIN_ONLY:
+                if now < expires:
+                    return self._result_of(current, code)     # a failed prefetch keeps the fresh entry
+                if now < stale and code != _TEMP:
+                    self.stats.stale_answers += 1
+                    log.warning("DNS for %s failed (%s): answering the entry that expired %.0f s ago "
+                                "(serve-stale)", domain, result.value, now - expires)
+                    self._replace(domain, _HEAD.pack(min(now + STALE_ANSWER_TTL_SECONDS, stale), _NEVER, stale,
+                                                     code, pin) + current[_HEAD_SIZE:])
+                    return self._result_of(current, code)
             if policy.temp_fail_ttl_seconds > 0 and self._enabled:
-                self._put(domain, CacheEntry(result, policy.temp_fail_ttl_seconds,
-                                             now + policy.temp_fail_ttl_seconds,
-                                             now + policy.temp_fail_ttl_seconds, False))
+                until = now + policy.temp_fail_ttl_seconds
+                self._put(domain, _HEAD.pack(until, _NEVER, until, _TEMP, pin) + result.value.encode())
             return result
         if not self._enabled:
             return result
@@ -205,41 +250,85 @@ class RouteCache:
         ceiling = policy.max_ttl_seconds if result.outcome is Outcome.FOUND else policy.negative_max_ttl_seconds
         ttl = min(max(ttl, policy.min_ttl_seconds), ceiling)
         expires = now + ttl
-        if result.outcome is not Outcome.FOUND:
-            result = self._shared.setdefault(result, result)
         stale = expires + policy.serve_stale_seconds if policy.serve_stale_seconds else expires
-        self._put(domain, CacheEntry(result, ttl, expires, stale, self._prefetch))
+        self._put(domain, self._pack(result, ttl, expires, stale, pin))
         return result
 
-    def _put(self, domain: str, entry: CacheEntry) -> None:
-        entries = self._entries
-        entries[domain] = entry
-        entries.move_to_end(domain)
-        self.changed = True
-        while len(entries) > self.policy.max_entries:
-            entries.popitem(last=False)
-            self.stats.cache_evictions += 1
+    def _pack(self, result: LookupResult, ttl: float, expires: float, stale: float, pin: int) -> bytes:
+        prefetch_at = expires - ttl * PREFETCH_FRACTION if self._prefetch else _NEVER
+        return _HEAD.pack(expires, prefetch_at, stale, _CODE_OF[result.outcome], pin) + result.value.encode()
+
+    def _result_of(self, raw: bytes, code: int) -> LookupResult:
+        if code:
+            return self._negative_result(raw, code)
+        return LookupResult(Outcome.FOUND, raw[_HEAD_SIZE:].decode())
+
+    def _negative_result(self, raw: bytes, code: int) -> LookupResult:
+        key = bytes((code,)) + raw[_HEAD_SIZE:]
+        result = self._negative.get(key)
+        if result is None:
+            if len(self._negative) > 1000:      # reasons are few; never let odd ones pile up
+                self._negative.clear()
+            result = self._negative[key] = LookupResult(_CODES[code], raw[_HEAD_SIZE:].decode())
+        return result
+
+    def _replace(self, domain: str, entry: bytes) -> None:
+        if domain in self._young:
+            self._young[domain] = entry
+        else:
+            self._old[domain] = entry
+
+    def _put(self, domain: str, entry: bytes, changed: bool = True) -> None:
+        if domain in self._old:
+            del self._old[domain]
+        self._young[domain] = entry
+        if changed:
+            self.changed = True
+        if len(self._young) >= self._generation:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """Drop the old generation; the young one becomes old."""
+        dropped, self._old, self._young = self._old, self._young, {}
+        if dropped:
+            self.stats.cache_evictions += len(dropped)
+            if self.on_evict is not None:
+                self.on_evict(dropped)
 
     # -- inspection and persistence --------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._young) + len(self._old)
+
+    @staticmethod
+    def pin_in(entry: bytes) -> int:
+        """The pin digest inside a raw *entry* (as passed to :attr:`on_evict`)."""
+        return _HEAD.unpack_from(entry)[4]
 
     def remaining_seconds(self, domain: str) -> float | None:
         """Seconds until *domain*'s entry expires (negative once expired), or ``None`` if absent."""
-        entry = self._entries.get(domain)
-        return None if entry is None else entry.expires_at - self._clock()
+        raw = self._entry(domain)
+        if raw is None:
+            return None
+        expires, _p, _s, code, _pin = _HEAD.unpack_from(raw)
+        return None if code == PIN_ONLY else expires - self._clock()
 
     def export(self) -> list[tuple[str, str, str, float, float]]:
         """The entries worth keeping across a restart, least recently used first.
 
         :returns: ``[(domain, outcome value, result value, expires_wall, stale_until_wall)]`` with
-            wall-clock (``time.time()``) epoch seconds; temporary failures and dead entries are left out.
+            wall-clock (``time.time()``) epoch seconds; temporary failures, pin-only and dead entries
+            are left out (pins are kept by the pins file).
         """
         now = self._clock()
         offset = time.time() - now
-        return [(domain, e.result.outcome.value, e.result.value, e.expires_at + offset, e.stale_until + offset)
-                for domain, e in self._entries.items()
-                if e.result.outcome is not Outcome.TEMP_FAIL and e.stale_until > now]
+        rows = []
+        for generation in (self._old, self._young):
+            for domain, raw in generation.items():
+                expires, _p, stale, code, _pin = _HEAD.unpack_from(raw)
+                if code < _TEMP and stale > now:
+                    rows.append((domain, _CODES[code].value, raw[_HEAD_SIZE:].decode(), expires + offset,
+                                 stale + offset))
+        return rows
 
     def restore(self, rows: Iterable[tuple[str, str, str, float, float]]) -> int:
         """Load rows made by :meth:`export` (oldest first); expired ones and domains already cached
@@ -251,21 +340,23 @@ class RouteCache:
         now = self._clock()
         offset = time.time() - now
         policy = self.policy
-        entries = self._entries
         loaded = 0
         for domain, outcome, value, expires_wall, stale_wall in rows:
             result = LookupResult(Outcome(outcome), str(value))
-            if result.outcome is Outcome.NOT_FOUND:
-                result = self._shared.setdefault(result, result)
-            elif result.outcome is not Outcome.FOUND:
+            if result.outcome not in (Outcome.FOUND, Outcome.NOT_FOUND):
                 raise ValueError(f"unexpected outcome {outcome!r} for {domain!r}")
             expires, stale = float(expires_wall) - offset, float(stale_wall) - offset
-            if stale <= now or domain in entries:
+            pin = 0
+            current = self._entry(domain)
+            if current is not None:
+                _e, _p, _s, code, pin = _HEAD.unpack_from(current)
+                if code != PIN_ONLY:
+                    continue
+            if stale <= now:
                 continue
             # never trust a file for longer than the policy allows now
             expires = min(expires, now + policy.max_ttl_seconds)
             stale = min(stale, expires + policy.serve_stale_seconds) if policy.serve_stale_seconds else expires
-            self._put(str(domain), CacheEntry(result, max(0.0, expires - now), expires, max(stale, expires),
-                                              self._prefetch))
+            self._put(str(domain), self._pack(result, max(0.0, expires - now), expires, max(stale, expires), pin))
             loaded += 1
         return loaded

@@ -18,8 +18,9 @@ import contextlib
 import enum
 import logging
 import os
+import socket
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from onion_gateway.config import ListenAddress
@@ -338,20 +339,34 @@ class MapServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[MapConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._inherited: set[int] = set()
         self.bound: list[tuple[MapProtocol, str]] = []
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # bound in start()
 
-    async def start(self) -> list[tuple[MapProtocol, str]]:
-        """Bind every listener.
+    async def start(self, inherited: Mapping[int, socket.socket] | None = None) -> list[tuple[MapProtocol, str]]:
+        """Bind every listener, or take the already-listening socket systemd passed for it.
 
+        :param inherited: ``{index of the listener in tcp_table + socketmap order: listening socket}``
+            (from :func:`onion_gateway.lookup.systemd.match_listeners`); those are used as they are
+            (no bind, no chmod, not unlinked at stop: the socket unit owns them).
         :returns: ``[(protocol, "host:port" or "unix:path"), ...]`` as actually bound (port 0 resolved).
         :raises OSError: if any address cannot be bound; listeners already bound are closed again.
         """
         self.loop = asyncio.get_running_loop()
+        inherited = dict(inherited or {})
+        self._inherited = set(inherited)
         try:
-            for kind, address in self._wanted:
+            for index, (kind, address) in enumerate(self._wanted):
                 factory: Callable[[], MapConnection] = lambda kind=kind: MapConnection(self, kind)
-                if address.is_unix:
+                sock = inherited.get(index)
+                if sock is not None:
+                    sock.setblocking(False)
+                    if sock.family == socket.AF_UNIX:
+                        server = await self.loop.create_unix_server(factory, sock=sock)
+                    else:
+                        server = await self.loop.create_server(factory, sock=sock)
+                    self.bound.append((kind, _describe(sock)))
+                elif address.is_unix:
                     assert address.path is not None
                     _remove_stale_socket(address.path)
                     server = await self.loop.create_unix_server(factory, address.path)
@@ -362,9 +377,7 @@ class MapServer:
                 else:
                     server = await self.loop.create_server(factory, address.host, address.port,
                                                            reuse_address=True)
-                    sockname = server.sockets[0].getsockname()
-                    host = sockname[0]
-                    self.bound.append((kind, f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"))
+                    self.bound.append((kind, _describe(server.sockets[0])))
                 self._servers.append(server)
         except BaseException:
             await self._close_listeners()
@@ -393,6 +406,12 @@ class MapServer:
     def unregister(self, connection: MapConnection) -> None:
         """Forget a closed connection."""
         self._connections.discard(connection)
+
+    @property
+    def addresses(self) -> list[ListenAddress]:
+        """The configured listener addresses, tcp_table first, then socketmap (the order of ``start``'s
+        *inherited* indices)."""
+        return [address for _kind, address in self._wanted]
 
     @property
     def connection_count(self) -> int:
@@ -431,8 +450,8 @@ class MapServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
-        for kind, address in self._wanted:
-            if address.is_unix and address.path:
+        for index, (kind, address) in enumerate(self._wanted):
+            if address.is_unix and address.path and index not in self._inherited:
                 with contextlib.suppress(OSError):
                     os.unlink(address.path)
         self._servers.clear()
@@ -455,6 +474,15 @@ class MapServer:
             connection.close()
         await self._close_listeners()
         return cut
+
+
+def _describe(sock: socket.socket) -> str:
+    """``host:port``, ``[v6]:port`` or ``unix:path`` of a listening socket."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    host = name[0]
+    return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -191,16 +191,18 @@ def test_serve_stale_answers_an_expired_entry_while_dns_is_down(dns):
     asyncio.run(scenario())
 
 
-def test_size_bound_evicts_the_least_recently_used(dns):
+def test_size_bound_evicts_the_generation_not_used_since_the_last_turn(dns):
+    # max_entries 4: generations of 2 domains; an entry used since the last turn survives the next one
     async def scenario():
-        cache = make_cache(dns, max_entries=2, min_ttl_seconds=600.0)
+        cache = make_cache(dns, max_entries=4, min_ttl_seconds=600.0)
         await cache.lookup("a.example.test")
-        await cache.lookup("b.example.test")
-        assert cache.get("a.example.test") is not None         # a is now the most recently used
-        await cache.lookup("c.example.test")
-        assert len(cache) == 2
+        await cache.lookup("b.example.test")                   # young full: a, b become the old generation
+        assert cache.get("a.example.test") is not None         # a is used: back to the young generation
+        await cache.lookup("c.example.test")                   # young full (a, c): b is dropped
+        assert len(cache) <= 4
         assert cache.remaining_seconds("b.example.test") is None
         assert cache.get("a.example.test") == found(ONION_A)
+        assert cache.get("c.example.test") == found(ONION_A)
         assert cache.stats.cache_evictions == 1
 
     asyncio.run(scenario())
