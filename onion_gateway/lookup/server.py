@@ -466,8 +466,9 @@ class MapServer:
             server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        deadline = self.loop.time() + drain_timeout_seconds
-        while any(c.busy for c in self._connections) and self.loop.time() < deadline:
+        loop = self.loop or asyncio.get_running_loop()      # stop() after a start() that failed early
+        deadline = loop.time() + drain_timeout_seconds
+        while any(c.busy for c in self._connections) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         cut = sum(1 for c in self._connections if c.busy)
         for connection in list(self._connections):
