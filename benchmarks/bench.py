@@ -491,10 +491,22 @@ def write_config(path: Path, **serve) -> Path:
     return path
 
 
-def write_pins(path: Path, domains: list[str]) -> None:
-    """A version-1 JSON pins file pinning each of *domains* to an onion (both daemons read it)."""
+def write_pins(path: Path, domains: list[str], server: Server) -> Path:
+    """A pins file pinning each of *domains* to an onion: sqlite for this tree, version-1 JSON for a
+    baseline that predates it."""
+    if getattr(server, "source", None) is None:
+        import sqlite3
+
+        from onion_gateway.lookup.pins import PinFile
+
+        path = path.with_suffix(".sqlite")
+        PinFile(path).close()
+        with sqlite3.connect(path) as db:
+            db.executemany("INSERT INTO pin VALUES (?, ?, '', 1.0, NULL)", [(d, onion_for(d)) for d in domains])
+        return path
     path.write_text(json.dumps({"version": 1, "domains": {
         d: {"onions": [onion_for(d)], "pending": [], "first_seen": 1.0, "changed_at": None} for d in domains}}))
+    return path
 
 
 def pinning_rows(servers: list[Server], cold: list[str], args, workdir: Path, log: Path) -> list[dict]:
@@ -509,8 +521,8 @@ def pinning_rows(servers: list[Server], cold: list[str], args, workdir: Path, lo
             for scenario in ("cold", "hits"):
                 config = dict(serve)
                 if pins:
-                    pins_path = workdir / f"pins-{server.name}-{pins}.json"
-                    write_pins(pins_path, [f"pinned{i}.example" for i in range(pins)])
+                    pins_path = write_pins(workdir / f"pins-{server.name}-{pins}.json",
+                                           [f"pinned{i}.example" for i in range(pins)], server)
                     config["pins_file"] = str(pins_path)
                 conf = write_config(workdir / f"pin-{server.name}.toml", **config)
                 runner = OnionGateway(server.name, getattr(server, "source", None), extra=["--config", str(conf)])
@@ -547,8 +559,7 @@ def memory_rows(servers: list[Server], entries: int, workdir: Path, log: Path) -
                       path, cache_fingerprint(settings))
             serve["cache_file"] = str(path)
             if pinned:
-                pins_path = workdir / f"pins-{server.name}-mem.json"
-                write_pins(pins_path, domains)
+                pins_path = write_pins(workdir / f"pins-{server.name}-mem.json", domains, server)
                 serve["pins_file"] = str(pins_path)
             conf = write_config(workdir / f"mem-{server.name}.toml", **serve)
             runner = OnionGateway(server.name, getattr(server, "source", None), extra=["--config", str(conf)])
@@ -829,6 +840,7 @@ def main() -> None:
                         help="matrix: the side-by-side runs; abuse: pinning, memory at scale and a "
                              "non-reading client (issue 12); postfix: Postfix's own throughput")
     parser.add_argument("--abuse-seconds", type=float, default=10.0, help="time bound of the non-reader run")
+    parser.add_argument("--abuse-parts", help="comma-separated subset of pinning,memory,readers")
     parser.add_argument("--postfix-messages", type=int, default=2000)
     parser.add_argument("--postfix-domains", type=int, default=1000)
     args = parser.parse_args()
@@ -859,9 +871,10 @@ def main() -> None:
         if args.suite != "matrix":
             ours = [s for s in servers if isinstance(s, OnionGateway)]
             if args.suite == "abuse":
-                text = abuse_report(pinning_rows(ours, cold, args, workdir, log),
-                                    memory_rows(ours, args.memory_entries, workdir, log),
-                                    non_reader_rows(ours, args.abuse_seconds, workdir, log))
+                parts = set((args.abuse_parts or "pinning,memory,readers").split(","))
+                text = abuse_report(pinning_rows(ours, cold, args, workdir, log) if "pinning" in parts else [],
+                                    memory_rows(ours, args.memory_entries, workdir, log) if "memory" in parts else [],
+                                    non_reader_rows(ours, args.abuse_seconds, workdir, log) if "readers" in parts else [])
             else:
                 text = postfix_report(postfix_rows(ours, args, workdir, log))
             print(text)

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from onion_gateway.config import ServeSettings
+from onion_gateway.lookup.bounded import GenerationalMap
 from onion_gateway.lookup.dns import SrvAnswer
 from onion_gateway.lookup.metrics import Stats
 from onion_gateway.lookup.result import LookupResult, Outcome
@@ -44,6 +46,7 @@ from onion_gateway.lookup.routing import Router
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = ServeSettings()         # defaults live in one place: the settings
 PREFETCH_FRACTION = 0.1             # refresh in the last 10 % of the TTL (unbound's prefetch rule)
 STALE_ANSWER_TTL_SECONDS = 30.0     # RFC 8767 §4: stale answers carry TTL 30 s; DNS is retried after it
 
@@ -63,13 +66,22 @@ class CachePolicy:
         (seconds, RFC 8767); 0 = never.
     """
 
-    max_entries: int = 100_000
-    min_ttl_seconds: float = 30.0
-    max_ttl_seconds: float = 3600.0
-    negative_max_ttl_seconds: float = 900.0
-    temp_fail_ttl_seconds: float = 0.0
-    prefetch: bool = True
-    serve_stale_seconds: float = 0.0
+    max_entries: int = _DEFAULTS.cache_max_entries
+    min_ttl_seconds: float = _DEFAULTS.cache_min_ttl_seconds
+    max_ttl_seconds: float = _DEFAULTS.cache_max_ttl_seconds
+    negative_max_ttl_seconds: float = _DEFAULTS.cache_negative_max_ttl_seconds
+    temp_fail_ttl_seconds: float = _DEFAULTS.cache_temp_fail_ttl_seconds
+    prefetch: bool = _DEFAULTS.cache_prefetch
+    serve_stale_seconds: float = _DEFAULTS.cache_serve_stale_seconds
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings) -> "CachePolicy":
+        """The cache policy of *settings* (its ``cache_*`` keys; defaults live in :class:`ServeSettings`)."""
+        return cls(max_entries=settings.cache_max_entries, min_ttl_seconds=settings.cache_min_ttl_seconds,
+                   max_ttl_seconds=settings.cache_max_ttl_seconds,
+                   negative_max_ttl_seconds=settings.cache_negative_max_ttl_seconds,
+                   temp_fail_ttl_seconds=settings.cache_temp_fail_ttl_seconds, prefetch=settings.cache_prefetch,
+                   serve_stale_seconds=settings.cache_serve_stale_seconds)
 
 
 _NEVER = float("inf")
@@ -79,7 +91,7 @@ _NEVER = float("inf")
 #   expires_at, prefetch_at, stale_until: monotonic seconds (prefetch_at +inf when prefetch is off)
 #   code: index into _CODES; PIN_ONLY marks an entry that holds only a pin (never answered)
 #   pin: the domain's onion-pin digest (see pins.py), 0 = none
-_HEAD = struct.Struct("<dddBQ")
+_HEAD = struct.Struct("<dffBQ")     # prefetch_at and stale_until stored as float32 offsets from expires_at
 _HEAD_SIZE = _HEAD.size
 _CODES = (Outcome.FOUND, Outcome.NOT_FOUND, Outcome.TEMP_FAIL)
 _CODE_OF = {outcome: code for code, outcome in enumerate(_CODES)}
@@ -87,15 +99,22 @@ _TEMP = _CODE_OF[Outcome.TEMP_FAIL]
 PIN_ONLY = len(_CODES)
 
 
+def _pack_head(expires: float, prefetch_at: float, stale: float, code: int, pin: int) -> bytes:
+    return _HEAD.pack(expires, prefetch_at - expires, stale - expires, code, pin)
+
+
+def _unpack(raw: bytes) -> tuple[float, float, float, int, int]:
+    """``(expires_at, prefetch_at, stale_until, code, pin)`` of an entry."""
+    expires, prefetch, stale, code, pin = _HEAD.unpack_from(raw)
+    return expires, expires + prefetch, expires + stale, code, pin
+
+
 class RouteCache:
     """Cache routing results per domain, with single-flight, prefetch and serve-stale.
 
-    **Bound** (an approximate LRU in two generations): new and used entries go to the young
-    generation; when it holds ``max_entries // 2`` domains, the old generation is dropped and the young
-    one becomes old. A hit in the old generation moves the entry back to the young one. So at most
-    ``max_entries`` domains are kept, and an entry used at least once per ``max_entries // 2`` new
-    domains is never evicted. Expired entries stay until they are replaced or evicted (they keep the
-    domain's pin).
+    **Bound**: at most ``max_entries`` domains, an approximate LRU in generations
+    (:class:`~onion_gateway.lookup.bounded.GenerationalMap`). Expired entries stay until they are
+    replaced or evicted (they keep the domain's pin).
 
     The cache is also the memory of the onion pins (:class:`~onion_gateway.lookup.pins.PinStore` reads
     and writes them through :meth:`pin_of` / :meth:`set_pin`): a pin is evicted with its route.
@@ -112,9 +131,7 @@ class RouteCache:
         self.policy = policy
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
-        self._young: dict[str, bytes] = {}
-        self._old: dict[str, bytes] = {}
-        self._generation = max(1, policy.max_entries // 2)
+        self._map: GenerationalMap[bytes] = GenerationalMap(policy.max_entries, self._evicted)
         self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
         self._enabled = policy.max_entries > 0
         self._negative: dict[bytes, LookupResult] = {}   # one result object per distinct negative answer
@@ -132,29 +149,18 @@ class RouteCache:
     def get(self, domain: str) -> LookupResult | None:
         """The fresh cached result for *domain*, or ``None`` on a miss (no DNS is asked here).
 
-        A hit in the old generation moves the entry to the young one; a hit may start a prefetch.
+        A hit counts as a use for the eviction order and may start a prefetch.
 
         :param domain: a normalized A-label domain (as from :meth:`Router.route_without_dns`).
         :returns: the cached :class:`LookupResult`, or ``None`` if absent or expired.
         """
-        raw = self._young.get(domain)
+        raw = self._map.use(domain)
         if raw is None:
-            raw = self._old.get(domain)
-            if raw is None:
-                return None
-            expires, prefetch_at, _stale, code, _pin = _HEAD.unpack_from(raw)
-            now = self._clock()
-            if now >= expires:
-                return None
-            del self._old[domain]
-            self._young[domain] = raw
-            if len(self._young) >= self._generation:
-                self._rotate()
-        else:
-            expires, prefetch_at, _stale, code, _pin = _HEAD.unpack_from(raw)
-            now = self._clock()
-            if now >= expires:
-                return None
+            return None
+        expires, prefetch_at, _stale, code, _pin = _unpack(raw)
+        now = self._clock()
+        if now >= expires:
+            return None
         self.stats.cache_hits += 1
         if now >= prefetch_at and domain not in self._inflight:
             self.stats.prefetches += 1
@@ -194,10 +200,10 @@ class RouteCache:
         raw = self._entry(domain)
         if raw is None:
             if pin:
-                self._put(domain, _HEAD.pack(0.0, _NEVER, 0.0, PIN_ONLY, pin), changed=False)
+                self._put(domain, _pack_head(0.0, _NEVER, 0.0, PIN_ONLY, pin), changed=False)
             return
-        expires, prefetch_at, stale, code, _old_pin = _HEAD.unpack_from(raw)
-        self._replace(domain, _HEAD.pack(expires, prefetch_at, stale, code, pin) + raw[_HEAD_SIZE:])
+        expires, prefetch_at, stale, code, _old_pin = _unpack(raw)
+        self._replace(domain, _pack_head(expires, prefetch_at, stale, code, pin) + raw[_HEAD_SIZE:])
 
     # -- filling ---------------------------------------------------------------------------------
     def _start_fetch(self, domain: str) -> asyncio.Task[LookupResult]:
@@ -218,15 +224,14 @@ class RouteCache:
         return self._store(domain, result, answer)
 
     def _entry(self, domain: str) -> bytes | None:
-        raw = self._young.get(domain)
-        return raw if raw is not None else self._old.get(domain)
+        return self._map.find(domain)
 
     def _store(self, domain: str, result: LookupResult, answer: SrvAnswer | None) -> LookupResult:
         policy = self.policy
         now = self._clock()
         current = self._entry(domain)
         if current is not None:
-            expires, _prefetch, stale, code, pin = _HEAD.unpack_from(current)
+            expires, _prefetch, stale, code, pin = _unpack(current)
         else:
             expires, stale, code, pin = 0.0, 0.0, PIN_ONLY, 0
         if result.outcome is Outcome.TEMP_FAIL:
@@ -237,12 +242,12 @@ class RouteCache:
                     self.stats.stale_answers += 1
                     log.warning("DNS for %s failed (%s): answering the entry that expired %.0f s ago "
                                 "(serve-stale)", domain, result.value, now - expires)
-                    self._replace(domain, _HEAD.pack(min(now + STALE_ANSWER_TTL_SECONDS, stale), _NEVER, stale,
+                    self._replace(domain, _pack_head(min(now + STALE_ANSWER_TTL_SECONDS, stale), _NEVER, stale,
                                                      code, pin) + current[_HEAD_SIZE:])
                     return self._result_of(current, code)
             if policy.temp_fail_ttl_seconds > 0 and self._enabled:
                 until = now + policy.temp_fail_ttl_seconds
-                self._put(domain, _HEAD.pack(until, _NEVER, until, _TEMP, pin) + result.value.encode())
+                self._put(domain, _pack_head(until, _NEVER, until, _TEMP, pin) + result.value.encode())
             return result
         if not self._enabled:
             return result
@@ -256,7 +261,7 @@ class RouteCache:
 
     def _pack(self, result: LookupResult, ttl: float, expires: float, stale: float, pin: int) -> bytes:
         prefetch_at = expires - ttl * PREFETCH_FRACTION if self._prefetch else _NEVER
-        return _HEAD.pack(expires, prefetch_at, stale, _CODE_OF[result.outcome], pin) + result.value.encode()
+        return _pack_head(expires, prefetch_at, stale, _CODE_OF[result.outcome], pin) + result.value.encode()
 
     def _result_of(self, raw: bytes, code: int) -> LookupResult:
         if code:
@@ -273,31 +278,21 @@ class RouteCache:
         return result
 
     def _replace(self, domain: str, entry: bytes) -> None:
-        if domain in self._young:
-            self._young[domain] = entry
-        else:
-            self._old[domain] = entry
+        self._map.replace(domain, entry)
 
     def _put(self, domain: str, entry: bytes, changed: bool = True) -> None:
-        if domain in self._old:
-            del self._old[domain]
-        self._young[domain] = entry
+        self._map.put(domain, entry)
         if changed:
             self.changed = True
-        if len(self._young) >= self._generation:
-            self._rotate()
 
-    def _rotate(self) -> None:
-        """Drop the old generation; the young one becomes old."""
-        dropped, self._old, self._young = self._old, self._young, {}
-        if dropped:
-            self.stats.cache_evictions += len(dropped)
-            if self.on_evict is not None:
-                self.on_evict(dropped)
+    def _evicted(self, dropped: dict[str, bytes]) -> None:
+        self.stats.cache_evictions += len(dropped)
+        if self.on_evict is not None:
+            self.on_evict(dropped)
 
     # -- inspection and persistence --------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self._map)
 
     @staticmethod
     def pin_in(entry: bytes) -> int:
@@ -309,7 +304,7 @@ class RouteCache:
         raw = self._entry(domain)
         if raw is None:
             return None
-        expires, _p, _s, code, _pin = _HEAD.unpack_from(raw)
+        expires, _p, _s, code, _pin = _unpack(raw)
         return None if code == PIN_ONLY else expires - self._clock()
 
     def export(self) -> list[tuple[str, str, str, float, float]]:
@@ -322,12 +317,11 @@ class RouteCache:
         now = self._clock()
         offset = time.time() - now
         rows = []
-        for generation in (self._old, self._young):
-            for domain, raw in generation.items():
-                expires, _p, stale, code, _pin = _HEAD.unpack_from(raw)
-                if code < _TEMP and stale > now:
-                    rows.append((domain, _CODES[code].value, raw[_HEAD_SIZE:].decode(), expires + offset,
-                                 stale + offset))
+        for domain, raw in self._map.items():
+            expires, _p, stale, code, _pin = _unpack(raw)
+            if code < _TEMP and stale > now:
+                rows.append((domain, _CODES[code].value, raw[_HEAD_SIZE:].decode(), expires + offset,
+                             stale + offset))
         return rows
 
     def restore(self, rows: Iterable[tuple[str, str, str, float, float]]) -> int:
@@ -349,7 +343,7 @@ class RouteCache:
             pin = 0
             current = self._entry(domain)
             if current is not None:
-                _e, _p, _s, code, pin = _HEAD.unpack_from(current)
+                _e, _p, _s, code, pin = _unpack(current)
                 if code != PIN_ONLY:
                     continue
             if stale <= now:

@@ -132,14 +132,7 @@ def drop_privileges(user: str, group: str | None) -> tuple[int, int]:
 
 def build_cache(settings: ServeSettings, router: Router) -> RouteCache:
     """Make the (empty) :class:`RouteCache` for *settings* in front of *router*."""
-    return RouteCache(router, CachePolicy(
-        max_entries=settings.cache_max_entries,
-        min_ttl_seconds=settings.cache_min_ttl_seconds,
-        max_ttl_seconds=settings.cache_max_ttl_seconds,
-        negative_max_ttl_seconds=settings.cache_negative_max_ttl_seconds,
-        temp_fail_ttl_seconds=settings.cache_temp_fail_ttl_seconds,
-        prefetch=settings.cache_prefetch,
-        serve_stale_seconds=settings.cache_serve_stale_seconds))
+    return RouteCache(router, CachePolicy.from_settings(settings))
 
 
 def cache_fingerprint(settings: ServeSettings) -> str:
@@ -153,12 +146,7 @@ def build_server(settings: ServeSettings, router: Router, cache: RouteCache | No
     :param cache: the route cache to answer from; ``None`` asks DNS for every request.
     :raises ConfigError: if ``unix_socket_group`` names no group.
     """
-    limits = Limits(max_connections=settings.max_connections,
-                    idle_timeout_seconds=settings.idle_timeout_seconds,
-                    request_deadline_seconds=settings.request_deadline_seconds,
-                    tcp_max_request_bytes=settings.tcp_max_request_bytes,
-                    socketmap_max_request_bytes=settings.socketmap_max_request_bytes,
-                    socketmap_names=settings.socketmap_names)
+    limits = Limits.from_settings(settings)
     gid = _group_id(settings.unix_socket_group, "serve.unix_socket_group") if settings.unix_socket_group else None
     return MapServer(router, settings.tcp_table, settings.socketmap, limits,
                      unix_socket_mode=settings.unix_socket_mode, unix_socket_gid=gid, cache=cache)

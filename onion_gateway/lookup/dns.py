@@ -77,6 +77,13 @@ class SrvRecord:
     port: int
     target: str
 
+    # dnspython's processing-order protocol (dns.rdtypes.util.weighted_processing_order)
+    def _processing_priority(self) -> int:
+        return self.priority
+
+    def _processing_weight(self) -> int:
+        return self.weight
+
 
 @dataclass(frozen=True, slots=True)
 class SrvAnswer:

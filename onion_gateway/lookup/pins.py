@@ -13,7 +13,7 @@ keeps, per domain, the set of onion addresses last routed to. When a fresh SRV a
 listed in ``strict_pinning_domains`` and of domains with a held change are kept apart and never evicted.
 A domain seen again after its pin was evicted is pinned afresh, as at first sight (logged at info:
 ``pinning D to ... (first sight)``). Without a cache (``cache_max_entries = 0``) the store keeps the
-digests itself, bounded the same way (two generations of ``max_entries // 2``).
+digests itself, bounded the same way (:mod:`.bounded`).
 
 **File** (``pins_file``, sqlite, standard library): the full onion sets, for ``pins list|accept|forget``
 and for the next start. The daemon never writes on the event loop: changes are collected and written in
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Protocol
 
 from onion_gateway.errors import ConfigError
+from onion_gateway.lookup.bounded import GenerationalMap
 
 log = logging.getLogger(__name__)
 
@@ -99,35 +100,19 @@ class PinMemory(Protocol):
 
 
 class _DigestMap:
-    """Pin digests in two generations of *max_entries* // 2 (used when there is no route cache)."""
+    """Pin digests bounded like the route cache (used when there is no route cache)."""
 
-    def __init__(self, max_entries: int) -> None:
-        self._young: dict[str, int] = {}
-        self._old: dict[str, int] = {}
-        self._generation = max(1, max_entries // 2)
-        self.on_evict = None
+    def __init__(self, max_entries: int, on_evict) -> None:
+        self._map: GenerationalMap[int] = GenerationalMap(max_entries, on_evict)
 
     def pin_of(self, domain: str) -> int:
-        pin = self._young.get(domain)
-        if pin is None:
-            pin = self._old.pop(domain, 0)
-            if pin:
-                self._set(domain, pin)
-        return pin
+        return self._map.use(domain) or 0
 
     def set_pin(self, domain: str, pin: int) -> None:
-        self._old.pop(domain, None)
         if pin:
-            self._set(domain, pin)
+            self._map.put(domain, pin)
         else:
-            self._young.pop(domain, None)
-
-    def _set(self, domain: str, pin: int) -> None:
-        self._young[domain] = pin
-        if len(self._young) >= self._generation:
-            dropped, self._old, self._young = self._old, self._young, {}
-            if dropped and self.on_evict is not None:
-                self.on_evict(dropped)
+            self._map.pop(domain)
 
 
 class PinFile:
@@ -147,6 +132,7 @@ class PinFile:
             self._db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-256")      # KiB: the file is read once and written in batches
             _create_schema(self._db)
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         except (OSError, sqlite3.Error) as exc:
@@ -261,9 +247,7 @@ class PinStore:
         self.strict = strict
         self.strict_domains = frozenset(strict_domains)
         self.changes = 0          # onion-set changes seen (warned or held), for status and metrics
-        own = _DigestMap(max_entries)
-        own.on_evict = self.evicted
-        self._memory: PinMemory = own
+        self._memory: PinMemory = _DigestMap(max_entries, self.evicted)
         self._kept: dict[str, int] = {}               # strict domains' and held domains' pins: never evicted
         self._held: dict[str, str] = {}                # domain -> pending onion set (text) awaiting acceptance
         self._ops: dict[str, tuple] = {}               # changes not yet written to the file

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from onion_gateway.config import ListenAddress
+from onion_gateway.config import ListenAddress, ServeSettings
 from onion_gateway.errors import FramingError
 from onion_gateway.lookup import codec
 from onion_gateway.lookup.answer import Answerer, NeedsDns
@@ -34,6 +34,7 @@ from onion_gateway.lookup.routing import Router
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = ServeSettings()        # defaults live in one place: the settings
 MAX_PIPELINED_REQUESTS = 128       # requests queued on one connection before we stop reading from it
 MAX_REQUESTS_PER_TURN = 64         # requests answered from one read before other connections get a turn
 WRITE_HIGH_WATER_BYTES = 64 * 1024 # unsent replies above which we stop reading from the client
@@ -66,12 +67,21 @@ class Limits:
         incomplete (a slow or stuck sender) gets a protocol error and its connection is closed.
     """
 
-    max_connections: int = 1000
-    idle_timeout_seconds: float = 300.0
-    request_deadline_seconds: float = 10.0
-    tcp_max_request_bytes: int = 4096
-    socketmap_max_request_bytes: int = 10_000
-    socketmap_names: frozenset[str] = frozenset()
+    max_connections: int = _DEFAULTS.max_connections
+    idle_timeout_seconds: float = _DEFAULTS.idle_timeout_seconds
+    request_deadline_seconds: float = _DEFAULTS.request_deadline_seconds
+    tcp_max_request_bytes: int = _DEFAULTS.tcp_max_request_bytes
+    socketmap_max_request_bytes: int = _DEFAULTS.socketmap_max_request_bytes
+    socketmap_names: frozenset[str] = _DEFAULTS.socketmap_names
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings) -> "Limits":
+        """The connection limits of *settings* (defaults live in :class:`ServeSettings`)."""
+        return cls(max_connections=settings.max_connections, idle_timeout_seconds=settings.idle_timeout_seconds,
+                   request_deadline_seconds=settings.request_deadline_seconds,
+                   tcp_max_request_bytes=settings.tcp_max_request_bytes,
+                   socketmap_max_request_bytes=settings.socketmap_max_request_bytes,
+                   socketmap_names=settings.socketmap_names)
 
 
 class MapConnection(asyncio.Protocol):

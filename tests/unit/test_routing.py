@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 
 import pytest
 
@@ -18,7 +17,7 @@ from tests.support.onions import ONION_A, ONION_B, ONION_C, V2_ONION, bad_checks
 def make_router(table: RoutingTable | None = None, **kwargs) -> Router:
     # A resolver pointed at the discard port on loopback: these tests never reach DNS.
     resolver = SrvResolver([("127.0.0.1", 9)], timeout_seconds=0.5)
-    return Router(resolver, table or RoutingTable(), rng=random.Random(7), **kwargs)
+    return Router(resolver, table or RoutingTable(), **kwargs)
 
 
 @pytest.mark.parametrize("key, domain", [
@@ -175,21 +174,19 @@ def test_dns_failures_are_temporary_never_not_found(status):
 def test_rfc2782_weighted_order_within_a_priority():
     # weight 3 vs 1 in one priority: the heavier record comes first about 3 times in 4 (RFC 2782)
     heavy, light = SrvRecord(10, 3, 25, ONION_A), SrvRecord(10, 1, 25, ONION_B)
-    rng = random.Random(2782)
-    firsts = collections.Counter(order_targets([light, heavy], rng)[0].target for _ in range(4000))
+    firsts = collections.Counter(order_targets([light, heavy])[0].target for _ in range(4000))
     share = firsts[ONION_A] / 4000
     assert 0.70 < share < 0.80
 
 
 def test_rfc2782_zero_weight_records_are_rarely_first():
     zero, weighted = SrvRecord(10, 0, 25, ONION_A), SrvRecord(10, 10, 25, ONION_B)
-    rng = random.Random(1)
-    firsts = collections.Counter(order_targets([zero, weighted], rng)[0].target for _ in range(2000))
+    firsts = collections.Counter(order_targets([zero, weighted])[0].target for _ in range(2000))
     assert firsts[ONION_B] > 1800
 
 
 def test_rfc2782_priorities_are_strict():
     records = [SrvRecord(p, w, 25, t) for p, w, t in [(30, 100, ONION_A), (10, 0, ONION_B), (20, 50, ONION_C)]]
-    for seed in range(20):
-        ordered = order_targets(records, random.Random(seed))
+    for _ in range(20):
+        ordered = order_targets(records)
         assert [r.priority for r in ordered] == [10, 20, 30]
