@@ -89,7 +89,8 @@ _NEVER = float("inf")
 # One entry is one bytes object: a fixed head, then the result's value as UTF-8 (about 270 bytes per
 # domain in RSS with its dict slot and key, against about 510 for an object per entry).
 #   expires_at, prefetch_at, stale_until: monotonic seconds (prefetch_at +inf when prefetch is off)
-#   code: index into _CODES; PIN_ONLY marks an entry that holds only a pin (never answered)
+#   code: index into _CODES; PIN_ONLY marks an entry that holds only a pin (never answered);
+#         FOUND_SHORT a found value stored without its "<transport>:" prefix (16 bytes less per domain)
 #   pin: the domain's onion-pin digest (see pins.py), 0 = none
 _HEAD = struct.Struct("<dffBQ")     # prefetch_at and stale_until stored as float32 offsets from expires_at
 _HEAD_SIZE = _HEAD.size
@@ -97,6 +98,7 @@ _CODES = (Outcome.FOUND, Outcome.NOT_FOUND, Outcome.TEMP_FAIL)
 _CODE_OF = {outcome: code for code, outcome in enumerate(_CODES)}
 _TEMP = _CODE_OF[Outcome.TEMP_FAIL]
 PIN_ONLY = len(_CODES)
+FOUND_SHORT = PIN_ONLY + 1
 
 
 def _pack_head(expires: float, prefetch_at: float, stale: float, code: int, pin: int) -> bytes:
@@ -136,6 +138,8 @@ class RouteCache:
         self._enabled = policy.max_entries > 0
         self._negative: dict[bytes, LookupResult] = {}   # one result object per distinct negative answer
         self._prefetch = policy.prefetch
+        transport = getattr(router, "transport", "")
+        self._prefix = f"{transport}:" if transport else ""     # stripped from stored found values
         self.changed = False   # set on every store; the persistence task clears it after saving
         # called with {domain: entry} of each dropped generation (the pin store forgets their pins)
         self.on_evict: Callable[[dict[str, bytes]], None] | None = None
@@ -165,6 +169,8 @@ class RouteCache:
         if now >= prefetch_at and domain not in self._inflight:
             self.stats.prefetches += 1
             self._start_fetch(domain)
+        if code == FOUND_SHORT:
+            return LookupResult(Outcome.FOUND, self._prefix + raw[_HEAD_SIZE:].decode())
         if code:
             return self._negative_result(raw, code)
         return LookupResult(Outcome.FOUND, raw[_HEAD_SIZE:].decode())
@@ -261,9 +267,14 @@ class RouteCache:
 
     def _pack(self, result: LookupResult, ttl: float, expires: float, stale: float, pin: int) -> bytes:
         prefetch_at = expires - ttl * PREFETCH_FRACTION if self._prefetch else _NEVER
-        return _pack_head(expires, prefetch_at, stale, _CODE_OF[result.outcome], pin) + result.value.encode()
+        value = result.value
+        if result.outcome is Outcome.FOUND and self._prefix and value.startswith(self._prefix):
+            return _pack_head(expires, prefetch_at, stale, FOUND_SHORT, pin) + value[len(self._prefix):].encode()
+        return _pack_head(expires, prefetch_at, stale, _CODE_OF[result.outcome], pin) + value.encode()
 
     def _result_of(self, raw: bytes, code: int) -> LookupResult:
+        if code == FOUND_SHORT:
+            return LookupResult(Outcome.FOUND, self._prefix + raw[_HEAD_SIZE:].decode())
         if code:
             return self._negative_result(raw, code)
         return LookupResult(Outcome.FOUND, raw[_HEAD_SIZE:].decode())
@@ -319,9 +330,9 @@ class RouteCache:
         rows = []
         for domain, raw in self._map.items():
             expires, _p, stale, code, _pin = _unpack(raw)
-            if code < _TEMP and stale > now:
-                rows.append((domain, _CODES[code].value, raw[_HEAD_SIZE:].decode(), expires + offset,
-                             stale + offset))
+            if code in (0, 1, FOUND_SHORT) and stale > now:
+                result = self._result_of(raw, code)
+                rows.append((domain, result.outcome.value, result.value, expires + offset, stale + offset))
         return rows
 
     def restore(self, rows: Iterable[tuple[str, str, str, float, float]]) -> int:
