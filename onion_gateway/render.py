@@ -164,7 +164,23 @@ class SystemdUnit:
     template = "systemd/onion-gateway.service.j2"
 
 
-Context = MasterCf | MainCf | OwnDomains | Wrapper | TorsocksConf | TorrcPiece | TorrcInclude | SystemdUnit
+@dataclass(frozen=True, slots=True)
+class SystemdSocket:
+    """systemd.socket(5) unit holding the daemon's listening sockets across restarts (sd_listen_fds(3)).
+
+    :param listen_streams: one ListenStream per tcp_table/socketmap listener: ``127.0.0.1:10025``,
+        ``[::1]:10025`` or a unix socket path.
+    :param socket_mode: SocketMode of unix sockets (``"0660"``).
+    :param socket_group: SocketGroup of unix sockets (``"postfix"``), or ``None``.
+    """
+
+    listen_streams: tuple[str, ...]
+    socket_mode: str = "0660"
+    socket_group: str | None = None
+    template = "systemd/onion-gateway.socket.j2"
+
+
+Context = MasterCf | MainCf | OwnDomains | Wrapper | TorsocksConf | TorrcPiece | TorrcInclude | SystemdUnit | SystemdSocket
 
 
 def render(context: Context) -> str:

@@ -27,7 +27,7 @@ with atheris.instrument_imports():
     from onion_gateway.lookup.routing import Router, build_routing_table
 
 ROUTER = Router(SrvResolver([("127.0.0.1", 9)], 0.1),
-                build_routing_table(frozenset({"own.example"}), frozenset(), True, {}), rng=random.Random(0))
+                build_routing_table(frozenset({"own.example"}), frozenset(), True, {}))
 
 
 def decode(decoder, data: bytes, cut: int) -> list:

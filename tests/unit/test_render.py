@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from onion_gateway.errors import ConfigError
-from onion_gateway.render import (MANAGED_BY, MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece,
+from onion_gateway.render import (MANAGED_BY, MainCf, MasterCf, OwnDomains, SystemdSocket, SystemdUnit, TorrcInclude,
+                                  TorrcPiece,
                                   TorsocksConf, Wrapper, render)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -37,6 +38,8 @@ CASES = {
     "torrc-include": TorrcInclude(piece="/etc/tor/onion-gateway.torrc"),
     "onion-gateway.service": SystemdUnit(exec_start="/usr/local/bin/onion-gateway serve --config "
                                                     "/etc/onion-gateway/onion-gateway.toml"),
+    "onion-gateway.socket": SystemdSocket(listen_streams=("127.0.0.1:10025", "/run/onion-gateway/map.sock"),
+                                          socket_group="postfix"),
 }
 
 
@@ -141,3 +144,15 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path):
     problems = [line for line in done.stderr.splitlines() if "onion-gateway.service" in line]
     assert problems == [], done.stderr
     assert "DynamicUser=yes" in text and "NoNewPrivileges=yes" in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_socket_unit_passes_systemd_analyze(tmp_path):
+    (tmp_path / "onion-gateway.service").write_text(render(SystemdUnit(exec_start="/bin/true serve")))
+    unit = tmp_path / "onion-gateway.socket"
+    unit.write_text(render(CASES["onion-gateway.socket"]))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in done.stderr.splitlines() if "onion-gateway.socket" in line]
+    assert problems == [], done.stderr
+    text = unit.read_text()
+    assert "ListenStream=127.0.0.1:10025" in text and "ListenStream=/run/onion-gateway/map.sock" in text
