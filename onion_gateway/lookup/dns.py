@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,13 @@ class SrvAnswer:
     authenticated: bool = False
     detail: str = ""
     elapsed_seconds: float = 0.0
+
+
+# dnspython >= 2.4 keeps listening past a malformed or mismatched datagram (``ignore_errors``: a spoofed
+# packet cannot end the try). dnspython 2.3 (Debian 12) has no such option: there the bad datagram ends
+# that try with an error, and the lookup's other tries (re-sent within the same deadline) carry on.
+_UDP_OPTIONS = ({"ignore_errors": True}
+                if "ignore_errors" in inspect.signature(dns.asyncquery.udp_with_fallback).parameters else {})
 
 
 class SrvResolver:
@@ -201,7 +209,7 @@ class SrvResolver:
         try:
             async with self._sockets:
                 response, _tcp = await dns.asyncquery.udp_with_fallback(
-                    query, host, timeout=budget_seconds, port=port, ignore_unexpected=True, ignore_errors=True)
+                    query, host, timeout=budget_seconds, port=port, ignore_unexpected=True, **_UDP_OPTIONS)
         except dns.exception.Timeout:
             return None
         except OSError as exc:
