@@ -113,7 +113,7 @@ def _postconf(journal: Journal, cdir: Path | None, flag: str, arg: str) -> None:
         journal.record(ServiceChange(where, arg, current_service(where, arg), None))
     else:                                                     # pragma: no cover - plan only makes these
         raise SetupError(f"unknown postconf step {flag}")
-    postfix.postconf(cdir, flag, arg)
+    postfix.edit(cdir, flag, arg)
     fault_point(f"postconf {flag} {arg.partition('=')[0]}")
 
 
@@ -281,8 +281,11 @@ def _apply_locked(plan: Plan) -> SetupResult:
             fault_point("onion service set")
         assert address is not None
         step = "postfix reload"
-        _reload_if_running(cdir, s.reload)
+        reloaded = _reload_if_running(cdir, s.reload)
         fault_point("postfix reloaded")
+        if reloaded:
+            step = f"the live relay audit of the new listener {s.listener}"
+            verify_live_listener(s, address)
     except (OnionGatewayError, OSError, KeyboardInterrupt) as exc:
         log.info("setup failed while %s: %s; restoring", step, exc)
         try:
@@ -301,6 +304,41 @@ def _apply_locked(plan: Plan) -> SetupResult:
     _commit(journal, s.state_dir, address)
     changed = [c.path for c in plan.files] + [c.path for c in plan.postconf]
     return SetupResult(address, _records(plan, address), changed, plan.notes)
+
+
+def verify_live_listener(settings: SetupSettings, address: str, wait_seconds: float = 15.0) -> None:
+    """Run the relay audit's live probes against the listener Postfix now serves (never DATA).
+
+    The static refusal (:func:`~onion_gateway.setup.plan.check_listener_policy`) judges a model of the
+    policy; tables it cannot evaluate (``relay_domains = regexp:...``) are only judged by asking the real
+    smtpd. Called after ``postfix reload``; any relaying probe fails the run, which undoes everything.
+
+    :param settings: setup's settings (listener, Postfix directory).
+    :param address: the gateway's onion address (the probes must not count it as foreign).
+    :param wait_seconds: how long to wait for the reloaded master to listen.
+    :raises SetupError: when a probe was relayed, naming the probes.
+    """
+    import socket
+    import time
+
+    from onion_gateway.audit import AuditOptions, audit_listener
+    from onion_gateway.audit.report import Outcome
+
+    host, port = settings.listener.host or "127.0.0.1", settings.listener.port or 0
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SetupError(f"the reloaded Postfix does not listen on {settings.listener}") from None
+            time.sleep(0.2)
+    report = audit_listener(str(settings.listener), AuditOptions(config_dir=settings.postfix_config_dir,
+                                                                 own_onion=address, timeout_seconds=10))
+    if report.outcome is Outcome.OPEN_RELAY:
+        relayed = "; ".join(f"{p.spec.name}: RCPT {', '.join(p.spec.rcpt_to)} accepted" for p in report.accepted)
+        raise SetupError(f"the live relay audit of {settings.listener} found an open relay ({relayed})")
 
 
 def _records(plan: Plan, address: str) -> list[str]:

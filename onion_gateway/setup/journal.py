@@ -318,9 +318,9 @@ def _undo_param(change: ParamChange) -> str | None:
         return None
     if _norm(now) == _norm(change.after):
         if change.before is None:
-            postfix.postconf(cdir, "-X", change.name)
+            postfix.edit(cdir, "-X", change.name)
             return f"main.cf: removed {change.name}"
-        postfix.postconf(cdir, "-e", f"{change.name} = {change.before}")
+        postfix.edit(cdir, "-e", f"{change.name} = {change.before}")
         return f"main.cf: set {change.name} back to {change.before!r}"
     assert now is not None
     ours = [t for t in split_list(change.after) if t not in split_list(change.before or "")]
@@ -328,9 +328,9 @@ def _undo_param(change: ParamChange) -> str | None:
     if ours and any(t in items for t in ours):           # a list edited since: drop only setup's items
         kept = [t for t in items if t not in ours]
         if kept:
-            postfix.postconf(cdir, "-e", f"{change.name} = {', '.join(kept)}")
+            postfix.edit(cdir, "-e", f"{change.name} = {', '.join(kept)}")
         else:
-            postfix.postconf(cdir, "-X", change.name)
+            postfix.edit(cdir, "-X", change.name)
         return f"main.cf: removed setup's {', '.join(ours)} from {change.name}, kept your later edits ({now!r})"
     return f"main.cf: {change.name} was edited since setup ({now!r}): kept as it is"
 
@@ -343,9 +343,9 @@ def _undo_service(change: ServiceChange) -> str | None:
     if _norm_entry(now) != _norm_entry(change.after):
         return f"master.cf: the service {change.key} was edited since setup: kept as it is"
     if change.before is None:
-        postfix.postconf(cdir, "-MX", change.key)
+        postfix.edit(cdir, "-MX", change.key)
         return f"master.cf: removed the service {change.key}"
-    postfix.postconf(cdir, "-M", f"{change.key}={change.before}")
+    postfix.edit(cdir, "-M", f"{change.key}={change.before}")
     return f"master.cf: restored the service {change.key}"
 
 

@@ -224,3 +224,16 @@ def test_example_config_documents_every_setup_key_with_valid_values():
     assert "static_routes" not in document["setup"] and "setup" not in document["serve"]["static_routes"]
     for f in fields(SetupSettings):
         assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f"setup.{f.name} is not documented"
+
+
+def test_item10_an_ipv6_daemon_table_is_named_once_and_recognised_by_status():
+    from dataclasses import replace
+
+    from onion_gateway.setup.settings import parse_daemon_table
+    from onion_gateway.status import uses_daemon
+
+    serve = replace(ServeSettings(), socketmap=(parse_listen_address("[::1]:6014"),), tcp_table=())
+    table = default_transport_map(serve)
+    assert table == "socketmap:inet:[::1]:6014:onion"
+    assert uses_daemon(f"regexp:/etc/postfix/own.regexp, {table}", serve) == table
+    assert parse_daemon_table(table) == ("socketmap", parse_listen_address("[::1]:6014"), "onion")
