@@ -30,15 +30,19 @@ from typing import Any
 from onion_gateway import postfix
 from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError
 from onion_gateway.setup.journal import (FileWrite, Journal, LineAppend, OnionChange, ParamChange, ServiceChange,
+                                         UnitStart, systemctl,
                                          change_from_json, change_to_json, current_parameter, current_service,
                                          describe, fault_point, read_nofollow, store_blob, undo,
                                          write_atomic)
-from onion_gateway.setup.plan import FileChange, OnionAction, Plan, SetupResult, read_bytes, srv_records
+from onion_gateway.setup.plan import (FileChange, OnionAction, Plan, SetupResult, daemon_problem, read_bytes,
+                                      srv_records)
 from onion_gateway.setup.settings import SetupSettings
 from onion_gateway.setup.state import MANIFEST, StateLock, check_state_dir, load_manifest
 from onion_gateway.tor import TorControl, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
+
+DAEMON_READY_SECONDS = 30.0       # how long setup waits for a unit it started to answer
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -115,6 +119,21 @@ def _postconf(journal: Journal, cdir: Path | None, flag: str, arg: str) -> None:
         raise SetupError(f"unknown postconf step {flag}")
     postfix.edit(cdir, flag, arg)
     fault_point(f"postconf {flag} {arg.partition('=')[0]}")
+
+
+def _wait_for_daemon(table: str, config_dir: Path | None, timeout_seconds: float) -> None:
+    """Wait until the daemon answers through *table* (as Postfix will ask it).
+
+    :raises SetupError: when it still does not answer after *timeout_seconds*.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_seconds
+    while (problem := daemon_problem(table, config_dir)) is not None:
+        if time.monotonic() > deadline:
+            raise SetupError(f"the lookup daemon still does not answer at {table} after {timeout_seconds:.0f} s "
+                             f"({problem}); see journalctl -u onion-gateway")
+        time.sleep(0.5)
 
 
 def _undo_all(changes: list, state_dir: Path, settings: SetupSettings | None, *, remove_new_key: bool,
@@ -259,6 +278,13 @@ def _apply_locked(plan: Plan) -> SetupResult:
                 _append_lines(journal, change)
             else:
                 _write_file(s.state_dir, journal, change)
+        if plan.start_unit is not None:
+            step = f"starting {plan.start_unit} (systemctl enable --now) and waiting for it to answer"
+            journal.record(UnitStart(plan.start_unit))
+            systemctl("daemon-reload")
+            systemctl("enable", "--now", plan.start_unit)
+            fault_point("unit started")
+            _wait_for_daemon(plan.daemon_table, cdir, DAEMON_READY_SECONDS)
         for pc in plan.postconf:
             step = f"changing {pc.path} with postconf"
             for flag, arg in pc.commands:

@@ -133,6 +133,9 @@ class Plan:
     :param blocker: why this plan must not be applied yet although it is sound (the lookup daemon does
         not answer at the table setup would put in transport_maps, so switching would defer all mail),
         with the exact command that fixes it; ``None`` when it can be applied.
+    :param start_unit: the systemd unit setup must enable and start (and wait for) before it switches
+        transport_maps, when the daemon does not answer yet and systemd runs; ``None``: nothing to start.
+    :param daemon_table: the daemon's table (``socketmap:inet:127.0.0.1:6014:onion``).
     :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
         ...], "transport_map": table}``; a later run removes what it no longer wants.
     """
@@ -146,11 +149,14 @@ class Plan:
     managed: dict[str, Any] = field(default_factory=dict)
     listener_record: dict[str, Any] = field(default_factory=dict)
     blocker: str | None = None
+    start_unit: str | None = None
+    daemon_table: str = ""
 
     @property
     def is_empty(self) -> bool:
         """True when nothing would change."""
-        return not self.files and not self.postconf and self.onion.action is OnionAction.REUSE
+        return (not self.files and not self.postconf and self.onion.action is OnionAction.REUSE
+                and self.start_unit is None)
 
     def describe(self) -> str:
         """The plan as text: unified diffs of every file and postconf change, and the onion step."""
@@ -471,12 +477,24 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
               "tor_control": str(settings.tor_control), "domains": list(settings.domains),
               "transport_map": transport_map, "serve_config": str(settings.serve_config)}
     blocker = None
+    start_unit = None
     problem = daemon_problem(transport_map, cdir)
-    if problem is not None:
+    if problem is not None and settings.systemd_unit is not None and systemd_running():
+        start_unit = settings.systemd_unit.name
+        notes.append(f"the lookup daemon does not answer yet: setup installs, enables and starts {start_unit} "
+                     "and waits for it to answer before it switches transport_maps")
+    elif problem is not None:
         blocker = (f"the lookup daemon does not answer at {transport_map} ({problem}); switching transport_maps "
                    f"now would defer all mail. Start it first:\n  {_serve_command(settings)} serve --config "
                    f"{settings.serve_config}\nthen run setup again; nothing was changed")
-    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker)
+    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker,
+                start_unit, transport_map)
+
+
+def systemd_running() -> bool:
+    """True when systemd is the init system (sd_booted(3): ``/run/systemd/system`` exists) and
+    ``systemctl`` is installed."""
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 
 
 def daemon_problem(table: str, config_dir: Path | None) -> str | None:
