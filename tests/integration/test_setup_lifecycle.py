@@ -329,8 +329,9 @@ def test_item6_a_planted_manifest_symlink_is_never_followed(gateway):
     victim = gateway.root / "victim"
     victim.write_text("precious\n")
     crafted = gateway.root / "crafted.json"
-    crafted.write_text(json.dumps({"changes": [{"type": "file", "path": str(victim), "before": None,
-                                                "after": "0" * 64}]}))
+    crafted.write_text(json.dumps({      # both the old manifest shape ("files") and the journal's ("changes")
+        "files": [{"path": str(victim), "backup": None}],
+        "changes": [{"type": "file", "path": str(victim), "before": None, "after": "0" * 64}]}))
     manifest = gateway.state_dir / "manifest.json"
     manifest.unlink()
     manifest.symlink_to(crafted)
