@@ -78,23 +78,7 @@ class TorControl:
             except OSError as exc:
                 raise TorError(f"cannot read the control password file {self.password_file}: "
                                f"{exc.strerror}") from exc
-        try:
-            if self.address.is_unix:
-                controller = stem.control.Controller.from_socket_file(self.address.path)
-            else:
-                controller = stem.control.Controller.from_port(address=self.address.host, port=self.address.port)
-        except stem.SocketError as exc:
-            raise TorError(f"cannot connect to Tor's control port {self.address}: {exc}; is tor running "
-                           "with a ControlPort/ControlSocket there?") from exc
-        try:
-            controller.authenticate(password=password)
-        except stem.connection.MissingPassword as exc:
-            controller.close()
-            raise TorError(f"Tor's control port {self.address} wants a password: "
-                           "set setup.tor_control_password_file") from exc
-        except (stem.connection.AuthenticationFailure, stem.SocketError) as exc:
-            controller.close()
-            raise TorError(f"Tor's control port {self.address} refused authentication: {exc}") from exc
+        controller = connect(self.address, password)
         self._controller = controller
         log.debug("connected to tor %s on %s", controller.get_version(), self.address)
         return self
@@ -129,10 +113,40 @@ class TorControl:
         return Path(text) if text else None
 
     def _hidden_services(self) -> dict:
+        """Every onion service of the running Tor: ``{dir: {"HiddenServicePort": [entry...], option: value}}``.
+
+        Parsed here rather than by stem, whose parser rejects targets that are not IPv4 (``unix:PATH``,
+        ``[::1]:PORT``) and so made setup fail on a Tor that serves any such onion. Wire example
+        (control-spec.txt §3.3 GETCONF)::
+
+            250-HiddenServiceDir=/var/lib/tor/mail
+            250-HiddenServicePort=25 127.0.0.1:2525
+            250-HiddenServicePort=80 unix:/run/www.sock
+            250 HiddenServiceVersion=3
+
+        A port entry is ``(virtual port, host, port)`` for an IP target (IPv6 without brackets) and the
+        raw text (``"80 unix:/run/www.sock"``) otherwise; raw entries are written back unchanged.
+        """
         try:
-            return dict(self._c.get_hidden_service_conf())
-        except stem.ControllerError as exc:
+            response = self._c.msg("GETCONF HiddenServiceOptions")
+        except (stem.ControllerError, stem.SocketError) as exc:
             raise TorError(f"GETCONF HiddenServiceOptions failed: {exc}") from exc
+        services: dict = {}
+        directory = None
+        for _code, _divider, content in response.content():
+            key, sep, value = content.partition("=")
+            if not sep:
+                continue
+            if key == "HiddenServiceDir":
+                directory = value
+                services[directory] = {"HiddenServicePort": []}
+            elif directory is None:
+                continue
+            elif key == "HiddenServicePort":
+                services[directory]["HiddenServicePort"].append(_port_entry(value))
+            else:
+                services[directory][key] = value
+        return services
 
     def hidden_service_ports(self, hidden_service_dir: Path) -> list[tuple[int, str, int]] | None:
         """The ``HiddenServicePort`` mappings Tor has for *hidden_service_dir*, or ``None`` if none.
@@ -141,7 +155,9 @@ class TorControl:
         :raises TorError: if GETCONF fails.
         """
         conf = self._hidden_services().get(str(hidden_service_dir))
-        return None if conf is None else list(conf.get("HiddenServicePort", []))
+        if conf is None:
+            return None
+        return [entry if isinstance(entry, tuple) else _raw_port(entry) for entry in conf.get("HiddenServicePort", [])]
 
     def set_hidden_service(self, hidden_service_dir: Path, onion_port: int, target_host: str,
                            target_port: int, timeout_seconds: float = 10.0) -> str:
@@ -168,7 +184,7 @@ class TorControl:
             entry["HiddenServicePort"] = wanted
             conf[str(hidden_service_dir)] = entry
             try:
-                self._c.set_hidden_service_conf(conf)
+                self._c.set_hidden_service_conf(_writable(conf))
             except (stem.ControllerError, stem.SocketError) as exc:
                 raise TorError(f"Tor refused the onion service in {hidden_service_dir}: {exc}") from exc
             log.info("tor now serves the onion service in %s (port %s -> %s:%s)", hidden_service_dir,
@@ -192,11 +208,62 @@ class TorControl:
         if conf.pop(str(hidden_service_dir), None) is None:
             return False
         try:
-            self._c.set_hidden_service_conf(conf)
+            self._c.set_hidden_service_conf(_writable(conf))
         except (stem.ControllerError, stem.SocketError) as exc:
             raise TorError(f"Tor refused to drop the onion service in {hidden_service_dir}: {exc}") from exc
         log.info("tor no longer serves the onion service in %s", hidden_service_dir)
         return True
+
+
+def _port_entry(value: str):
+    """``"25 127.0.0.1:2525"`` -> ``(25, "127.0.0.1", 2525)``; ``"25 [::1]:2525"`` -> ``(25, "::1", 2525)``;
+    ``"25"`` -> ``(25, "127.0.0.1", 25)``; anything else (``unix:``) stays text."""
+    parts = value.split()
+    try:
+        virtual = int(parts[0])
+        if len(parts) == 1:
+            return (virtual, "127.0.0.1", virtual)
+        target = parts[1]
+        if target.isdigit():
+            return (virtual, "127.0.0.1", int(target))
+        if target.startswith("["):
+            host, _, port = target[1:].partition("]:")
+            return (virtual, host, int(port))
+        host, sep, port = target.rpartition(":")
+        if sep and "." in host and port.isdigit():
+            return (virtual, host, int(port))
+    except (ValueError, IndexError):
+        pass
+    return value
+
+
+def _raw_port(value: str) -> tuple:
+    """A text entry as ``(virtual port, "unix:PATH", 0)`` for callers that compare mappings."""
+    parts = value.split(None, 1)
+    try:
+        return (int(parts[0]), parts[1] if len(parts) > 1 else "", 0)
+    except ValueError:
+        return (0, value, 0)
+
+
+def _writable(conf: dict) -> dict:
+    """The conf with tuple ports rendered as Tor writes them (IPv6 in brackets) for stem's SETCONF."""
+    out: dict = {}
+    for directory, options in conf.items():
+        entry = dict(options)
+        ports = []
+        for port in options.get("HiddenServicePort", []):
+            if isinstance(port, (tuple, list)):
+                virtual, host, target = port
+                if str(host).startswith("unix:"):
+                    ports.append(f"{virtual} {host}")
+                else:
+                    ports.append(f"{virtual} [{host}]:{target}" if ":" in str(host) else f"{virtual} {host}:{target}")
+            else:
+                ports.append(port)
+        entry["HiddenServicePort"] = ports
+        out[directory] = entry
+    return out
 
 
 def check_hidden_service_dir(hidden_service_dir: Path) -> None:
@@ -287,28 +354,42 @@ class OnionServiceState:
     detail: str
 
 
-def _connect(host: str, port: int, password: str | None, timeout_seconds: float) -> stem.control.Controller:
-    """An authenticated controller on ``host:port``; the caller closes it.
+def connect(address: ListenAddress, password: str | None = None,
+            timeout_seconds: float | None = None) -> stem.control.Controller:
+    """The one way onion-gateway opens Tor's control connection: ``IP:PORT`` (ControlPort) or
+    ``unix:PATH`` (ControlSocket, Debian's ``/run/tor/control``), authenticated; the caller closes it.
 
-    :raises TorError: if the port cannot be reached or authentication fails.
+    :param address: the control address.
+    :param password: the control password, or ``None`` for cookie (found through PROTOCOLINFO) or no auth.
+    :param timeout_seconds: connect budget (stem's sockets have none of their own); ``None``: no limit.
+    :raises TorError: if Tor cannot be reached, wants a password, or refuses authentication.
     """
     previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_seconds)   # stem's ControlPort socket has no timeout of its own
+    if timeout_seconds is not None:
+        socket.setdefaulttimeout(timeout_seconds)
     try:
-        controller = stem.control.Controller.from_port(address=host, port=port)
+        if address.is_unix:
+            controller = stem.control.Controller.from_socket_file(address.path)
+        else:
+            controller = stem.control.Controller.from_port(address=address.host, port=address.port)
     except stem.SocketError as exc:
-        raise TorError(f"cannot connect to the Tor control port {host}:{port}: {exc}") from exc
+        raise TorError(f"cannot connect to Tor's control port {address}: {exc}; is tor running with a "
+                       "ControlPort/ControlSocket there?") from exc
     finally:
         socket.setdefaulttimeout(previous)
     try:
         controller.authenticate(password=password)
+    except stem.connection.MissingPassword as exc:
+        controller.close()
+        raise TorError(f"Tor's control port {address} wants a password: set setup.tor_control_password_file "
+                       "(status: --tor-password)") from exc
     except (stem.connection.AuthenticationFailure, stem.SocketError) as exc:
         controller.close()
-        raise TorError(f"Tor control port {host}:{port} refused authentication: {exc}") from exc
+        raise TorError(f"Tor's control port {address} refused authentication: {exc}") from exc
     return controller
 
 
-def bootstrap_status(host: str, port: int, password: str | None = None,
+def bootstrap_status(address: ListenAddress, password: str | None = None,
                      timeout_seconds: float = 5.0) -> TorBootstrap:
     """Ask a Tor ControlPort for its bootstrap phase and SocksPorts.
 
@@ -317,20 +398,19 @@ def bootstrap_status(host: str, port: int, password: str | None = None,
         GETINFO status/bootstrap-phase
         250-status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"
 
-    :param host: control port address (an IP, normally loopback).
-    :param port: control port.
+    :param address: the control address, ``IP:PORT`` or ``unix:PATH``.
     :param password: control-port password, or ``None`` for cookie/no authentication.
     :param timeout_seconds: connect budget (seconds).
     :returns: a :class:`TorBootstrap`.
     :raises TorError: if the port cannot be reached, authentication fails, or tor refuses GETINFO.
     """
-    controller = _connect(host, port, password, timeout_seconds)
+    controller = connect(address, password, timeout_seconds)
     try:
         phase = controller.get_info("status/bootstrap-phase")
         socks = controller.get_info("net/listeners/socks", "")
         version = str(controller.get_version()).split()[0]
     except (stem.ControllerError, stem.SocketError) as exc:
-        raise TorError(f"Tor control port {host}:{port}: GETINFO failed: {exc}") from exc
+        raise TorError(f"Tor control port {address}: GETINFO failed: {exc}") from exc
     finally:
         controller.close()
     progress = re.search(r"\bPROGRESS=(\d+)", phase)
@@ -340,7 +420,7 @@ def bootstrap_status(host: str, port: int, password: str | None = None,
                         tuple(s.strip('"') for s in socks.split()))
 
 
-def onion_service_status(host: str, port: int, onion: str, password: str | None = None,
+def onion_service_status(address: ListenAddress, onion: str, password: str | None = None,
                          timeout_seconds: float = 5.0) -> OnionServiceState:
     """Is *onion* served by the Tor on ``host:port``, and can its descriptor be fetched from the network?
 
@@ -354,8 +434,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
     The first says this Tor runs the service; only the second proves the descriptor was uploaded, since
     it comes back from an HSDir exactly as a sending gateway's Tor would fetch it.
 
-    :param host: control port address.
-    :param port: control port.
+    :param address: the control address, ``IP:PORT`` or ``unix:PATH``.
     :param onion: the address, ``<56 chars>.onion``.
     :param password: control-port password, or ``None`` for cookie/no authentication.
     :param timeout_seconds: budget for connecting and for the fetch (seconds).
@@ -363,7 +442,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
     :raises TorError: if the control port cannot be reached or refuses a command.
     """
     service_id = onion.lower().removesuffix(".onion")
-    controller = _connect(host, port, password, timeout_seconds)
+    controller = connect(address, password, timeout_seconds)
     try:
         try:
             controller.get_info(f"hs/service/desc/id/{service_id}")
@@ -371,7 +450,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
             return OnionServiceState(False, False, f"this Tor does not serve it, or has no descriptor for it "
                                                    f"yet ({exc})")
         except (stem.ControllerError, stem.SocketError) as exc:
-            raise TorError(f"Tor control port {host}:{port}: GETINFO hs/service/desc failed: {exc}") from exc
+            raise TorError(f"Tor control port {address}: GETINFO hs/service/desc failed: {exc}") from exc
         events: queue.Queue = queue.Queue()
 
         def listener(event) -> None:
@@ -382,7 +461,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
             controller.add_event_listener(listener, stem.control.EventType.HS_DESC)
             reply = controller.msg(f"HSFETCH {service_id}")
         except (stem.ControllerError, stem.SocketError) as exc:
-            raise TorError(f"Tor control port {host}:{port}: HSFETCH failed: {exc}") from exc
+            raise TorError(f"Tor control port {address}: HSFETCH failed: {exc}") from exc
         if not reply.is_ok():
             return OnionServiceState(True, False, f"HSFETCH refused: {reply}")
         failures: list[str] = []

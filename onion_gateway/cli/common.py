@@ -165,12 +165,50 @@ def serve_settings_from(config_file: Path | None, overrides: dict[str, Any]):
     from onion_gateway.config import load_config_file, serve_settings
 
     table: dict[str, Any] = {}
+    setup_table: dict[str, Any] = {}
     base_dir = None
     if config_file is not None:
         document = load_config_file(config_file)
         table = document.get("serve", {})
+        setup_table = document.get("setup", {})
         base_dir = config_file.resolve().parent
-    return serve_settings(table, cli_overrides(overrides), base_dir)
+    settings = serve_settings(table, cli_overrides(overrides), base_dir)
+    return with_own_onions_from_setup(settings, setup_table, base_dir)
+
+
+def with_own_onions_from_setup(settings, setup_table: dict[str, Any], base_dir: Path | None):
+    """Add the onion address setup recorded (``[setup].state_dir``, else setup's default state directory)
+    to ``own_onions``: the gateway never routes mail to itself, whether or not ``own_onions`` names it.
+
+    A missing or unreadable record adds nothing (the daemon runs on hosts setup never touched).
+
+    :returns: the settings, with the recorded address added to ``own_onions``.
+    """
+    from dataclasses import replace
+
+    from onion_gateway.errors import OnionGatewayError
+    from onion_gateway.setup.state import DEFAULT_STATE_DIR, MANIFEST, read_setup_state
+
+    state_dir = DEFAULT_STATE_DIR
+    if setup_table.get("state_dir"):
+        state_dir = Path(setup_table["state_dir"])
+        if not state_dir.is_absolute() and base_dir is not None:
+            state_dir = base_dir / state_dir
+    try:
+        if not (state_dir / MANIFEST).exists():
+            return settings
+        record = read_setup_state(state_dir)
+    except (OnionGatewayError, OSError):
+        return settings
+    onion = record.onion_address or (record.as_onion_port().onion if record.hidden_service_dir else None)
+    if not onion:
+        return settings
+    from onion_gateway.onion import normalize_onion
+
+    try:
+        return replace(settings, own_onions=settings.own_onions | {normalize_onion(onion)})
+    except ValueError:
+        return settings
 
 
 def resolver_options(func):

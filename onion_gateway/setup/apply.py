@@ -30,15 +30,19 @@ from typing import Any
 from onion_gateway import postfix
 from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError
 from onion_gateway.setup.journal import (FileWrite, Journal, LineAppend, OnionChange, ParamChange, ServiceChange,
+                                         UnitStart, systemctl,
                                          change_from_json, change_to_json, current_parameter, current_service,
                                          describe, fault_point, read_nofollow, store_blob, undo,
                                          write_atomic)
-from onion_gateway.setup.plan import FileChange, OnionAction, Plan, SetupResult, read_bytes, srv_records
+from onion_gateway.setup.plan import (FileChange, OnionAction, Plan, SetupResult, daemon_problem, read_bytes,
+                                      srv_records)
 from onion_gateway.setup.settings import SetupSettings
 from onion_gateway.setup.state import MANIFEST, StateLock, check_state_dir, load_manifest
 from onion_gateway.tor import TorControl, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
+
+DAEMON_READY_SECONDS = 30.0       # how long setup waits for a unit it started to answer
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -113,8 +117,23 @@ def _postconf(journal: Journal, cdir: Path | None, flag: str, arg: str) -> None:
         journal.record(ServiceChange(where, arg, current_service(where, arg), None))
     else:                                                     # pragma: no cover - plan only makes these
         raise SetupError(f"unknown postconf step {flag}")
-    postfix.postconf(cdir, flag, arg)
+    postfix.edit(cdir, flag, arg)
     fault_point(f"postconf {flag} {arg.partition('=')[0]}")
+
+
+def _wait_for_daemon(table: str, config_dir: Path | None, timeout_seconds: float) -> None:
+    """Wait until the daemon answers through *table* (as Postfix will ask it).
+
+    :raises SetupError: when it still does not answer after *timeout_seconds*.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_seconds
+    while (problem := daemon_problem(table, config_dir)) is not None:
+        if time.monotonic() > deadline:
+            raise SetupError(f"the lookup daemon still does not answer at {table} after {timeout_seconds:.0f} s "
+                             f"({problem}); see journalctl -u onion-gateway")
+        time.sleep(0.5)
 
 
 def _undo_all(changes: list, state_dir: Path, settings: SetupSettings | None, *, remove_new_key: bool,
@@ -259,6 +278,13 @@ def _apply_locked(plan: Plan) -> SetupResult:
                 _append_lines(journal, change)
             else:
                 _write_file(s.state_dir, journal, change)
+        if plan.start_unit is not None:
+            step = f"starting {plan.start_unit} (systemctl enable --now) and waiting for it to answer"
+            journal.record(UnitStart(plan.start_unit))
+            systemctl("daemon-reload")
+            systemctl("enable", "--now", plan.start_unit)
+            fault_point("unit started")
+            _wait_for_daemon(plan.daemon_table, cdir, DAEMON_READY_SECONDS)
         for pc in plan.postconf:
             step = f"changing {pc.path} with postconf"
             for flag, arg in pc.commands:
@@ -281,8 +307,11 @@ def _apply_locked(plan: Plan) -> SetupResult:
             fault_point("onion service set")
         assert address is not None
         step = "postfix reload"
-        _reload_if_running(cdir, s.reload)
+        reloaded = _reload_if_running(cdir, s.reload)
         fault_point("postfix reloaded")
+        if reloaded:
+            step = f"the live relay audit of the new listener {s.listener}"
+            verify_live_listener(s, address)
     except (OnionGatewayError, OSError, KeyboardInterrupt) as exc:
         log.info("setup failed while %s: %s; restoring", step, exc)
         try:
@@ -301,6 +330,41 @@ def _apply_locked(plan: Plan) -> SetupResult:
     _commit(journal, s.state_dir, address)
     changed = [c.path for c in plan.files] + [c.path for c in plan.postconf]
     return SetupResult(address, _records(plan, address), changed, plan.notes)
+
+
+def verify_live_listener(settings: SetupSettings, address: str, wait_seconds: float = 15.0) -> None:
+    """Run the relay audit's live probes against the listener Postfix now serves (never DATA).
+
+    The static refusal (:func:`~onion_gateway.setup.plan.check_listener_policy`) judges a model of the
+    policy; tables it cannot evaluate (``relay_domains = regexp:...``) are only judged by asking the real
+    smtpd. Called after ``postfix reload``; any relaying probe fails the run, which undoes everything.
+
+    :param settings: setup's settings (listener, Postfix directory).
+    :param address: the gateway's onion address (the probes must not count it as foreign).
+    :param wait_seconds: how long to wait for the reloaded master to listen.
+    :raises SetupError: when a probe was relayed, naming the probes.
+    """
+    import socket
+    import time
+
+    from onion_gateway.audit import AuditOptions, audit_listener
+    from onion_gateway.audit.report import Outcome
+
+    host, port = settings.listener.host or "127.0.0.1", settings.listener.port or 0
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SetupError(f"the reloaded Postfix does not listen on {settings.listener}") from None
+            time.sleep(0.2)
+    report = audit_listener(str(settings.listener), AuditOptions(config_dir=settings.postfix_config_dir,
+                                                                 own_onion=address, timeout_seconds=10))
+    if report.outcome is Outcome.OPEN_RELAY:
+        relayed = "; ".join(f"{p.spec.name}: RCPT {', '.join(p.spec.rcpt_to)} accepted" for p in report.accepted)
+        raise SetupError(f"the live relay audit of {settings.listener} found an open relay ({relayed})")
 
 
 def _records(plan: Plan, address: str) -> list[str]:

@@ -152,9 +152,34 @@ class OnionChange:
     ports_before: list | None
 
 
-Change = ParamChange | ServiceChange | FileWrite | LineAppend | OnionChange
+@dataclass(frozen=True)
+class UnitStart:
+    """setup enabled and started a systemd unit (the lookup daemon) that was not running.
+
+    :param unit: the unit name (``onion-gateway.service``).
+    """
+
+    unit: str
+
+
+Change = ParamChange | ServiceChange | FileWrite | LineAppend | OnionChange | UnitStart
 _TYPES: dict[str, type] = {"param": ParamChange, "service": ServiceChange, "file": FileWrite,
-                           "line": LineAppend, "onion": OnionChange}
+                           "line": LineAppend, "onion": OnionChange, "unit": UnitStart}
+
+
+def systemctl(*args: str) -> None:
+    """Run ``systemctl ARGS`` (the one place setup talks to systemd).
+
+    :raises SetupError: when it fails, with its stderr.
+    """
+    import subprocess
+
+    try:
+        done = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SetupError(f"systemctl {' '.join(args)}: {exc}") from exc
+    if done.returncode != 0:
+        raise SetupError(f"systemctl {' '.join(args)} failed: {done.stderr.strip() or done.returncode}")
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 
@@ -187,6 +212,8 @@ def describe(change: Change) -> str:
         return f"remove {change.path}" if change.before is None else f"restore {change.path}"
     if isinstance(change, LineAppend):
         return f"remove the line {change.line!r} from {change.path}"
+    if isinstance(change, UnitStart):
+        return f"stop and disable {change.unit}"
     return f"stop serving the onion service in {change.hidden_service_dir} (its key is kept)"
 
 
@@ -308,6 +335,9 @@ def undo(change: Change, state_dir: Path, tor=None, *, remove_new_key: bool = Fa
         return _undo_file(change, state_dir)
     if isinstance(change, LineAppend):
         return _undo_line(change)
+    if isinstance(change, UnitStart):
+        systemctl("disable", "--now", change.unit)       # idempotent: a stopped, disabled unit stays so
+        return f"stopped and disabled {change.unit}"
     return _undo_onion(change, tor, remove_new_key)
 
 
@@ -318,9 +348,9 @@ def _undo_param(change: ParamChange) -> str | None:
         return None
     if _norm(now) == _norm(change.after):
         if change.before is None:
-            postfix.postconf(cdir, "-X", change.name)
+            postfix.edit(cdir, "-X", change.name)
             return f"main.cf: removed {change.name}"
-        postfix.postconf(cdir, "-e", f"{change.name} = {change.before}")
+        postfix.edit(cdir, "-e", f"{change.name} = {change.before}")
         return f"main.cf: set {change.name} back to {change.before!r}"
     assert now is not None
     ours = [t for t in split_list(change.after) if t not in split_list(change.before or "")]
@@ -328,9 +358,9 @@ def _undo_param(change: ParamChange) -> str | None:
     if ours and any(t in items for t in ours):           # a list edited since: drop only setup's items
         kept = [t for t in items if t not in ours]
         if kept:
-            postfix.postconf(cdir, "-e", f"{change.name} = {', '.join(kept)}")
+            postfix.edit(cdir, "-e", f"{change.name} = {', '.join(kept)}")
         else:
-            postfix.postconf(cdir, "-X", change.name)
+            postfix.edit(cdir, "-X", change.name)
         return f"main.cf: removed setup's {', '.join(ours)} from {change.name}, kept your later edits ({now!r})"
     return f"main.cf: {change.name} was edited since setup ({now!r}): kept as it is"
 
@@ -343,9 +373,9 @@ def _undo_service(change: ServiceChange) -> str | None:
     if _norm_entry(now) != _norm_entry(change.after):
         return f"master.cf: the service {change.key} was edited since setup: kept as it is"
     if change.before is None:
-        postfix.postconf(cdir, "-MX", change.key)
+        postfix.edit(cdir, "-MX", change.key)
         return f"master.cf: removed the service {change.key}"
-    postfix.postconf(cdir, "-M", f"{change.key}={change.before}")
+    postfix.edit(cdir, "-M", f"{change.key}={change.before}")
     return f"master.cf: restored the service {change.key}"
 
 

@@ -133,6 +133,9 @@ class Plan:
     :param blocker: why this plan must not be applied yet although it is sound (the lookup daemon does
         not answer at the table setup would put in transport_maps, so switching would defer all mail),
         with the exact command that fixes it; ``None`` when it can be applied.
+    :param start_unit: the systemd unit setup must enable and start (and wait for) before it switches
+        transport_maps, when the daemon does not answer yet and systemd runs; ``None``: nothing to start.
+    :param daemon_table: the daemon's table (``socketmap:inet:127.0.0.1:6014:onion``).
     :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
         ...], "transport_map": table}``; a later run removes what it no longer wants.
     """
@@ -146,11 +149,14 @@ class Plan:
     managed: dict[str, Any] = field(default_factory=dict)
     listener_record: dict[str, Any] = field(default_factory=dict)
     blocker: str | None = None
+    start_unit: str | None = None
+    daemon_table: str = ""
 
     @property
     def is_empty(self) -> bool:
         """True when nothing would change."""
-        return not self.files and not self.postconf and self.onion.action is OnionAction.REUSE
+        return (not self.files and not self.postconf and self.onion.action is OnionAction.REUSE
+                and self.start_unit is None)
 
     def describe(self) -> str:
         """The plan as text: unified diffs of every file and postconf change, and the onion step."""
@@ -254,6 +260,41 @@ def master_entries(text: str) -> list[tuple[str, str]]:
 def main_parameters(text: str) -> list[str]:
     """The ``name = value`` lines of rendered main.cf text (comments and blank lines skipped)."""
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def check_listener_port(config_dir: Path | None, listener, ours: Sequence[str] = ()) -> None:
+    """Refuse a listener address that a master.cf service already uses (master(5) service names).
+
+    An ``inet`` service named ``[HOST:]PORT`` (PORT a number or a services(5) name) listens on HOST, or
+    on every ``inet_interfaces`` address when HOST is absent (or ``*``): either way it shares the port
+    with a listener on that port, and the kernel would spread connections between the two. Services
+    setup itself made (*ours*, ``name/type``) are not in the way.
+
+    :param config_dir: the Postfix configuration directory.
+    :param listener: the planned listener (a :class:`~onion_gateway.config.ListenAddress`).
+    :param ours: the services an earlier setup run made.
+    :raises SetupError: naming the service in the way; nothing was changed.
+    :raises PostfixError: if postconf fails.
+    """
+    import socket
+
+    for service in postfix.master_fields(config_dir):
+        if service.get("type") != "inet" or f"{service.get('service')}/inet" in ours:
+            continue
+        name = service.get("service", "")
+        host, sep, port_text = name.rpartition(":")
+        host = host.strip("[]") if sep else ""
+        try:
+            port = int(port_text) if port_text.isdigit() else socket.getservbyname(port_text, "tcp")
+        except OSError:
+            continue
+        if port != listener.port:
+            continue
+        if host in ("", "*", "0.0.0.0", "::") or host == listener.host or \
+                (host == "localhost" and listener.host in ("127.0.0.1", "::1")):
+            raise SetupError(f"the listener {listener} would share its port with the master.cf service "
+                             f"{name}/inet ({service.get('command', '').split()[0] if service.get('command') else '?'})"
+                             "; choose another --listener port; nothing was changed")
 
 
 def check_listener_policy(config_dir: Path, listener: str) -> list[str]:
@@ -384,7 +425,13 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     if settings.torrc is not None:
         torrc_old = read_bytes(settings.torrc) or b""
         include_line = f"%include {settings.torrc_piece}"
-        if include_line not in (line.strip() for line in torrc_old.decode("utf-8", "replace").splitlines()):
+        torrc_lines = [line.strip() for line in torrc_old.decode("utf-8", "replace").splitlines()]
+        covered = any(_included_besides(line, settings.torrc, settings.torrc_piece) is not None
+                      for line in torrc_lines)
+        if covered:
+            notes.append(f"{settings.torrc} already reads {settings.torrc_piece} through an %include of its "
+                         "directory: no %include line added")
+        elif include_line not in torrc_lines:
             text = torrc_old.decode("utf-8", "replace")
             if text and not text.endswith("\n"):
                 text += "\n"
@@ -409,6 +456,7 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         scratch = Path(scratch_name)
         _check_wrapper_syntax(scratch, render(wrapper))
         managed_before = _manifest_or_error(settings.state_dir).get("managed") or {}
+        check_listener_port(settings.postfix_config_dir, settings.listener, managed_before.get("services", []))
         postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command,
                                                    (own_table, transport_map),
                                                    managed_before)
@@ -420,19 +468,33 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     if not (daemon_directory / "smtp").exists():
         notes.append(f"{daemon_directory}/smtp does not exist: check daemon_directory")
     if settings.systemd_unit is not None and any(c.path == settings.systemd_unit for c in files):
-        notes.append(f"then: systemctl daemon-reload && systemctl enable --now {settings.systemd_unit.name}")
+        notes.append(f"the unit {settings.systemd_unit} is new or changed: systemctl daemon-reload && systemctl "
+                     f"enable {settings.systemd_unit.name} (the daemon must already answer before setup switches "
+                     "transport_maps)")
     record = {"listener": listener, "onion_port": settings.onion_port,
               "hidden_service_dir": str(settings.hidden_service_dir),
               "postfix_config_dir": str(cdir) if cdir is not None else None,
               "tor_control": str(settings.tor_control), "domains": list(settings.domains),
               "transport_map": transport_map, "serve_config": str(settings.serve_config)}
     blocker = None
+    start_unit = None
     problem = daemon_problem(transport_map, cdir)
-    if problem is not None:
+    if problem is not None and settings.systemd_unit is not None and systemd_running():
+        start_unit = settings.systemd_unit.name
+        notes.append(f"the lookup daemon does not answer yet: setup installs, enables and starts {start_unit} "
+                     "and waits for it to answer before it switches transport_maps")
+    elif problem is not None:
         blocker = (f"the lookup daemon does not answer at {transport_map} ({problem}); switching transport_maps "
                    f"now would defer all mail. Start it first:\n  {_serve_command(settings)} serve --config "
                    f"{settings.serve_config}\nthen run setup again; nothing was changed")
-    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker)
+    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker,
+                start_unit, transport_map)
+
+
+def systemd_running() -> bool:
+    """True when systemd is the init system (sd_booted(3): ``/run/systemd/system`` exists) and
+    ``systemctl`` is installed."""
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 
 
 def daemon_problem(table: str, config_dir: Path | None) -> str | None:
@@ -539,13 +601,45 @@ def _verify_torrc_in_scratch(settings: SetupSettings, scratch: Path) -> None:
                                        onion_port=settings.onion_port, target=str(settings.listener))))
     text = (read_bytes(settings.torrc) or b"").decode("utf-8", "replace")
     include_line = f"%include {settings.torrc_piece}"
-    lines = [line for line in text.splitlines() if line.strip() != include_line]
+    lines = []
+    for line in text.splitlines():
+        if line.strip() == include_line:
+            continue
+        others = _included_besides(line.strip(), settings.torrc, settings.torrc_piece)
+        if others is None:
+            lines.append(line)
+        else:                               # the directory include, minus the real piece: ours replaces it
+            lines += [f"%include {other}" for other in others]
     torrc = scratch / "torrc"
     torrc.write_text("\n".join(lines) + f"\n%include {piece}\n")
     try:
         verify_config(torrc, settings.tor_defaults_torrc)
     except TorError as exc:
         raise SetupError(f"{exc}; nothing was changed") from exc
+
+
+def _included_besides(line: str, torrc: Path, piece: Path) -> list[Path] | None:
+    """If torrc line *line* is an ``%include`` of a directory or glob that covers *piece* (tor(1): a
+    directory's files in lexical order, dot-files skipped), the other files it includes; else ``None``.
+    A relative path is taken from the torrc's directory (as :mod:`onion_gateway.audit.discover` does)."""
+    import fnmatch
+    import glob as globbing
+
+    if not line.startswith("%include"):
+        return None
+    pattern = line[len("%include"):].strip()
+    if not pattern:
+        return None
+    base = Path(pattern) if Path(pattern).is_absolute() else torrc.parent / pattern
+    piece_real = Path(os.path.realpath(piece))
+    if base.is_dir() or pattern.endswith("/"):
+        if Path(os.path.realpath(base)) != piece_real.parent or piece.name.startswith("."):
+            return None
+        return sorted(p for p in base.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and Path(os.path.realpath(p)) != piece_real)
+    if any(ch in pattern for ch in "*?[") and fnmatch.fnmatch(str(piece), str(base)):
+        return sorted(Path(p) for p in globbing.glob(str(base)) if Path(os.path.realpath(p)) != piece_real)
+    return None
 
 
 def _plan_onion(settings: SetupSettings, notes: list[str]) -> OnionStep:

@@ -197,21 +197,52 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
     raise ConfigError(f"{where}: unknown setting")  # pragma: no cover - guarded by _SETUP_KEYS
 
 
+def daemon_table(protocol: str, address: ListenAddress, name: str | None = None) -> str:
+    """The one function that names a lookup daemon's listener as a Postfix table.
+
+    :param protocol: ``"tcp_table"`` (tcp_table(5)) or ``"socketmap"`` (socketmap_table(5)).
+    :param address: the listener; an IPv6 host is written in brackets (``[::1]:6014``).
+    :param name: the socketmap name (``onion``); ``None`` leaves it off (a prefix to match tables by).
+    :returns: ``tcp:HOST:PORT``, ``socketmap:inet:HOST:PORT:NAME`` or ``socketmap:unix:PATH:NAME``.
+    :raises ConfigError: for a tcp_table on a unix socket (Postfix's tcp: client speaks TCP only).
+    """
+    if protocol == "tcp_table":
+        if address.is_unix:
+            raise ConfigError(f"tcp_table on {address}: Postfix's tcp: table needs a TCP address")
+        return f"tcp:{address}"
+    table = f"socketmap:unix:{address.path}" if address.is_unix else f"socketmap:inet:{address}"
+    return table if name is None else f"{table}:{name}"
+
+
 def default_transport_map(serve: ServeSettings) -> str:
     """The Postfix table that asks the ``serve`` daemon, from its listeners.
 
     socketmap is preferred: when the daemon is down Postfix fails at once (tcp_table retries for 10 s).
 
     :param serve: the daemon's settings.
-    :returns: e.g. ``"socketmap:inet:127.0.0.1:6014:onion"`` or ``"tcp:127.0.0.1:6013"``.
+    :returns: e.g. ``"socketmap:inet:127.0.0.1:6014:onion"``, ``"socketmap:inet:[::1]:6014:onion"`` or
+        ``"tcp:127.0.0.1:6013"``.
     :raises ConfigError: when the daemon has no listener.
     """
     for address in serve.socketmap:
-        name = next(iter(sorted(serve.socketmap_names)), "onion")
-        if address.is_unix:
-            return f"socketmap:unix:{address.path}:{name}"
-        return f"socketmap:inet:{address.host}:{address.port}:{name}"
+        return daemon_table("socketmap", address, next(iter(sorted(serve.socketmap_names)), "onion"))
     for address in serve.tcp_table:
         if not address.is_unix:
-            return f"tcp:{address.host}:{address.port}"
+            return daemon_table("tcp_table", address)
     raise ConfigError("serve: no socketmap or TCP tcp_table listener for Postfix to ask")
+
+
+def parse_daemon_table(table: str) -> tuple[str, ListenAddress, str | None]:
+    """The inverse of :func:`daemon_table`: ``(protocol, address, socketmap name or None)``.
+
+    :raises ConfigError: when *table* is not a tcp: or socketmap: table.
+    """
+    if table.startswith("tcp:"):
+        return "tcp_table", parse_listen_address(table[len("tcp:"):], "transport_map"), None
+    if table.startswith("socketmap:unix:"):
+        path, _, name = table[len("socketmap:unix:"):].rpartition(":")
+        return "socketmap", ListenAddress(path=path), name or None
+    if table.startswith("socketmap:inet:"):
+        rest, _, name = table[len("socketmap:inet:"):].rpartition(":")
+        return "socketmap", parse_listen_address(rest, "transport_map"), name or None
+    raise ConfigError(f"transport_map {table!r} is not a tcp: or socketmap: table of the lookup daemon")

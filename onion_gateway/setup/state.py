@@ -181,6 +181,11 @@ def check_state_dir(state_dir: Path, *, create: bool) -> bool:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         path.mkdir(mode=0o700, exist_ok=True)
     st = os.lstat(path)
+    if euid != 0 and st.st_uid == 0:
+        import errno
+
+        raise SetupError(f"the state directory {path} belongs to root") from PermissionError(
+            errno.EACCES, "the state directory belongs to root", str(path))
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or st.st_mode & 0o022:
         raise SetupError(f"refusing the state directory {path}: it must be a directory owned by uid {euid} "
                          f"and not writable by group or others (it is uid {st.st_uid}, mode "

@@ -153,12 +153,12 @@ def test_srv_missing_broken_or_unreadable_fails(serve_cfg, domain: str, reason: 
 
 
 def test_tor_control_unreachable_fails() -> None:
-    check = check_tor("127.0.0.1", free_port(), timeout_seconds=2)
+    check = check_tor(parse_listen_address(f"127.0.0.1:{free_port()}"), timeout_seconds=2)
     assert check.verdict is Verdict.FAIL and "cannot connect" in check.detail, check
 
 
 def test_tor_not_bootstrapped_fails(unbootstrapped_tor: int) -> None:
-    check = check_tor("127.0.0.1", unbootstrapped_tor)
+    check = check_tor(parse_listen_address(f"127.0.0.1:{unbootstrapped_tor}"))
     assert check.verdict is Verdict.FAIL, check
     assert "bootstrapped 0%" in check.detail
 
@@ -175,12 +175,12 @@ def test_onion_service_not_served_by_this_tor_fails(unbootstrapped_tor: int) -> 
         controller.authenticate()
         service = controller.create_ephemeral_hidden_service({25: 1}, await_publication=False)
         controller.remove_ephemeral_hidden_service(service.service_id)
-    check = check_onion_service("127.0.0.1", unbootstrapped_tor, f"{service.service_id}.onion")
+    check = check_onion_service(parse_listen_address(f"127.0.0.1:{unbootstrapped_tor}"), f"{service.service_id}.onion")
     assert check.verdict is Verdict.FAIL and "does not serve it" in check.detail, check
 
 
 def test_onion_service_tor_unreachable_fails() -> None:
-    check = check_onion_service("127.0.0.1", free_port(), ONION_A, timeout_seconds=2)
+    check = check_onion_service(parse_listen_address(f"127.0.0.1:{free_port()}"), ONION_A, timeout_seconds=2)
     assert check.verdict is Verdict.FAIL and "cannot connect" in check.detail, check
 
 
