@@ -12,7 +12,7 @@ set -eu
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${ONION_GATEWAY_VENV:-$ROOT/.venv}
-PKGS="postfix tor torsocks dnsmasq swaks unbound knot knot-dnsutils python3-venv ca-certificates iproute2"
+PKGS="postfix tor torsocks dnsmasq swaks unbound knot knot-dnsutils python3-venv ca-certificates iproute2 systemd"
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
