@@ -501,6 +501,8 @@ def write_pins(path: Path, domains: list[str], server: Server) -> Path:
         from onion_gateway.lookup.pins import PinFile
 
         path = path.with_suffix(".sqlite")
+        for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            leftover.unlink(missing_ok=True)
         PinFile(path).close()
         with sqlite3.connect(path) as db:
             db.executemany("INSERT INTO pin VALUES (?, ?, '', 1.0, NULL)", [(d, onion_for(d)) for d in domains])
@@ -775,6 +777,37 @@ def postfix_report(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def pin_cost_in_process(domains: int = 20_000) -> str:
+    """CPU per fresh SRV answer routed with pinning off and on (in process, one core, no sockets):
+    ``Router.route_from_answer`` + ``RouteCache._store`` for *domains* distinct domains."""
+    import types
+
+    from onion_gateway.lookup.cache import CachePolicy, RouteCache
+    from onion_gateway.lookup.dns import DnsStatus, SrvAnswer, SrvRecord, SrvResolver
+    from onion_gateway.lookup.pins import PinStore
+    from onion_gateway.lookup.routing import Router, RoutingTable
+
+    names = [f"d{i}.{ZONE}" for i in range(domains)]
+    answers = [SrvAnswer(DnsStatus.ANSWER, (SrvRecord(10, 5, 25, onion_for(d)),), ttl_seconds=300) for d in names]
+    out = ["| pinning | µs per fresh answer (route + store), median of 5 |", "|---|---:|"]
+    for label, pinning in (("off", False), ("warn, in memory", True), ("warn, pins file (batched)", "file")):
+        times = []
+        for _ in range(5):
+            router = Router(SrvResolver([("127.0.0.1", 9)], 1.0), RoutingTable())
+            cache = RouteCache(router, CachePolicy(max_entries=100_000))
+            if pinning:
+                path = Path(tempfile.mkdtemp(prefix="og-pincost-")) / "pins.sqlite" if pinning == "file" else None
+                router.pins = PinStore(path)
+                router.pins.use_memory(cache)
+                cache.on_evict = router.pins.evicted
+            started = time.perf_counter()
+            for domain, answer in zip(names, answers):
+                cache._store(domain, router.route_from_answer(domain, answer), answer)
+            times.append((time.perf_counter() - started) / domains * 1e6)
+        out.append(f"| {label} | {statistics.median(times):.2f} |")
+    return "\n### pinning cost in process (route + store of a fresh answer)\n\n" + "\n".join(out) + "\n"
+
+
 def help_seconds() -> float:
     exe = Path(sys.executable).with_name("onion-gateway")
     times = []
@@ -854,7 +887,7 @@ def main() -> None:
     parser.add_argument("--memory-entries", type=int, default=100_000)
     parser.add_argument("--only", help="comma-separated server names to run")
     parser.add_argument("--output", type=Path, help="write the markdown report here too")
-    parser.add_argument("--suite", choices=("matrix", "abuse", "postfix"), default="matrix",
+    parser.add_argument("--suite", choices=("matrix", "abuse", "postfix", "pincost"), default="matrix",
                         help="matrix: the side-by-side runs; abuse: pinning, memory at scale and a "
                              "non-reading client (issue 12); postfix: Postfix's own throughput")
     parser.add_argument("--abuse-seconds", type=float, default=10.0, help="time bound of the non-reader run")
@@ -889,7 +922,9 @@ def main() -> None:
             servers = [s for s in servers if s.name in wanted]
         if args.suite != "matrix":
             ours = [s for s in servers if isinstance(s, OnionGateway)]
-            if args.suite == "abuse":
+            if args.suite == "pincost":
+                text = pin_cost_in_process()
+            elif args.suite == "abuse":
                 parts = set((args.abuse_parts or "pinning,memory,readers").split(","))
                 text = abuse_report(pinning_rows(ours, cold, args, workdir, log) if "pinning" in parts else [],
                                     memory_rows(ours, args.memory_entries, workdir, log) if "memory" in parts else [],
