@@ -31,7 +31,7 @@ def _pin_file(config_file: Path | None, pins_file: Path | None):
         path = pins_file or _settings(config_file, {}).pins_file
         if path is None:
             _fail(EXIT_CONFIG, "no pins file: give --pins-file or --config with serve.pins_file")
-        return PinFile(path)
+        return PinFile(path, create=False)
     except ConfigError as exc:
         _fail(EXIT_CONFIG, str(exc))
 
