@@ -31,7 +31,7 @@ def _pin_file(config_file: Path | None, pins_file: Path | None):
         path = pins_file or serve_settings_from(config_file, {}).pins_file
         if path is None:
             fail("pins", ExitCode.CONFIG, "no pins file: give --pins-file or --config with serve.pins_file")
-        return PinFile(path)
+        return PinFile(path, create=False)
     except ConfigError as exc:
         fail("pins", ExitCode.CONFIG, str(exc))
 

@@ -95,7 +95,8 @@ def build_router(settings: ServeSettings, load_pins: bool = True) -> Router:
     pins = None
     if settings.pinning != "off":
         pins = PinStore(settings.pins_file, strict=settings.pinning == "strict",
-                        strict_domains=settings.strict_pinning_domains, max_entries=settings.cache_max_entries)
+                        strict_domains=settings.strict_pinning_domains, max_entries=settings.cache_max_entries,
+                        create=not load_pins)
         if load_pins:
             pins.load_now()
     return Router(resolver, load_routing_table(settings), service=settings.service,

@@ -118,20 +118,28 @@ class _DigestMap:
 class PinFile:
     """The sqlite pins file (blocking; the daemon calls it from a worker thread, the CLI directly).
 
-    :param path: the file; created with its schema when missing; a version-1 JSON pin file is
-        converted in place.
-    :raises ConfigError: if the file cannot be opened or is neither a pins database nor a JSON pin file.
+    sqlite's default rollback journal (no WAL): a reader creates no file, and a writer's journal is gone
+    after each commit, so ``pins accept`` run as root leaves nothing the daemon's user cannot write.
+
+    :param path: the file; a version-1 JSON pin file is converted in place (keeping its owner).
+    :param create: create the file with its schema when missing (the daemon); else a missing file is
+        a :class:`ConfigError` (the operator's commands).
+    :raises ConfigError: if the file is missing (and not *create*), cannot be opened, or is neither a
+        pins database nor a JSON pin file.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, create: bool = True) -> None:
         self.path = path
+        if not create and not path.exists():
+            raise ConfigError(f"pins file {path} does not exist (the daemon creates it at its first pin)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() and path.read_bytes()[:1] in (b"{", b"["):
-                _convert_json(path)
+            if path.exists():
+                with open(path, "rb") as fh:
+                    first = fh.read(1)
+                if first in (b"{", b"["):
+                    _convert_json(path)
             self._db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA cache_size=-256")      # KiB: the file is read once and written in batches
             _create_schema(self._db)
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -238,11 +246,13 @@ class PinStore:
     :param strict: pin mode for every domain: ``True`` holds changed sets for acceptance.
     :param strict_domains: domains held strictly even when *strict* is off (their pins are never evicted).
     :param max_entries: the bound of the store's own memory when no cache is attached (domains).
+    :param create: create a missing file (the daemon); one-shot commands pass ``False`` and then work
+        without a file when there is none.
     :raises ConfigError: if the file cannot be opened or is not a pins file.
     """
 
     def __init__(self, path: Path | None, strict: bool = False, strict_domains: Iterable[str] = (),
-                 max_entries: int = 100_000) -> None:
+                 max_entries: int = 100_000, create: bool = True) -> None:
         self.path = path
         self.strict = strict
         self.strict_domains = frozenset(strict_domains)
@@ -251,7 +261,7 @@ class PinStore:
         self._kept: dict[str, int] = {}               # strict domains' and held domains' pins: never evicted
         self._held: dict[str, str] = {}                # domain -> pending onion set (text) awaiting acceptance
         self._ops: dict[str, tuple] = {}               # changes not yet written to the file
-        self._file = PinFile(path) if path is not None else None
+        self._file = PinFile(path, create=create) if path is not None and (create or path.exists()) else None
 
     def use_memory(self, memory: PinMemory) -> None:
         """Keep pin digests in *memory* (the route cache) instead of the store's own map."""
@@ -472,5 +482,10 @@ def _convert_json(path: Path) -> None:
                     float(entry.get("first_seen", 0.0)), entry.get("changed_at")))
     finally:
         db.close()
+    owner = path.stat()
+    try:
+        os.chown(tmp, owner.st_uid, owner.st_gid)       # converted by root: still the daemon's file
+    except PermissionError:
+        pass
     os.replace(tmp, path)
     log.info("converted the JSON pins file %s to sqlite", path)

@@ -135,3 +135,13 @@ def test_pins_live_in_the_route_cache_and_are_evicted_with_it(tmp_path):
     assert cache.pin_of("d.example") == 0
     asyncio.run(store.flush())
     assert "d.example" not in PinFile(tmp_path / "pins.db").pins()
+
+
+def test_the_operators_commands_never_create_a_missing_pins_file(tmp_path):
+    path = tmp_path / "pins.db"
+    with pytest.raises(ConfigError, match="does not exist"):
+        PinFile(path, create=False)
+    store = PinStore(path, create=False)        # one-shot lookups: no file, pins in memory only
+    assert store.check("d.example", [ONION_A]) is PinVerdict.NEW
+    store.close()
+    assert not path.exists()
