@@ -440,7 +440,10 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     else:
         notes.append(f"add '%include {settings.torrc_piece}' to the torrc Tor starts with, or the onion "
                      "service is lost at Tor's next restart")
-    if settings.systemd_unit is not None:
+    unit = packaged_unit(settings)
+    if unit is not None:
+        notes.append(f"the Debian package's {unit} runs the daemon with {PACKAGED_SERVE_CONFIG}: no unit written")
+    elif settings.systemd_unit is not None:
         exec_start = f"{_serve_command(settings)} serve --config {settings.serve_config}"
         wanted.append(("systemd unit", settings.systemd_unit, render(SystemdUnit(exec_start=exec_start)), 0o644))
     wanted.append(("own-domains table", own_table_path,
@@ -479,8 +482,8 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     blocker = None
     start_unit = None
     problem = daemon_problem(transport_map, cdir)
-    if problem is not None and settings.systemd_unit is not None and systemd_running():
-        start_unit = settings.systemd_unit.name
+    if problem is not None and (unit is not None or settings.systemd_unit is not None) and systemd_running():
+        start_unit = (unit or settings.systemd_unit).name
         notes.append(f"the lookup daemon does not answer yet: setup installs, enables and starts {start_unit} "
                      "and waits for it to answer before it switches transport_maps")
     elif problem is not None:
@@ -489,6 +492,29 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
                    f"{settings.serve_config}\nthen run setup again; nothing was changed")
     return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker,
                 start_unit, transport_map)
+
+
+#: Where the Debian package installs its units (systemd.unit(5): the vendor unit directories).
+PACKAGED_UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+#: The config file the packaged unit's ExecStart passes (debian/rules, scripts/packaged_units.py).
+PACKAGED_SERVE_CONFIG = Path("/etc/onion-gateway/onion-gateway.toml")
+DEFAULT_UNIT = Path("/etc/systemd/system/onion-gateway.service")
+
+
+def packaged_unit(settings: SetupSettings) -> Path | None:
+    """The Debian package's ``onion-gateway.service`` when setup should use it instead of writing a unit.
+
+    It is used when setup would write the default ``/etc/systemd/system/onion-gateway.service``, no such
+    file exists there (a unit there, yours or an earlier setup's, overrides the package's and is kept
+    managed as before), and the daemon's config is the package's conffile (the unit passes that one).
+
+    :param settings: the setup settings (``systemd_unit``, ``serve_config``).
+    :returns: the packaged unit's path, or ``None``: write (or do not write) a unit as configured.
+    """
+    if settings.systemd_unit != DEFAULT_UNIT or DEFAULT_UNIT.exists() or \
+            settings.serve_config != PACKAGED_SERVE_CONFIG:
+        return None
+    return next((d / DEFAULT_UNIT.name for d in PACKAGED_UNIT_DIRS if (d / DEFAULT_UNIT.name).is_file()), None)
 
 
 def systemd_running() -> bool:

@@ -254,3 +254,33 @@ def test_item7_prepend_keeps_a_nested_inline_table_whole():
     ours = ["regexp:/etc/postfix/own.regexp", "socketmap:inet:127.0.0.1:6014:onion"]
     assert prepend_transport_map(ours, nested) == f"{ours[0]}, {ours[1]}, {nested}"
     assert prepend_transport_map(ours, f"{ours[0]}, {ours[1]}, {nested}") == f"{ours[0]}, {ours[1]}, {nested}"
+
+
+def _packaged(tmp_path, monkeypatch, *, vendor_unit=True, etc_unit=False):
+    from onion_gateway.setup import plan
+    vendor = tmp_path / "lib-systemd-system"
+    vendor.mkdir()
+    if vendor_unit:
+        (vendor / "onion-gateway.service").write_text("[Service]\n")
+    etc = tmp_path / "etc-systemd-system" / "onion-gateway.service"
+    etc.parent.mkdir()
+    if etc_unit:
+        etc.write_text("[Service]\n")
+    monkeypatch.setattr(plan, "PACKAGED_UNIT_DIRS", (vendor,))
+    monkeypatch.setattr(plan, "DEFAULT_UNIT", etc)
+    return plan, vendor / "onion-gateway.service", etc
+
+
+def test_setup_uses_the_packaged_unit_instead_of_writing_one(tmp_path, monkeypatch):
+    plan, vendor_unit, etc = _packaged(tmp_path, monkeypatch)
+    assert plan.packaged_unit(setup_settings({"systemd_unit": str(etc)})) == vendor_unit
+
+
+@pytest.mark.parametrize("case", ["own unit in /etc", "other unit path", "other serve config", "no package"])
+def test_setup_writes_its_own_unit_when_the_packaged_one_does_not_fit(tmp_path, monkeypatch, case):
+    plan, _, etc = _packaged(tmp_path, monkeypatch, vendor_unit=case != "no package",
+                             etc_unit=case == "own unit in /etc")
+    table = {"systemd_unit": str(tmp_path / "elsewhere.service") if case == "other unit path" else str(etc)}
+    if case == "other serve config":
+        table["serve_config"] = str(tmp_path / "mine.toml")
+    assert plan.packaged_unit(setup_settings(table)) is None
