@@ -25,7 +25,7 @@ from pathlib import Path
 
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress
-from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
+from onion_gateway.audit.discover import (SETUP_MANIFEST, OnionPort, SetupRecord, find_listener,
                                           find_listeners, onion_ports, read_master, read_setup_state,
                                           running_onion_ports)
 from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Setting, Severity, analyse,

@@ -53,11 +53,6 @@ DEFAULT_TORRC = Path("/etc/tor/torrc")
 SMTPD_PROGRAMS = {"smtpd", "postscreen"}
 
 
-#: The audit's former name for :class:`~onion_gateway.address.ListenAddress` (the same type), kept while
-#: setup's record (:class:`SetupRecord`) still lives here.
-Endpoint = ListenAddress
-
-
 @dataclass(frozen=True)
 class OnionPort:
     """One ``HiddenServicePort`` line.

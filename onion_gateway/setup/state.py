@@ -76,10 +76,10 @@ class SetupRecord:
         :returns: an :class:`onion_gateway.audit.discover.OnionPort` (imported here: the audit depends
             on this module, not the other way round).
         """
-        from onion_gateway.audit.discover import Endpoint, OnionPort
+        from onion_gateway.audit.discover import OnionPort
 
         onion = self.onion_address or (_read_hostname(self.hidden_service_dir) if self.hidden_service_dir else None)
-        return OnionPort(self.onion_port, Endpoint.parse(str(self.listener)), self.hidden_service_dir, onion,
+        return OnionPort(self.onion_port, self.listener, self.hidden_service_dir, onion,
                          self.source)
 
 
