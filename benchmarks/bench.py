@@ -780,8 +780,6 @@ def postfix_report(rows: list[dict]) -> str:
 def pin_cost_in_process(domains: int = 20_000) -> str:
     """CPU per fresh SRV answer routed with pinning off and on (in process, one core, no sockets):
     ``Router.route_from_answer`` + ``RouteCache._store`` for *domains* distinct domains."""
-    import types
-
     from onion_gateway.lookup.cache import CachePolicy, RouteCache
     from onion_gateway.lookup.dns import DnsStatus, SrvAnswer, SrvRecord, SrvResolver
     from onion_gateway.lookup.pins import PinStore

@@ -26,12 +26,15 @@ import dataclasses
 import enum
 import inspect
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.rcode
@@ -208,8 +211,15 @@ class SrvResolver:
         host, port = server
         try:
             async with self._sockets:
-                response, _tcp = await dns.asyncquery.udp_with_fallback(
-                    query, host, timeout=budget_seconds, port=port, ignore_unexpected=True, **_UDP_OPTIONS)
+                # a connected UDP socket: the kernel reports "port unreachable" (a dead resolver) to us
+                udp = await dns.asyncbackend.get_default_backend().make_socket(
+                    dns.inet.af_for_address(host), socket.SOCK_DGRAM, 0, None, (host, port))
+                try:
+                    response, _tcp = await dns.asyncquery.udp_with_fallback(
+                        query, host, timeout=budget_seconds, port=port, ignore_unexpected=True,
+                        udp_sock=udp, **_UDP_OPTIONS)
+                finally:
+                    await udp.close()
         except dns.exception.Timeout:
             return None
         except OSError as exc:

@@ -14,7 +14,6 @@ Run: python tests/fuzz/fuzz_lookup.py tests/fuzz/corpus -runs=1000000 -max_len=5
 
 from __future__ import annotations
 
-import random
 import sys
 
 import atheris

@@ -60,3 +60,15 @@ def test_truncated_answer_that_is_empty_over_tcp_too_is_a_temporary_failure():
     assert answer.status.is_temporary
     assert "truncated" in answer.detail
 
+
+
+def test_a_dead_resolver_is_a_failure_before_the_deadline():
+    # nothing listens on the port: the kernel answers "port unreachable", the lookup fails at once
+    import socket
+
+    from tests.support.procs import free_port
+    start = time.monotonic()
+    answer = query(f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", 5.0)
+    assert answer.status is DnsStatus.FAILURE, answer
+    assert "network error" in answer.detail
+    assert time.monotonic() - start < 1.0
