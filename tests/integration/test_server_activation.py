@@ -116,6 +116,7 @@ def test_systemd_socket_activate_passes_the_sockets_and_readiness_is_notified(dn
          "-E", f"PYTHONPATH={ROOT}", sys.executable, "-m", "onion_gateway",
          *serve_args(dns_server, tcp_port, socketmap_port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = ""
     try:
         time.sleep(0.5)
         # the first connection makes systemd-socket-activate exec the daemon, which takes the sockets
@@ -123,8 +124,11 @@ def test_systemd_socket_activate_passes_the_sockets_and_readiness_is_notified(dn
         notify.wait_for("READY=1")
         proc.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING=1")
+        # one SIGTERM only: a second one means "exit now" to the daemon (and would end it by the signal)
+        out, _ = proc.communicate(timeout=30)
     finally:
-        out = stop(proc)
+        if proc.returncode is None:
+            out = stop(proc)
         notify.close()
     assert "using the socket passed by systemd for 127.0.0.1:" in out, out
     assert proc.returncode == 0, out
