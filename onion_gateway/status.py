@@ -72,12 +72,14 @@ class Check:
     :param target: what was checked (``"127.0.0.1:9051"``, ``"socketmap 127.0.0.1:6014"``, a domain).
     :param verdict: the :class:`Verdict`.
     :param detail: one line for a human: what was found, or why it failed.
+    :param suggestion: for a non-OK verdict, one line of what to do about it (``""`` when there is none).
     """
 
     name: str
     target: str
     verdict: Verdict
     detail: str
+    suggestion: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,5 +488,7 @@ def run_status(settings: StatusSettings) -> StatusReport:
 
 
 def format_report(report: StatusReport) -> Sequence[str]:
-    """One line per check: ``ok    tor_control      127.0.0.1:9051  tor 0.4.9.11, bootstrapped 100% ...``."""
-    return [f"{c.verdict.value:<5} {c.name:<16} {c.target}  {c.detail}" for c in report.checks]
+    """One line per check: ``ok    tor_control      127.0.0.1:9051  tor 0.4.9.11, bootstrapped 100% ...``;
+    a check with a suggestion ends with `` -- `` and the suggestion."""
+    return [f"{c.verdict.value:<5} {c.name:<16} {c.target}  {c.detail}"
+            + (f" -- {c.suggestion}" if c.suggestion else "") for c in report.checks]

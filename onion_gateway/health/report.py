@@ -96,8 +96,7 @@ def assess(settings: HealthSettings, is_onion_route: OnionRoutePredicate, contro
             tor = sending_state(control)
             checks.append(check_tor_sending(tor, control_target))
         except TorError as exc:
-            checks.append(Check("tor_circuits", control_target, Verdict.FAIL,
-                                f"{exc} -- {Suggestion.CHECK_TOR.value}"))
+            checks.append(Check("tor_circuits", control_target, Verdict.FAIL, str(exc), Suggestion.CHECK_TOR.value))
 
     queue: QueueView | None = None
     try:

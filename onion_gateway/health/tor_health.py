@@ -45,10 +45,7 @@ def _controller(control: Any) -> Any:
     """The stem Controller behind *control* (a Controller, or an entered TorControl)."""
     if hasattr(control, "get_info") and hasattr(control, "msg"):
         return control
-    inner = getattr(control, "_controller", None)   # onion_gateway.tor.TorControl has no public accessor
-    if inner is None:
-        raise TorError("the Tor control connection is not open")
-    return inner
+    return control.controller      # onion_gateway.tor.TorControl; raises TorError when not open
 
 
 @dataclass(frozen=True, slots=True)
