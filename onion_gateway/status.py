@@ -17,6 +17,9 @@ the order mail uses them::
                      smtp_dns_support_level=disabled and smtp_host_lookup=native
     relay_audit      the relay audit of every onion-facing listener the torrc names  (README.md, Relay audit)
                      (static analysis + live probes, never DATA): safe
+    tor_circuits, smtptor_queue, partner_queue, partner_onion, smtptor_delivery:    docs/health.md
+                     onion delivery health (postqueue -j, Postfix's log, GETINFO
+                     status/circuit-established, HSFETCH); :func:`check_delivery_health`
 
 The Tor questions go through :mod:`onion_gateway.tor` (the only module importing stem).
 Nothing here prints: the CLI formats the report.
@@ -34,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress
@@ -116,6 +120,8 @@ class StatusSettings:
     :param audit_torrc: the torrc whose ``HiddenServicePort`` lines name the onion-facing listeners to
         audit for open relaying; ``None`` skips the audit.
     :param audit_test_domain: the foreign domain the audit's probes try to relay to.
+    :param health: onion delivery health settings (a :class:`onion_gateway.health.report.HealthSettings`:
+        thresholds, log source); ``None`` skips those checks. They run only with *check_postfix*.
     """
 
     serve: ServeSettings = field(default_factory=ServeSettings)
@@ -128,6 +134,7 @@ class StatusSettings:
     timeout_seconds: float = PROBE_TIMEOUT_SECONDS
     audit_torrc: Path | None = None
     audit_test_domain: str = "example.com"
+    health: Any = None
 
 
 # --- Tor -------------------------------------------------------------------------------------------------
@@ -450,6 +457,22 @@ def check_relay_audit(torrc: Path, config_dir: Path | None, test_domain: str = "
     return Check("relay_audit", target, Verdict.OK, shown)
 
 
+# --- onion delivery health ------------------------------------------------------------------------------------
+
+
+def check_delivery_health(settings: StatusSettings) -> list[Check]:
+    """Onion delivery health (issue 16): Tor's circuits, deferred onion mail, partner onions, the log.
+
+    See :func:`onion_gateway.health.report.status_checks` (docs/health.md explains each verdict).
+
+    :returns: ``tor_circuits``, ``smtptor_queue``, ``partner_queue``/``partner_onion`` per partner with
+        deferred mail, ``smtptor_delivery``; never raises for what it inspects.
+    """
+    from onion_gateway.health.report import status_checks
+
+    return status_checks(settings)
+
+
 # --- all of it -----------------------------------------------------------------------------------------------
 
 
@@ -482,6 +505,8 @@ def run_status(settings: StatusSettings) -> StatusReport:
     if settings.audit_torrc is not None:
         checks.append(check_relay_audit(settings.audit_torrc, settings.postfix_config_dir,
                                         settings.audit_test_domain, settings.timeout_seconds))
+    if settings.health is not None and settings.check_postfix:
+        checks.extend(check_delivery_health(settings))
     for check in checks:
         log.debug("status %s %s: %s %s", check.name, check.target, check.verdict.value, check.detail)
     return StatusReport(tuple(checks))

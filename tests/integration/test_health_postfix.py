@@ -250,3 +250,96 @@ def test_assess_without_tor_and_with_an_unreadable_source(lab, tmp_path):
     assert by_name["smtptor_delivery"].verdict is Verdict.WARN
     assert by_name["smtptor_delivery"].detail.startswith("cannot tell: cannot read the mail log")
     assert report.delivery is None and report.tor is None
+
+
+# --- onion-gateway status (the CLI) ------------------------------------------------------------------------
+
+
+def status_cli(*args: str) -> tuple[int, dict[str, list[str]], str]:
+    """Run ``onion-gateway status ARGS`` in-process (click's runner).
+
+    :returns: the exit code, ``{check name: [whole lines]}`` and the output (for messages).
+    """
+    from click.testing import CliRunner
+
+    from onion_gateway.cli import main
+
+    result = CliRunner().invoke(main, ["status", *args], catch_exceptions=False)
+    lines: dict[str, list[str]] = {}
+    for line in result.output.splitlines():
+        if line.split()[:1] in (["ok"], ["warn"], ["fail"]):
+            lines.setdefault(line.split()[1], []).append(line)
+    return result.exit_code, lines, result.output
+
+
+def lab_config(tmp_path: Path, settings: ServeSettings, health: str = "") -> Path:
+    config = tmp_path / "og.toml"
+    dns = "{}:{}".format(*settings.dns_servers[0])
+    config.write_text(f'[serve]\ndns_servers = ["{dns}"]\ndns_timeout_seconds = 2.0\n'
+                      f'postfix_config_dir = "{settings.postfix_config_dir}"\n' + health)
+    return config
+
+
+def test_status_fails_naming_tor_when_it_cannot_build_circuits(lab, no_network_tor, tmp_path):
+    """status on the live instance with a Tor that has no circuits: tor_circuits fails from the control
+    port, the deferred onion mail (over the --deferred-warn 0 threshold) is a warning whose suggestion
+    is to restart tor, each check is one line, exit 1."""
+    pf, settings = lab
+    code, lines, output = status_cli("--config", str(lab_config(tmp_path, settings)), "--postfix-config-dir",
+                                     str(pf.config_dir), "--tor-control", no_network_tor.control, "--no-audit",
+                                     "--deferred-warn", "0", "--fetch-timeout", "2")
+    assert code == 1, output
+    assert [line.split()[0] for line in lines["tor_circuits"]] == ["fail"], output
+    assert "circuit-established=0" in lines["tor_circuits"][0]
+    assert lines["tor_circuits"][0].endswith(" -- " + Suggestion.RESTART_TOR.value)
+    queue_line, = lines["smtptor_queue"]
+    assert queue_line.startswith("warn ") and "1 message(s), 2 recipient(s) deferred" in queue_line
+    assert queue_line.endswith(" -- " + Suggestion.RESTART_TOR.value)
+    assert lines["partner_queue"][0].split()[2] == "single.example.test"
+    assert "partner_onion" not in lines                    # no descriptor fetch without circuits
+    assert lines["smtptor_delivery"][0].split()[2] == str(pf.maillog)
+
+
+def test_status_thresholds_come_from_the_config_file_and_options_override(lab, tmp_path):
+    """[health] deferred_warn_seconds = 0 makes the young deferred mail a warning; --deferred-warn 3600
+    on the command line puts it back to ok. Without Tor the suggestion is to check that tor runs."""
+    pf, settings = lab
+    config = lab_config(tmp_path, settings, "[health]\ndeferred_warn_seconds = 0\ndeferred_fail_seconds = 7200\n")
+    base = ["--config", str(config), "--postfix-config-dir", str(pf.config_dir), "--no-tor", "--no-audit"]
+    code, lines, output = status_cli(*base)
+    assert lines["smtptor_queue"][0].startswith("warn "), output
+    assert lines["smtptor_queue"][0].endswith(" -- " + Suggestion.CHECK_TOR.value)
+    assert "tor_circuits" not in lines
+    code, lines, output = status_cli(*base, "--deferred-warn", "3600")
+    assert lines["smtptor_queue"][0].startswith("ok "), output
+    assert " -- " not in lines["smtptor_queue"][0]
+    code, lines, output = status_cli(*base, "--no-health")
+    assert not {"smtptor_queue", "smtptor_delivery", "partner_queue"} & set(lines), output
+
+
+@pytest.mark.parametrize("health,message", [
+    ("[health]\ndeferred_warn_secs = 5\n", "health.deferred_warn_secs: unknown setting"),
+    ("[health]\ndeferred_warn_seconds = \"soon\"\n", "health.deferred_warn_seconds: expected a number"),
+    ("[health]\ndeferred_warn_seconds = 100\ndeferred_fail_seconds = 10\n", "is below health.deferred_warn_seconds"),
+])
+def test_status_refuses_bad_health_settings_with_exit_78(lab, tmp_path, health, message):
+    _, settings = lab
+    code, _, output = status_cli("--config", str(lab_config(tmp_path, settings, health)), "--no-tor")
+    assert code == 78, output
+    assert message in output and "Traceback" not in output
+
+
+def test_status_as_a_user_postfix_refuses_is_one_clear_line(lab):
+    """As nobody (not allowed -c for an alternate instance), the queue check says why in one line."""
+    pf, settings = lab
+    config = lab_config(pf.root, settings)
+    config.chmod(0o644)
+    done = run_as_nobody(
+        "import sys\nfrom onion_gateway.cli import main\n"
+        f"sys.argv = ['onion-gateway', 'status', '--config', {str(config)!r}, '--postfix-config-dir', "
+        f"{str(pf.config_dir)!r}, '--no-tor', '--no-audit']\nmain()\n")
+    queue_lines = [line for line in done.stdout.splitlines() if line.split()[1:2] == ["smtptor_queue"]]
+    assert len(queue_lines) == 1, done.stdout + done.stderr
+    assert queue_lines[0].startswith("warn  smtptor_queue    deferred onion mail  cannot tell: cannot list the mail queue")
+    assert "alternate_config_directories" in queue_lines[0]
+    assert "Traceback" not in done.stderr
