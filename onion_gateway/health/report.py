@@ -103,14 +103,14 @@ def assess(settings: HealthSettings, is_onion_route: OnionRoutePredicate, contro
             tor = sending_state(control)
             checks.append(check_tor_sending(tor, control_target))
         except TorError as exc:
-            checks.append(Check("tor_circuits", control_target, Verdict.FAIL, _one_line(exc),
+            checks.append(Check("tor_circuits", control_target, Verdict.FAIL, one_line(exc),
                                 Suggestion.CHECK_TOR.value))
 
     queue: QueueView | None = None
     try:
         queue = read_queue(settings.postfix_config_dir, is_onion_route, per_partner=settings.per_partner, now=now)
     except HealthSourceError as exc:
-        checks.append(Check("smtptor_queue", "deferred onion mail", Verdict.WARN, f"cannot tell: {_one_line(exc)}"))
+        checks.append(Check("smtptor_queue", "deferred onion mail", Verdict.WARN, f"cannot tell: {one_line(exc)}"))
 
     onions_of = onions_of or getattr(is_onion_route, "onions", None)
     partner_onions = {p.domain: tuple(onions_of(p.domain)) for p in queue.partners} if queue and onions_of else {}
@@ -136,11 +136,11 @@ def assess(settings: HealthSettings, is_onion_route: OnionRoutePredicate, contro
         checks.append(check_delivery(delivery, thresholds, tor, fetches or None))
     except HealthSourceError as exc:
         checks.append(Check("smtptor_delivery", str(settings.log_file or "mail log"), Verdict.WARN,
-                            f"cannot tell: {_one_line(exc)}"))
+                            f"cannot tell: {one_line(exc)}"))
     return HealthReport(tuple(checks), queue, delivery, tor, fetches)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The exception's text on one line (postqueue's and journalctl's stderr can span several)."""
     return " ".join(str(exc).split())
 
@@ -225,7 +225,7 @@ def status_checks(status: Any) -> list[Check]:
     try:
         routes = RouterRoutes.from_settings(status.serve)
     except ConfigError as exc:
-        return [Check("smtptor_queue", "deferred onion mail", Verdict.WARN, f"cannot tell: routing: {_one_line(exc)}",
+        return [Check("smtptor_queue", "deferred onion mail", Verdict.WARN, f"cannot tell: routing: {one_line(exc)}",
                       "fix the [serve] routing settings (onion-gateway lookup shows the error)")]
     with routes, contextlib.ExitStack() as stack:
         control = None
@@ -234,10 +234,10 @@ def status_checks(status: Any) -> list[Check]:
             target = str(status.tor_control) if not isinstance(status.tor_control, tuple) else \
                 "{}:{}".format(*status.tor_control)
             try:
-                control = stack.enter_context(_open_control(status.tor_control, status.tor_password,
+                control = stack.enter_context(open_control(status.tor_control, status.tor_password,
                                                             status.timeout_seconds))
             except TorError as exc:
-                checks.append(Check("tor_circuits", target, Verdict.FAIL, _one_line(exc),
+                checks.append(Check("tor_circuits", target, Verdict.FAIL, one_line(exc),
                                     Suggestion.CHECK_TOR.value))
         report = assess(settings, routes, control, target)
         checks.extend(report.checks)
@@ -245,9 +245,13 @@ def status_checks(status: Any) -> list[Check]:
 
 
 @contextlib.contextmanager
-def _open_control(address: Any, password: str | None, timeout_seconds: float) -> Iterator[Any]:
-    """An authenticated control connection to *address* (``(host, port)`` or a ListenAddress), closed after.
+def open_control(address: Any, password: str | None, timeout_seconds: float) -> Iterator[Any]:
+    """An authenticated control connection to *address*, closed after the ``with`` block.
 
+    :param address: ``(host, port)`` or a :class:`~onion_gateway.address.ListenAddress` (TCP or ``unix:``).
+    :param password: the control password, or ``None`` for cookie/no authentication.
+    :param timeout_seconds: connect budget on TCP (seconds).
+    :returns: (yields) a stem Controller or an entered TorControl, as :mod:`.tor_health` takes them.
     :raises TorError: when Tor cannot be reached or refuses authentication.
     """
     from onion_gateway import tor

@@ -244,6 +244,8 @@ async def run_daemon(settings: ServeSettings,
             refusals=lambda: dict(router.refusals), healthy=lambda: not stopping.is_set(),
             pin_changes=lambda: router.pins.changes if router.pins is not None else 0))
         await metrics.start()
+        from onion_gateway.health.metrics import register_health_metrics   # issue 16: onion delivery health
+        register_health_metrics(metrics.registry, settings)
     try:
         bound = await server.start()
     except BaseException:

@@ -177,6 +177,7 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self._stats, self._sources))
         ProcessCollector(registry=registry)
+        self.registry = registry      # more collectors register here (health gauges, issue 16)
         self._render = lambda: generate_latest(registry)
         self._content_type = CONTENT_TYPE_LATEST
         self._server = await asyncio.start_server(self._handle, self.host, self.port,

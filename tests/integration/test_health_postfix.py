@@ -343,3 +343,65 @@ def test_status_as_a_user_postfix_refuses_is_one_clear_line(lab):
     assert queue_lines[0].startswith("warn  smtptor_queue    deferred onion mail  cannot tell: cannot list the mail queue")
     assert "alternate_config_directories" in queue_lines[0]
     assert "Traceback" not in done.stderr
+
+
+# --- the health gauges (onion_gateway.health.metrics) on the live instance -----------------------------------
+
+
+def test_metrics_sample_of_the_live_instance(lab, no_network_tor):
+    """compute_sample reads the same queue and log as status: 1 deferred onion message with 2 recipients,
+    the smtp-sink delivery as the last one, and a Tor without circuits as 0."""
+    from onion_gateway.health.metrics import compute_sample
+
+    pf, settings = lab
+    sample = compute_sample(settings, parse_listen_address(no_network_tor.control))
+    assert sample.errors == {}
+    assert (sample.queue.messages, sample.queue.recipients) == (1, 2)
+    assert sample.delivery.last_sent.recipient == "bob@sent.example.test"
+    assert sample.tor is not None and sample.tor.circuit_established is False
+
+
+def test_health_gauges_of_the_live_instance_over_http(lab, no_network_tor):
+    """register_health_metrics (the daemon's hook) on a real registry served over loopback HTTP by
+    prometheus_client: the gauges of the live instance, and the oldest age grows between computations."""
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    from onion_gateway.health.metrics import register_health_metrics
+
+    pf, settings = lab
+    serve = dataclasses.replace(settings, health_metrics_interval_seconds=1.0,
+                                health_tor_control=parse_listen_address(no_network_tor.control))
+    registry = CollectorRegistry()
+    collector = register_health_metrics(registry, serve)
+    assert collector is not None
+    server = make_server("127.0.0.1", 0, make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def scrape() -> dict[str, float]:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("onion_gateway_")}
+
+    try:
+        deadline = time.monotonic() + 20
+        while "onion_gateway_smtptor_deferred" not in (first := scrape()):   # the first computation
+            assert time.monotonic() < deadline, first
+            time.sleep(0.2)
+        assert first["onion_gateway_smtptor_deferred"] == 1.0
+        assert first["onion_gateway_smtptor_deferred_recipients"] == 2.0
+        assert first["onion_gateway_tor_circuit_established"] == 0.0
+        assert first['onion_gateway_health_source_up{source="queue"}'] == 1.0
+        sent = [line for line in pf.log_text().splitlines() if "postfix/smtptor/smtp" in line and "status=sent" in line]
+        assert sent and abs(first["onion_gateway_smtptor_last_delivery_timestamp_seconds"] - time.time()) < 3600
+        time.sleep(1.2)
+        second = scrape()
+        assert second["onion_gateway_smtptor_oldest_deferred_seconds"] > first["onion_gateway_smtptor_oldest_deferred_seconds"]
+    finally:
+        server.shutdown()
+        server.server_close()
