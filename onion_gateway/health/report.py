@@ -32,7 +32,7 @@ from onion_gateway.errors import ConfigError, HealthSourceError, TorError
 from onion_gateway.health.maillog import DeliveryView, log_source, read_deliveries
 from onion_gateway.health.queue import OnionRoutePredicate, QueueView, read_queue
 from onion_gateway.health.tor_health import (DEFAULT_FETCH_TIMEOUT_SECONDS, DescriptorFetch, TorSendingState,
-                                             fetch_descriptors, sending_state)
+                                             fetch_descriptors, probe_onions, sending_state)
 from onion_gateway.health.verdicts import (HealthThresholds, Suggestion, check_delivery, check_partner_onion,
                                            check_partner_queue, check_queue, check_tor_sending)
 from onion_gateway.status import Check, Verdict
@@ -119,6 +119,8 @@ def assess(settings: HealthSettings, is_onion_route: OnionRoutePredicate, contro
     if wanted and tor is not None and tor.can_send:
         try:
             fetches = fetch_descriptors(control, wanted, settings.fetch_timeout_seconds)
+            fetches = probe_onions(control, fetches, getattr(is_onion_route, "port", None),
+                                   settings.fetch_timeout_seconds)
         except TorError as exc:
             log.warning("partner descriptor fetches failed: %s", exc)
 
