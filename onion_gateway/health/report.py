@@ -238,7 +238,7 @@ def status_checks(status: Any) -> list[Check]:
             try:
                 control = stack.enter_context(open_control(status.tor_control, status.tor_password,
                                                             status.timeout_seconds))
-            except TorError as exc:
+            except (TorError, ConfigError) as exc:
                 checks.append(Check("tor_circuits", target, Verdict.FAIL, one_line(exc),
                                     Suggestion.CHECK_TOR.value))
         report = assess(settings, routes, control, target)
@@ -250,14 +250,19 @@ def status_checks(status: Any) -> list[Check]:
 def open_control(address: Any, password: str | None, timeout_seconds: float) -> Iterator[Any]:
     """An authenticated control connection to *address*, closed after the ``with`` block.
 
-    :param address: ``(host, port)`` or a :class:`~onion_gateway.address.ListenAddress` (TCP or ``unix:``).
+    :param address: ``(host, port)``, a :class:`~onion_gateway.address.ListenAddress` or its text
+        (``HOST:PORT`` or ``unix:PATH``).
     :param password: the control password, or ``None`` for cookie/no authentication.
     :param timeout_seconds: connect budget on TCP (seconds).
     :returns: (yields) a stem Controller or an entered TorControl, as :mod:`.tor_health` takes them.
     :raises TorError: when Tor cannot be reached or refuses authentication.
+    :raises ConfigError: for address text that is no listen address.
     """
     from onion_gateway import tor
+    from onion_gateway.address import parse_listen_address
 
+    if isinstance(address, str):
+        address = parse_listen_address(address, "tor_control")
     if isinstance(address, tuple):
         host, port = address
     elif getattr(address, "is_unix", False):
