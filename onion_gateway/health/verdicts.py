@@ -170,6 +170,10 @@ def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSen
               f"{format_seconds(view.window_seconds)}")
     if view.last_sent is not None:
         counts += f"; last sent {format_seconds(view.taken_at - view.last_sent.timestamp)} ago"
+    last = view.last_failed
+    if last is not None:
+        counts += (f"; last failure {format_seconds(max(0.0, view.taken_at - last.timestamp))} ago: "
+                   f"{last.reason or last.status}")
     if view.failing_since is None:
         if view.last_sent is None and view.last_failed is None:
             return Check("smtptor_delivery", view.source, Verdict.OK, "no onion delivery attempted in the last "
@@ -177,9 +181,7 @@ def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSen
         return Check("smtptor_delivery", view.source, Verdict.OK, counts)
     failing = max(0.0, view.taken_at - view.failing_since)
     verdict = age_verdict(failing, thresholds)
-    last = view.last_failed
-    detail = (f"deliveries failing for {format_seconds(failing)}; {counts}"
-              + (f"; last failure: {last.reason}" if last is not None and last.reason else ""))
+    detail = f"deliveries failing for {format_seconds(failing)}; {counts}"
     return _check("smtptor_delivery", view.source, verdict, detail, suggest(tor, fetches))
 
 

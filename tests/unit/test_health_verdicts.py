@@ -116,7 +116,7 @@ def test_delivery_verdict_follows_how_long_deliveries_have_been_failing(failing_
     check = check_delivery(delivery_view(100_000.0 - failing_for), DEFAULT, TOR_OK)
     assert (check.name, check.target, check.verdict) == ("smtptor_delivery", "maillog", verdict)
     assert f"failing for {failing_for} s" in check.detail
-    assert "last failure: Connection refused" in check.detail
+    assert "last failure 10 s ago: Connection refused" in check.detail
 
 
 def test_delivery_ok_when_the_last_attempt_went_out():
