@@ -93,6 +93,11 @@ class ServeSettings:
     :param cache_file: sqlite file the cache is saved to and loaded from at start; ``None`` = no persistence.
     :param cache_save_interval_seconds: how often a changed cache is saved while running (seconds).
     :param metrics_address: ``host:port`` for ``/metrics`` and ``/healthz``; ``None`` = no endpoint.
+    :param health_metrics_interval_seconds: with metrics on, compute the onion delivery health gauges
+        (deferred onion mail, last delivery, Tor's circuits; docs/health.md) at most this often (seconds);
+        0 = no health gauges.
+    :param health_tor_control: Tor's control address (``HOST:PORT`` or ``unix:PATH``) for the
+        circuit-established gauge; ``None`` = no Tor gauge.
     """
 
     tcp_table: tuple[ListenAddress, ...] = (parse_listen_address(DEFAULT_TCP_TABLE),)
@@ -134,6 +139,8 @@ class ServeSettings:
     cache_file: Path | None = None
     cache_save_interval_seconds: float = 300.0
     metrics_address: ListenAddress | None = None
+    health_metrics_interval_seconds: float = 60.0
+    health_tor_control: ListenAddress | None = None
 
 
 _SERVE_KEYS = frozenset(f.name for f in fields(ServeSettings))
@@ -229,6 +236,12 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         if address.is_unix:
             raise ConfigError(f"{where}: expected HOST:PORT (HTTP), got {value!r}")
         return address
+    if key == "health_tor_control":
+        return parse_listen_address(str(value), where)
+    if key == "health_metrics_interval_seconds":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value == 0 or 1 <= value <= _DAY_SECONDS):
+            raise ConfigError(f"{where}: expected 0 (off) or 1 to {_DAY_SECONDS:g} seconds, got {value!r}")
+        return float(value)
     if key in _CACHE_SECONDS:
         try:
             number = float(value)

@@ -17,6 +17,9 @@ the order mail uses them::
                      smtp_dns_support_level=disabled and smtp_host_lookup=native
     relay_audit      the relay audit of every onion-facing listener the torrc names  (README.md, Relay audit)
                      (static analysis + live probes, never DATA): safe
+    tor_circuits, smtptor_queue, partner_queue, partner_onion, smtptor_delivery:    docs/health.md
+                     onion delivery health (postqueue -j, Postfix's log, GETINFO
+                     status/circuit-established, HSFETCH); :func:`check_delivery_health`
 
 The Tor questions go through :mod:`onion_gateway.tor` (the only module importing stem).
 Nothing here prints: the CLI formats the report.
@@ -34,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress
@@ -72,12 +76,14 @@ class Check:
     :param target: what was checked (``"127.0.0.1:9051"``, ``"socketmap 127.0.0.1:6014"``, a domain).
     :param verdict: the :class:`Verdict`.
     :param detail: one line for a human: what was found, or why it failed.
+    :param suggestion: for a non-OK verdict, one line of what to do about it (``""`` when there is none).
     """
 
     name: str
     target: str
     verdict: Verdict
     detail: str
+    suggestion: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,8 @@ class StatusSettings:
     :param audit_test_domain: the foreign domain the audit's probes try to relay to.
     :param audit_record: setup's :class:`~onion_gateway.setup.state.SetupRecord`: its listener is
         audited instead of the torrc's (no torrc needed).
+    :param health: onion delivery health settings (a :class:`onion_gateway.health.report.HealthSettings`:
+        thresholds, log source); ``None`` skips those checks. They run only with *check_postfix*.
     """
 
     serve: ServeSettings = field(default_factory=ServeSettings)
@@ -129,6 +137,7 @@ class StatusSettings:
     audit_torrc: Path | None = None
     audit_test_domain: str = "example.com"
     audit_record: object | None = None
+    health: Any = None
 
 
 # --- Tor -------------------------------------------------------------------------------------------------
@@ -520,6 +529,22 @@ def settings_for_host(serve: ServeSettings | None, setup_table: dict | None, bas
                           audit_record=record if audit and not flags.get("torrc") else None)
 
 
+# --- onion delivery health ------------------------------------------------------------------------------------
+
+
+def check_delivery_health(settings: StatusSettings) -> list[Check]:
+    """Onion delivery health (issue 16): Tor's circuits, deferred onion mail, partner onions, the log.
+
+    See :func:`onion_gateway.health.report.status_checks` (docs/health.md explains each verdict).
+
+    :returns: ``tor_circuits``, ``smtptor_queue``, ``partner_queue``/``partner_onion`` per partner with
+        deferred mail, ``smtptor_delivery``; never raises for what it inspects.
+    """
+    from onion_gateway.health.report import status_checks
+
+    return status_checks(settings)
+
+
 # --- all of it -----------------------------------------------------------------------------------------------
 
 
@@ -555,11 +580,15 @@ def run_status(settings: StatusSettings) -> StatusReport:
     elif settings.audit_torrc is not None:
         checks.append(check_relay_audit(settings.audit_torrc, settings.postfix_config_dir,
                                         settings.audit_test_domain, settings.timeout_seconds))
+    if settings.health is not None and settings.check_postfix:
+        checks.extend(check_delivery_health(settings))
     for check in checks:
         log.debug("status %s %s: %s %s", check.name, check.target, check.verdict.value, check.detail)
     return StatusReport(tuple(checks))
 
 
 def format_report(report: StatusReport) -> Sequence[str]:
-    """One line per check: ``ok    tor_control      127.0.0.1:9051  tor 0.4.9.11, bootstrapped 100% ...``."""
-    return [f"{c.verdict.value:<5} {c.name:<16} {c.target}  {c.detail}" for c in report.checks]
+    """One line per check: ``ok    tor_control      127.0.0.1:9051  tor 0.4.9.11, bootstrapped 100% ...``;
+    a check with a suggestion ends with `` -- `` and the suggestion."""
+    return [f"{c.verdict.value:<5} {c.name:<16} {c.target}  {c.detail}"
+            + (f" -- {c.suggestion}" if c.suggestion else "") for c in report.checks]

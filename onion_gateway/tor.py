@@ -89,6 +89,15 @@ class TorControl:
             self._controller = None
 
     @property
+    def controller(self) -> stem.control.Controller:
+        """The authenticated stem Controller of the open connection, for read-only questions that have
+        no method here (:mod:`onion_gateway.health.tor_health`: GETINFO, HSFETCH).
+
+        :raises TorError: if the connection is not open (outside the ``with`` block).
+        """
+        return self._c
+
+    @property
     def _c(self) -> stem.control.Controller:
         if self._controller is None:
             raise TorError("the Tor control connection is not open")

@@ -15,6 +15,43 @@ import click
 from onion_gateway.cli.common import ExitCode, fail, fail_with, permission_cause, serve_settings_from
 
 
+def health_options(func):
+    """The onion delivery health options (docs/health.md); each overrides the config file's ``[health]`` key."""
+    options = [
+        click.option("--no-health", is_flag=True,
+                     help="Skip the onion delivery health checks (deferred onion mail, the log, Tor's circuits)."),
+        click.option("--deferred-warn", "deferred_warn_seconds", type=float, default=None, metavar="SECONDS",
+                     help="Deferred onion mail (or failing deliveries) older than this is a warning "
+                          "(default 1800; [health] deferred_warn_seconds)."),
+        click.option("--deferred-fail", "deferred_fail_seconds", type=float, default=None, metavar="SECONDS",
+                     help="... older than this is a failure (default 14400; [health] deferred_fail_seconds)."),
+        click.option("--log-window", "log_window_seconds", type=float, default=None, metavar="SECONDS",
+                     help="How far back Postfix's log is read (default 86400; [health] log_window_seconds)."),
+        click.option("--mail-log", "log_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Read this log file (e.g. /var/log/mail.log) instead of maillog_file or the journal."),
+        click.option("--fetch-timeout", "fetch_timeout_seconds", type=float, default=None, metavar="SECONDS",
+                     help="Bounded wait for fetching the descriptors of partners with deferred mail (default 30)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def health_settings_from(config_file: Path | None, overrides: dict):
+    """The health settings: the config file's ``[health]`` table overridden by the options given.
+
+    :raises ConfigError: on a bad file or value (named ``health.<key>``).
+    """
+    from onion_gateway.config import load_config_file
+    from onion_gateway.health.report import health_settings
+
+    table, base_dir = None, None
+    if config_file is not None:
+        table = load_config_file(config_file).get("health")
+        base_dir = config_file.resolve().parent
+    return health_settings(table, overrides, base_dir)
+
+
 @click.command("status")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML config file: the daemon's listeners, resolvers and transport come from its [serve] table, "
@@ -45,11 +82,16 @@ from onion_gateway.cli.common import ExitCode, fail, fail_with, permission_cause
                    "published (default: setup's record; else any valid v3 address, publication not checked).")
 @click.option("--timeout", "timeout_seconds", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="Budget of each network check.")
+@health_options
 def status_command(config_file, state_dir, dns_servers, tor_control, tor_password, no_tor, postfix_config_dir,
-                   no_postfix, torrc, test_domain, no_audit, domains, onion, timeout_seconds) -> None:
+                   no_postfix, torrc, test_domain, no_audit, domains, onion, timeout_seconds, no_health,
+                   **health_overrides) -> None:
     """Check every piece of the onion route: Tor and the onion service, the daemon's listeners, SRV
-    records, Postfix (map, smtptor and its wrapper) and the relay audit of the onion listener.
+    records, Postfix (map, smtptor and its wrapper), the relay audit of the onion listener, and whether
+    onion mail actually leaves (deferred onion mail, Postfix's log, Tor's circuits, partner onions).
     On a host set up by 'onion-gateway setup' no flag is needed: setup's state record names them all."""
+    from dataclasses import replace
+
     from onion_gateway.config import load_config_file
     from onion_gateway.errors import ConfigError, OnionGatewayError
     from onion_gateway.status import format_report, run_status, settings_for_host
@@ -65,6 +107,8 @@ def status_command(config_file, state_dir, dns_servers, tor_control, tor_passwor
             setup_table = load_config_file(config_file).get("setup", {})
             base_dir = config_file.resolve().parent
         settings = settings_for_host(serve, setup_table, base_dir, state_dir, flags)
+        health = None if no_health or no_postfix else health_settings_from(config_file, health_overrides)
+        settings = replace(settings, health=health)
     except ConfigError as exc:
         if permission_cause(exc) is not None:
             fail_with("status", exc)

@@ -10,22 +10,29 @@ Checks, in order::
     partner_queue      one per partner domain with deferred onion mail
     partner_onion      one per onion of those partners, only when our Tor can send
     smtptor_delivery
+
+:func:`status_checks` is the call ``onion-gateway status`` makes (through
+:func:`onion_gateway.status.run_status`): it builds the routing decision and opens the Tor control
+connection from the status settings, then runs :func:`assess`. :func:`health_settings` reads the
+config file's ``[health]`` table (the thresholds) and the command line's overrides.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onion_gateway.errors import HealthSourceError, TorError
+from onion_gateway.errors import ConfigError, HealthSourceError, TorError
 from onion_gateway.health.maillog import DeliveryView, log_source, read_deliveries
 from onion_gateway.health.queue import OnionRoutePredicate, QueueView, read_queue
 from onion_gateway.health.tor_health import (DEFAULT_FETCH_TIMEOUT_SECONDS, DescriptorFetch, TorSendingState,
-                                             fetch_descriptors, sending_state)
+                                             fetch_descriptors, probe_onions, sending_state)
 from onion_gateway.health.verdicts import (HealthThresholds, Suggestion, check_delivery, check_partner_onion,
                                            check_partner_queue, check_queue, check_tor_sending)
 from onion_gateway.status import Check, Verdict
@@ -96,14 +103,14 @@ def assess(settings: HealthSettings, is_onion_route: OnionRoutePredicate, contro
             tor = sending_state(control)
             checks.append(check_tor_sending(tor, control_target))
         except TorError as exc:
-            checks.append(Check("tor_circuits", control_target, Verdict.FAIL,
-                                f"{exc} -- {Suggestion.CHECK_TOR.value}"))
+            checks.append(Check("tor_circuits", control_target, Verdict.FAIL, one_line(exc),
+                                Suggestion.CHECK_TOR.value))
 
     queue: QueueView | None = None
     try:
         queue = read_queue(settings.postfix_config_dir, is_onion_route, per_partner=settings.per_partner, now=now)
     except HealthSourceError as exc:
-        checks.append(Check("smtptor_queue", "deferred onion mail", Verdict.WARN, f"cannot tell: {exc}"))
+        checks.append(Check("smtptor_queue", "deferred onion mail", Verdict.WARN, f"cannot tell: {one_line(exc)}"))
 
     onions_of = onions_of or getattr(is_onion_route, "onions", None)
     partner_onions = {p.domain: tuple(onions_of(p.domain)) for p in queue.partners} if queue and onions_of else {}
@@ -112,6 +119,8 @@ def assess(settings: HealthSettings, is_onion_route: OnionRoutePredicate, contro
     if wanted and tor is not None and tor.can_send:
         try:
             fetches = fetch_descriptors(control, wanted, settings.fetch_timeout_seconds)
+            fetches = probe_onions(control, fetches, getattr(is_onion_route, "port", None),
+                                   settings.fetch_timeout_seconds)
         except TorError as exc:
             log.warning("partner descriptor fetches failed: %s", exc)
 
@@ -129,5 +138,135 @@ def assess(settings: HealthSettings, is_onion_route: OnionRoutePredicate, contro
         checks.append(check_delivery(delivery, thresholds, tor, fetches or None))
     except HealthSourceError as exc:
         checks.append(Check("smtptor_delivery", str(settings.log_file or "mail log"), Verdict.WARN,
-                            f"cannot tell: {exc}"))
+                            f"cannot tell: {one_line(exc)}"))
     return HealthReport(tuple(checks), queue, delivery, tor, fetches)
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's text on one line (postqueue's and journalctl's stderr can span several)."""
+    return " ".join(str(exc).split())
+
+
+# --- settings from the config file and the command line ------------------------------------------------------
+
+HEALTH_KEYS = ("deferred_warn_seconds", "deferred_fail_seconds", "log_window_seconds", "log_file",
+               "fetch_timeout_seconds")
+MAX_FETCH_TIMEOUT_SECONDS = 300.0
+
+
+def health_settings(file_table: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
+                    base_dir: Path | None = None) -> HealthSettings:
+    """Build :class:`HealthSettings` from the config file's ``[health]`` table and command-line values.
+
+    Keys (all optional; the defaults are :class:`~onion_gateway.health.verdicts.HealthThresholds`')::
+
+        [health]
+        deferred_warn_seconds = 1800.0    # deferred onion mail older than this: warn
+        deferred_fail_seconds = 14400.0   # ... older than this: fail
+        log_window_seconds = 86400.0      # how far back the log is read
+        log_file = "/var/log/mail.log"    # read this instead of maillog_file / the journal
+        fetch_timeout_seconds = 30.0      # bounded wait for the partner descriptor fetches together
+
+    :param file_table: the ``[health]`` table, or ``None``.
+    :param overrides: command-line values with the same keys; ``None`` values are ignored.
+    :param base_dir: directory a relative ``log_file`` is taken from (the config file's).
+    :returns: the settings (Postfix directory and transport are filled in by the caller).
+    :raises ConfigError: for an unknown key or a bad value, named ``health.<key>``.
+    """
+    merged: dict[str, Any] = {}
+    for source in (file_table or {}), (overrides or {}):
+        if not isinstance(source, Mapping):
+            raise ConfigError("health: expected a table")
+        for key, value in source.items():
+            if key not in HEALTH_KEYS:
+                raise ConfigError(f"health.{key}: unknown setting")
+            if value is not None:
+                merged[key] = value
+    numbers: dict[str, float] = {}
+    for key in ("deferred_warn_seconds", "deferred_fail_seconds", "log_window_seconds", "fetch_timeout_seconds"):
+        if key in merged:
+            value = merged[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"health.{key}: expected a number of seconds, got {value!r}")
+            numbers[key] = float(value)
+    fetch = numbers.pop("fetch_timeout_seconds", DEFAULT_FETCH_TIMEOUT_SECONDS)
+    if not 0 < fetch <= MAX_FETCH_TIMEOUT_SECONDS:
+        raise ConfigError(f"health.fetch_timeout_seconds: must be above 0 and at most "
+                          f"{MAX_FETCH_TIMEOUT_SECONDS:g} seconds, got {fetch:g}")
+    log_file = merged.get("log_file")
+    if log_file is not None:
+        if not isinstance(log_file, (str, Path)) or not str(log_file):
+            raise ConfigError(f"health.log_file: expected a file name, got {log_file!r}")
+        log_file = Path(log_file)
+        if not log_file.is_absolute() and base_dir is not None:
+            log_file = base_dir / log_file
+    return HealthSettings(thresholds=HealthThresholds(**numbers), log_file=log_file, fetch_timeout_seconds=fetch)
+
+
+# --- what status runs ----------------------------------------------------------------------------------------
+
+
+def status_checks(status: Any) -> list[Check]:
+    """The health checks of one ``onion-gateway status`` run.
+
+    Reads the queue and the log of ``status.postfix_config_dir``, decides onion mail with the routing of
+    ``status.serve`` (pinning off) and asks the Tor at ``status.tor_control`` (the same control port
+    and Postfix directory the other status checks use, wherever they came from: flags, the config file
+    or setup's state record). Read-only.
+
+    :param status: a :class:`onion_gateway.status.StatusSettings` whose ``health`` is a :class:`HealthSettings`.
+    :returns: the checks (see the module docstring); a control port that cannot be opened becomes
+        ``tor_circuits: fail`` (suggestion: check that tor runs); routing that cannot be built
+        (bad routing files) becomes a ``smtptor_queue`` warning. Never raises for what it inspects.
+    """
+    from onion_gateway.health.routes import RouterRoutes
+
+    settings = dataclasses.replace(status.health, postfix_config_dir=status.postfix_config_dir,
+                                   transport=status.serve.transport)
+    checks: list[Check] = []
+    try:
+        routes = RouterRoutes.from_settings(status.serve)
+    except ConfigError as exc:
+        return [Check("smtptor_queue", "deferred onion mail", Verdict.WARN, f"cannot tell: routing: {one_line(exc)}",
+                      "fix the [serve] routing settings (onion-gateway lookup shows the error)")]
+    with routes, contextlib.ExitStack() as stack:
+        control = None
+        target = "tor control port"
+        if status.tor_control is not None:
+            target = str(status.tor_control) if not isinstance(status.tor_control, tuple) else \
+                "{}:{}".format(*status.tor_control)
+            try:
+                control = stack.enter_context(open_control(status.tor_control, status.tor_password,
+                                                            status.timeout_seconds))
+            except (TorError, ConfigError) as exc:
+                checks.append(Check("tor_circuits", target, Verdict.FAIL, one_line(exc),
+                                    Suggestion.CHECK_TOR.value))
+        report = assess(settings, routes, control, target)
+        checks.extend(report.checks)
+    return checks
+
+
+@contextlib.contextmanager
+def open_control(address: Any, password: str | None, timeout_seconds: float) -> Iterator[Any]:
+    """An authenticated control connection to *address*, closed after the ``with`` block.
+
+    :param address: ``(host, port)``, a :class:`~onion_gateway.address.ListenAddress` or its text
+        (``HOST:PORT`` or ``unix:PATH``).
+    :param password: the control password, or ``None`` for cookie/no authentication.
+    :param timeout_seconds: connect budget on TCP (seconds).
+    :returns: (yields) a stem Controller or an entered TorControl, as :mod:`.tor_health` takes them.
+    :raises TorError: when Tor cannot be reached or refuses authentication.
+    :raises ConfigError: for address text that is no listen address.
+    """
+    from onion_gateway import tor
+    from onion_gateway.address import ListenAddress, parse_listen_address
+
+    if isinstance(address, str):
+        address = parse_listen_address(address, "tor_control")
+    elif isinstance(address, tuple):
+        address = ListenAddress(host=address[0], port=address[1])
+    controller = tor.connect(address, password, timeout_seconds)   # the one control connection (TCP or unix)
+    try:
+        yield controller
+    finally:
+        controller.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import Iterable
 
 from onion_gateway.config import ServeSettings
@@ -31,6 +32,7 @@ from onion_gateway.lookup.routing import Router, onions_in_route
 log = logging.getLogger(__name__)
 
 CONCURRENT_LOOKUPS = 32
+_NEXTHOP = re.compile(r"\[([^\]\s]+\.onion)\]:(\d+)", re.IGNORECASE)
 
 
 class RouterRoutes:
@@ -48,6 +50,7 @@ class RouterRoutes:
         self._loop = asyncio.new_event_loop()
         self._answers: dict[str, bool | None] = {}
         self._onions: dict[str, tuple[str, ...]] = {}
+        self._ports: dict[str, int] = {}
 
     @classmethod
     def from_settings(cls, settings: ServeSettings) -> "RouterRoutes":
@@ -95,6 +98,8 @@ class RouterRoutes:
             log.debug("health: %s routes %s (%s)", domain, answer, result.value)
             self._answers[domain] = answer
             self._onions[domain] = tuple(o.lower() for o in onions_in_route(result.value)) if answer else ()
+            for onion, port in _NEXTHOP.findall(result.value) if answer else ():
+                self._ports.setdefault(onion.lower(), int(port))
 
         await asyncio.gather(*(one(d) for d in domains))
 
@@ -104,6 +109,10 @@ class RouterRoutes:
         :returns: ``("<56 chars>.onion", ...)`` in the route's order -- the ones to HSFETCH for a partner.
         """
         return self._onions.get(domain.lower(), ())
+
+    def port(self, onion: str) -> int:
+        """The port the routes asked so far name for *onion* (``smtptor:[x.onion]:2525``); 25 if none."""
+        return self._ports.get(onion.lower(), 25)
 
     def close(self) -> None:
         """Close the private event loop."""

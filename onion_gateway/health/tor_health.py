@@ -10,6 +10,12 @@ Every function takes an authenticated stem ``Controller`` (or an entered
       650 HS_DESC REQUESTED <id> NO_AUTH $<HSDir>~<nick> <blinded id>
       650 HS_DESC RECEIVED <id> NO_AUTH $<HSDir>~<nick> <blinded id>
       650 HS_DESC FAILED <id> NO_AUTH $<HSDir>~<nick> <blinded id> REASON=NOT_FOUND
+    GETINFO net/listeners/socks          §3.9     "127.0.0.1:9050" -- then a SOCKS5 CONNECT (RFC 1928)
+                                                  to <onion>:<port> through it, closed at once
+
+A descriptor stays on the HSDirs for hours after its service stopped, so a fetched descriptor alone
+does not prove the partner is up: :func:`probe_onions` opens a connection through our SocksPort, which
+succeeds only when the service's Tor answered the rendezvous and connected to its target port.
 
 Nothing changes Tor's configuration or state beyond the descriptor cache an HSFETCH fills (as a
 delivery to that onion would). Together the answers separate "our Tor is broken" (no bootstrap, no
@@ -45,10 +51,7 @@ def _controller(control: Any) -> Any:
     """The stem Controller behind *control* (a Controller, or an entered TorControl)."""
     if hasattr(control, "get_info") and hasattr(control, "msg"):
         return control
-    inner = getattr(control, "_controller", None)   # onion_gateway.tor.TorControl has no public accessor
-    if inner is None:
-        raise TorError("the Tor control connection is not open")
-    return inner
+    return control.controller      # onion_gateway.tor.TorControl; raises TorError when not open
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class FetchOutcome(enum.Enum):
     FAILED = "failed"          # HSDirs answered, none had it (or Tor had no HSDir left to ask)
     NO_ANSWER = "no_answer"    # nothing came back within the wait (typical when our Tor cannot build circuits)
     REFUSED = "refused"        # Tor refused the HSFETCH command (e.g. not a valid v3 address)
+    UNREACHABLE = "unreachable"  # fetched, but a connection through our SocksPort failed (service down)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +126,7 @@ class DescriptorFetch:
 
     @property
     def fetched(self) -> bool:
-        """True when the descriptor came back."""
+        """True when the descriptor came back (and, if probed, the service answered)."""
         return self.outcome is FetchOutcome.RECEIVED
 
 
@@ -231,3 +235,108 @@ def fetch_descriptor(control: Any, onion: str, timeout_seconds: float = DEFAULT_
 
 def _service_id(onion: str) -> str:
     return onion.strip().lower().rstrip(".").removesuffix(".onion")
+
+
+# --- is the service behind a fetched descriptor up? ---------------------------------------------------------
+
+#: SOCKS5 reply codes (RFC 1928 §6) and Tor's extended ones (tor's socks-extensions.txt, ExtendedErrors)
+SOCKS_REPLIES = {
+    0x01: "general failure", 0x02: "not allowed", 0x03: "network unreachable", 0x04: "host unreachable",
+    0x05: "connection refused", 0x06: "TTL expired (timed out)", 0x07: "command not supported",
+    0x08: "address type not supported", 0xF0: "onion service descriptor cannot be found",
+    0xF1: "onion service descriptor is invalid", 0xF2: "onion service introduction failed",
+    0xF3: "onion service rendezvous failed", 0xF4: "onion service client authorization missing",
+    0xF5: "onion service client authorization wrong", 0xF6: "onion service address is invalid",
+    0xF7: "onion service introduction timed out",
+}
+
+
+def socks_listener(control: Any) -> tuple[str, int] | None:
+    """Our Tor's first SocksPort (``GETINFO net/listeners/socks``), or ``None`` when it has none.
+
+    :raises TorError: if the connection fails.
+    """
+    controller = _controller(control)
+    try:
+        listeners = controller.get_info("net/listeners/socks", "")
+    except (ControllerError, SocketError) as exc:
+        raise TorError(f"GETINFO net/listeners/socks failed: {exc}") from exc
+    for item in listeners.split():
+        host, _, port = item.strip('"').rpartition(":")
+        if port.isdigit() and host and not host.startswith("unix"):
+            return host.strip("[]"), int(port)
+    return None
+
+
+def socks_connect(socks: tuple[str, int], host: str, port: int, timeout_seconds: float) -> str | None:
+    """Open a connection to *host*:*port* through the SOCKS5 proxy *socks* (RFC 1928, no auth), then close it.
+
+    Wire: ``05 01 00`` -> ``05 00``; ``05 01 00 03 <len> <host> <port>`` -> ``05 <REP> 00 ...``.
+    Nothing is sent to the far end: Tor replies ``REP=00`` once the onion service connected the stream.
+
+    :param socks: ``(ip, port)`` of the proxy.
+    :param host: the destination name (``<56 chars>.onion``).
+    :param port: the destination port.
+    :param timeout_seconds: the whole budget (seconds).
+    :returns: ``None`` when the connection succeeded, else one line saying why not.
+    """
+    import socket
+    import struct
+
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        with socket.create_connection(socks, timeout=timeout_seconds) as sock:
+            sock.sendall(b"\x05\x01\x00")
+            if sock.recv(2) != b"\x05\x00":
+                return f"the SocksPort {socks[0]}:{socks[1]} refused SOCKS5 without authentication"
+            name = host.encode("ascii")
+            sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            reply = sock.recv(10)
+    except (TimeoutError, socket.timeout):
+        return f"no answer within {timeout_seconds:g} s"
+    except OSError as exc:
+        return f"SocksPort {socks[0]}:{socks[1]}: {exc.strerror or exc}"
+    if len(reply) < 2:
+        return "the SocksPort closed the connection without a reply"
+    if reply[1] != 0:
+        return f"SOCKS reply 0x{reply[1]:02x}: {SOCKS_REPLIES.get(reply[1], 'unknown')}"
+    return None
+
+
+def probe_onions(control: Any, fetches: dict[str, DescriptorFetch], port_of: Any = None,
+                 timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS) -> dict[str, DescriptorFetch]:
+    """For each fetched descriptor, connect to the onion through our SocksPort (all at once, bounded).
+
+    :param control: an authenticated stem Controller, or an entered TorControl (for the SocksPort).
+    :param fetches: the results of :func:`fetch_descriptors`.
+    :param port_of: ``onion -> port`` the route names (default 25 for all).
+    :param timeout_seconds: the bounded wait for all connections together (seconds).
+    :returns: *fetches* with each probed ``RECEIVED`` either kept (its detail saying the port answers) or
+        turned into ``UNREACHABLE`` (why the connection failed). Unchanged when Tor has no SocksPort.
+    :raises TorError: if the control connection fails.
+    """
+    import concurrent.futures
+
+    wanted = [f for f in fetches.values() if f.outcome is FetchOutcome.RECEIVED]
+    socks = socks_listener(control) if wanted else None
+    if socks is None:
+        return dict(fetches)
+    ports = {f.onion: (port_of(f.onion) if port_of else 25) for f in wanted}
+    started = time.monotonic()
+    results = dict(fetches)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(wanted))) as pool:
+        futures = {f.onion: pool.submit(socks_connect, socks, f.onion, ports[f.onion], timeout_seconds)
+                   for f in wanted}
+        for fetch in wanted:
+            failure = futures[fetch.onion].result()
+            elapsed = fetch.elapsed_seconds + time.monotonic() - started
+            port = ports[fetch.onion]
+            if failure is None:
+                results[fetch.onion] = DescriptorFetch(fetch.onion, FetchOutcome.RECEIVED,
+                                                       f"{fetch.detail}; port {port} answers", elapsed)
+            else:
+                results[fetch.onion] = DescriptorFetch(fetch.onion, FetchOutcome.UNREACHABLE,
+                                                       f"{fetch.detail}, but no connection to port {port}: "
+                                                       f"{failure}", elapsed)
+    return results

@@ -13,7 +13,7 @@ equal to it does not::
                                                                                              or no circuits
     partner_onion     domain + onion         descriptor fetched        our Tor cannot tell   not fetched
 
-Each non-OK detail ends with one suggestion (``" -- "`` then the :class:`Suggestion` text), chosen from
+Each non-OK check carries one suggestion (:attr:`Check.suggestion`, the :class:`Suggestion` text), chosen from
 what the control port said, never from the deferral text: no circuits -> restart tor; circuits but a
 partner's descriptor cannot be fetched -> check the partner's SRV record / onion service; Tor fine and
 descriptors fetched, yet mail stays deferred -> check the wrapper (torsocks, the smtptor service).
@@ -113,8 +113,9 @@ def format_seconds(seconds: float) -> str:
     return f"{whole} s ({human})"
 
 
-def _with(detail: str, verdict: Verdict, suggestion: Suggestion) -> str:
-    return detail if verdict is Verdict.OK else f"{detail} -- {suggestion.value}"
+def _check(name: str, target: str, verdict: Verdict, detail: str, suggestion: Suggestion) -> Check:
+    """A :class:`Check` whose suggestion is set only when the verdict is not OK."""
+    return Check(name, target, verdict, detail, "" if verdict is Verdict.OK else suggestion.value)
 
 
 def check_queue(view: QueueView, thresholds: HealthThresholds, tor: TorSendingState | None = None,
@@ -135,7 +136,7 @@ def check_queue(view: QueueView, thresholds: HealthThresholds, tor: TorSendingSt
     detail = (f"{view.messages} message(s), {view.recipients} recipient(s) deferred, oldest "
               f"{format_seconds(view.oldest_seconds)}; most common reason ({view.top_reason_count}x): "
               f"{view.top_reason or '-'}{undecided}")
-    return Check("smtptor_queue", "deferred onion mail", verdict, _with(detail, verdict, suggest(tor, fetches)))
+    return _check("smtptor_queue", "deferred onion mail", verdict, detail, suggest(tor, fetches))
 
 
 def check_partner_queue(partner: PartnerQueue, thresholds: HealthThresholds, tor: TorSendingState | None = None,
@@ -152,8 +153,7 @@ def check_partner_queue(partner: PartnerQueue, thresholds: HealthThresholds, tor
     verdict = age_verdict(partner.oldest_seconds, thresholds)
     detail = (f"{partner.messages} message(s), {partner.recipients} recipient(s) deferred, oldest "
               f"{format_seconds(partner.oldest_seconds)}: {partner.top_reason or '-'}")
-    return Check("partner_queue", partner.domain, verdict,
-                 _with(detail, verdict, suggest(tor, fetches, onions)))
+    return _check("partner_queue", partner.domain, verdict, detail, suggest(tor, fetches, onions))
 
 
 def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSendingState | None = None,
@@ -170,6 +170,10 @@ def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSen
               f"{format_seconds(view.window_seconds)}")
     if view.last_sent is not None:
         counts += f"; last sent {format_seconds(view.taken_at - view.last_sent.timestamp)} ago"
+    last = view.last_failed
+    if last is not None:
+        counts += (f"; last failure {format_seconds(max(0.0, view.taken_at - last.timestamp))} ago: "
+                   f"{last.reason or last.status}")
     if view.failing_since is None:
         if view.last_sent is None and view.last_failed is None:
             return Check("smtptor_delivery", view.source, Verdict.OK, "no onion delivery attempted in the last "
@@ -177,10 +181,8 @@ def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSen
         return Check("smtptor_delivery", view.source, Verdict.OK, counts)
     failing = max(0.0, view.taken_at - view.failing_since)
     verdict = age_verdict(failing, thresholds)
-    last = view.last_failed
-    detail = (f"deliveries failing for {format_seconds(failing)}; {counts}"
-              + (f"; last failure: {last.reason}" if last is not None and last.reason else ""))
-    return Check("smtptor_delivery", view.source, verdict, _with(detail, verdict, suggest(tor, fetches)))
+    detail = f"deliveries failing for {format_seconds(failing)}; {counts}"
+    return _check("smtptor_delivery", view.source, verdict, detail, suggest(tor, fetches))
 
 
 def check_tor_sending(state: TorSendingState, target: str) -> Check:
@@ -193,7 +195,7 @@ def check_tor_sending(state: TorSendingState, target: str) -> Check:
     detail = (f"bootstrapped {state.bootstrap_progress}% ({state.bootstrap_summary}), circuit-established="
               f"{int(state.circuit_established)}" + (f", network {state.network_liveness}" if state.network_liveness else ""))
     verdict = Verdict.OK if state.can_send else Verdict.FAIL
-    return Check("tor_circuits", target, verdict, _with(detail, verdict, Suggestion.RESTART_TOR))
+    return _check("tor_circuits", target, verdict, detail, Suggestion.RESTART_TOR)
 
 
 def check_partner_onion(domain: str, fetch: DescriptorFetch, tor: TorSendingState | None) -> Check:
@@ -210,10 +212,10 @@ def check_partner_onion(domain: str, fetch: DescriptorFetch, tor: TorSendingStat
     if fetch.fetched:
         return Check("partner_onion", target, Verdict.OK, fetch.detail)
     if fetch.outcome is FetchOutcome.REFUSED:
-        return Check("partner_onion", target, Verdict.FAIL, _with(fetch.detail, Verdict.FAIL, Suggestion.CHECK_PARTNER))
+        return _check("partner_onion", target, Verdict.FAIL, fetch.detail, Suggestion.CHECK_PARTNER)
     if tor is None or not tor.can_send:
         suggestion = Suggestion.CHECK_TOR if tor is None else Suggestion.RESTART_TOR
-        return Check("partner_onion", target, Verdict.WARN,
-                     _with(f"cannot tell: our Tor cannot send ({fetch.detail})", Verdict.WARN, suggestion))
-    return Check("partner_onion", target, Verdict.FAIL,
-                 _with(f"their onion service is unreachable: {fetch.detail}", Verdict.FAIL, Suggestion.CHECK_PARTNER))
+        return _check("partner_onion", target, Verdict.WARN, f"cannot tell: our Tor cannot send ({fetch.detail})",
+                      suggestion)
+    return _check("partner_onion", target, Verdict.FAIL, f"their onion service is unreachable: {fetch.detail}",
+                  Suggestion.CHECK_PARTNER)

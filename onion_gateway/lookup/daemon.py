@@ -257,6 +257,8 @@ class Daemon:
                     refusals=lambda: dict(router.refusals), healthy=lambda: not self._stopping.is_set(),
                     pin_changes=lambda: router.pins.changes if router.pins is not None else 0))
                 await self.metrics.start()
+                from onion_gateway.health.metrics import register_health_metrics   # issue 16: delivery health
+                register_health_metrics(self.metrics.registry, settings)
             passed = self._passed if self._passed is not None else systemd.listen_fds()
             inherited = systemd.match_listeners(self.server.addresses, passed)
             self.bound = await self.server.start(inherited)

@@ -314,7 +314,7 @@ class MailLab:
                        timeout=30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # shared by test_tor_network.py and test_delivery_health.py
 def lab():
     """Build the whole lab and tear everything down afterwards.
 

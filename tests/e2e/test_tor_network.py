@@ -1,6 +1,6 @@
 """End-to-end: mail from one Postfix to another over an onion service on a private Tor network.
 
-The lab (tests/e2e/conftest.py) is built once for the module; the tests run in file order and each
+The lab (tests/e2e/conftest.py) is built once for the session; the tests run in file order and each
 drill puts back what it broke (tor client, DNS) before it ends, also when it fails.
 What each test proves is in its docstring; README.md ("How we know it works") sums it up.
 """
@@ -104,7 +104,8 @@ def test_status_sees_a_healthy_gateway(lab: MailLab, side: str) -> None:
     report = done.stdout + done.stderr
     names = [line.split()[1] for line in done.stdout.splitlines()]
     assert names == ["tor_control", "onion_service", "map_listener", "map_listener", "srv_record",
-                     "transport_maps", "smtptor_service", "relay_audit"], report
+                     "transport_maps", "smtptor_service", "relay_audit",
+                     "tor_circuits", "smtptor_queue", "smtptor_delivery"], report   # + onion delivery health
     assert all(line.startswith("ok ") for line in done.stdout.splitlines()), report
     assert done.returncode == 0, report
     assert f"SocksPort 127.0.0.1:{gw.tor.socks_port}" in report
@@ -143,9 +144,11 @@ def test_tor_client_down_defers_and_keeps_the_mail(lab: MailLab) -> None:
         assert lab.trap.count() == trap_before, "the message took the clear route while tor was down"
         code, verdicts, report = status_verdicts(lab.tx_gw)
         assert code == 1 and verdicts["tor_control"] == {"fail"}, report
-        assert verdicts["onion_service"] == {"fail"}, report
-        others = {name: v for name, v in verdicts.items() if name not in ("tor_control", "onion_service")}
-        assert set(others) == {"map_listener", "srv_record", "transport_maps", "smtptor_service", "relay_audit"}
+        assert verdicts["onion_service"] == {"fail"} and verdicts["tor_circuits"] == {"fail"}, report
+        others = {name: v for name, v in verdicts.items()
+                  if name not in ("tor_control", "onion_service", "tor_circuits")}
+        assert set(others) == {"map_listener", "srv_record", "transport_maps", "smtptor_service", "relay_audit",
+                               "smtptor_queue", "partner_queue", "smtptor_delivery"}
         assert all(v == {"ok"} for v in others.values()), report
     finally:
         lab.tor.start_client()
@@ -193,7 +196,8 @@ def test_dns_down_is_a_temporary_failure(lab: MailLab) -> None:
         code, verdicts, report = status_verdicts(lab.tx_gw, "--no-audit")
         assert code == 1 and verdicts["srv_record"] == {"fail"} and "DNS failure" in report, report
         others = {name: v for name, v in verdicts.items() if name != "srv_record"}
-        assert set(others) == {"tor_control", "onion_service", "map_listener", "transport_maps", "smtptor_service"}
+        assert set(others) == {"tor_control", "onion_service", "map_listener", "transport_maps", "smtptor_service",
+                               "tor_circuits", "smtptor_queue", "smtptor_delivery"}
         assert all(v == {"ok"} for v in others.values()), report
     finally:
         lab.dns.start()

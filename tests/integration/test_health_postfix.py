@@ -233,9 +233,9 @@ def test_assess_names_tor_when_our_tor_cannot_build_circuits(lab, no_network_tor
     assert [c.name for c in report.checks] == ["tor_circuits", "smtptor_queue", "partner_queue", "smtptor_delivery"]
     assert by_name["tor_circuits"].verdict is Verdict.FAIL
     assert by_name["smtptor_queue"].verdict is Verdict.WARN
-    assert by_name["smtptor_queue"].detail.endswith(Suggestion.RESTART_TOR.value)
+    assert by_name["smtptor_queue"].suggestion == Suggestion.RESTART_TOR.value
     assert by_name["partner_queue"].target == "single.example.test"
-    assert by_name["smtptor_delivery"].detail.endswith(Suggestion.RESTART_TOR.value)
+    assert by_name["smtptor_delivery"].suggestion == Suggestion.RESTART_TOR.value
     assert report.fetches == {}          # no point asking HSDirs without circuits
     assert report.queue.recipients == 2 and report.delivery.sent == 1
 
@@ -250,3 +250,158 @@ def test_assess_without_tor_and_with_an_unreadable_source(lab, tmp_path):
     assert by_name["smtptor_delivery"].verdict is Verdict.WARN
     assert by_name["smtptor_delivery"].detail.startswith("cannot tell: cannot read the mail log")
     assert report.delivery is None and report.tor is None
+
+
+# --- onion-gateway status (the CLI) ------------------------------------------------------------------------
+
+
+def status_cli(*args: str) -> tuple[int, dict[str, list[str]], str]:
+    """Run ``onion-gateway status ARGS`` in-process (click's runner).
+
+    :returns: the exit code, ``{check name: [whole lines]}`` and the output (for messages).
+    """
+    from click.testing import CliRunner
+
+    from onion_gateway.cli import main
+
+    result = CliRunner().invoke(main, ["status", *args], catch_exceptions=False)
+    lines: dict[str, list[str]] = {}
+    for line in result.output.splitlines():
+        if line.split()[:1] in (["ok"], ["warn"], ["fail"]):
+            lines.setdefault(line.split()[1], []).append(line)
+    return result.exit_code, lines, result.output
+
+
+def lab_config(tmp_path: Path, settings: ServeSettings, health: str = "") -> Path:
+    config = tmp_path / "og.toml"
+    dns = "{}:{}".format(*settings.dns_servers[0])
+    config.write_text(f'[serve]\ndns_servers = ["{dns}"]\ndns_timeout_seconds = 2.0\n'
+                      f'postfix_config_dir = "{settings.postfix_config_dir}"\n' + health)
+    return config
+
+
+def test_status_fails_naming_tor_when_it_cannot_build_circuits(lab, no_network_tor, tmp_path):
+    """status on the live instance with a Tor that has no circuits: tor_circuits fails from the control
+    port, the deferred onion mail (over the --deferred-warn 0 threshold) is a warning whose suggestion
+    is to restart tor, each check is one line, exit 1."""
+    pf, settings = lab
+    code, lines, output = status_cli("--config", str(lab_config(tmp_path, settings)), "--postfix-config-dir",
+                                     str(pf.config_dir), "--tor-control", no_network_tor.control, "--no-audit",
+                                     "--deferred-warn", "0", "--fetch-timeout", "2")
+    assert code == 1, output
+    assert [line.split()[0] for line in lines["tor_circuits"]] == ["fail"], output
+    assert "circuit-established=0" in lines["tor_circuits"][0]
+    assert lines["tor_circuits"][0].endswith(" -- " + Suggestion.RESTART_TOR.value)
+    queue_line, = lines["smtptor_queue"]
+    assert queue_line.startswith("warn ") and "1 message(s), 2 recipient(s) deferred" in queue_line
+    assert queue_line.endswith(" -- " + Suggestion.RESTART_TOR.value)
+    assert lines["partner_queue"][0].split()[2] == "single.example.test"
+    assert "partner_onion" not in lines                    # no descriptor fetch without circuits
+    assert lines["smtptor_delivery"][0].split()[2] == str(pf.maillog)
+
+
+def test_status_thresholds_come_from_the_config_file_and_options_override(lab, tmp_path):
+    """[health] deferred_warn_seconds = 0 makes the young deferred mail a warning; --deferred-warn 3600
+    on the command line puts it back to ok. Without Tor the suggestion is to check that tor runs."""
+    pf, settings = lab
+    config = lab_config(tmp_path, settings, "[health]\ndeferred_warn_seconds = 0\ndeferred_fail_seconds = 7200\n")
+    base = ["--config", str(config), "--postfix-config-dir", str(pf.config_dir), "--no-tor", "--no-audit"]
+    code, lines, output = status_cli(*base)
+    assert lines["smtptor_queue"][0].startswith("warn "), output
+    assert lines["smtptor_queue"][0].endswith(" -- " + Suggestion.CHECK_TOR.value)
+    assert "tor_circuits" not in lines
+    code, lines, output = status_cli(*base, "--deferred-warn", "3600")
+    assert lines["smtptor_queue"][0].startswith("ok "), output
+    assert " -- " not in lines["smtptor_queue"][0]
+    code, lines, output = status_cli(*base, "--no-health")
+    assert not {"smtptor_queue", "smtptor_delivery", "partner_queue"} & set(lines), output
+
+
+@pytest.mark.parametrize("health,message", [
+    ("[health]\ndeferred_warn_secs = 5\n", "health.deferred_warn_secs: unknown setting"),
+    ("[health]\ndeferred_warn_seconds = \"soon\"\n", "health.deferred_warn_seconds: expected a number"),
+    ("[health]\ndeferred_warn_seconds = 100\ndeferred_fail_seconds = 10\n", "is below health.deferred_warn_seconds"),
+])
+def test_status_refuses_bad_health_settings_with_exit_78(lab, tmp_path, health, message):
+    _, settings = lab
+    code, _, output = status_cli("--config", str(lab_config(tmp_path, settings, health)), "--no-tor")
+    assert code == 78, output
+    assert message in output and "Traceback" not in output
+
+
+def test_status_as_a_user_postfix_refuses_is_one_clear_line(lab):
+    """As nobody (not allowed -c for an alternate instance), the queue check says why in one line."""
+    pf, settings = lab
+    config = lab_config(pf.root, settings)
+    config.chmod(0o644)
+    done = run_as_nobody(
+        "import sys\nfrom onion_gateway.cli import main\n"
+        f"sys.argv = ['onion-gateway', 'status', '--config', {str(config)!r}, '--postfix-config-dir', "
+        f"{str(pf.config_dir)!r}, '--no-tor', '--no-audit']\nmain()\n")
+    queue_lines = [line for line in done.stdout.splitlines() if line.split()[1:2] == ["smtptor_queue"]]
+    assert len(queue_lines) == 1, done.stdout + done.stderr
+    assert queue_lines[0].startswith("warn  smtptor_queue    deferred onion mail  cannot tell: cannot list the mail queue")
+    assert "alternate_config_directories" in queue_lines[0]
+    assert "Traceback" not in done.stderr
+
+
+# --- the health gauges (onion_gateway.health.metrics) on the live instance -----------------------------------
+
+
+def test_metrics_sample_of_the_live_instance(lab, no_network_tor):
+    """compute_sample reads the same queue and log as status: 1 deferred onion message with 2 recipients,
+    the smtp-sink delivery as the last one, and a Tor without circuits as 0."""
+    from onion_gateway.health.metrics import compute_sample
+
+    pf, settings = lab
+    sample = compute_sample(settings, parse_listen_address(no_network_tor.control))
+    assert sample.errors == {}
+    assert (sample.queue.messages, sample.queue.recipients) == (1, 2)
+    assert sample.delivery.last_sent.recipient == "bob@sent.example.test"
+    assert sample.tor is not None and sample.tor.circuit_established is False
+
+
+def test_health_gauges_of_the_live_instance_over_http(lab, no_network_tor):
+    """register_health_metrics (the daemon's hook) on a real registry served over loopback HTTP by
+    prometheus_client: the gauges of the live instance, and the oldest age grows between computations."""
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    from onion_gateway.health.metrics import register_health_metrics
+
+    pf, settings = lab
+    serve = dataclasses.replace(settings, health_metrics_interval_seconds=1.0,
+                                health_tor_control=parse_listen_address(no_network_tor.control))
+    registry = CollectorRegistry()
+    collector = register_health_metrics(registry, serve)
+    assert collector is not None
+    server = make_server("127.0.0.1", 0, make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def scrape() -> dict[str, float]:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("onion_gateway_")}
+
+    try:
+        deadline = time.monotonic() + 20
+        while "onion_gateway_smtptor_deferred" not in (first := scrape()):   # the first computation
+            assert time.monotonic() < deadline, first
+            time.sleep(0.2)
+        assert first["onion_gateway_smtptor_deferred"] == 1.0
+        assert first["onion_gateway_smtptor_deferred_recipients"] == 2.0
+        assert first["onion_gateway_tor_circuit_established"] == 0.0
+        assert first['onion_gateway_health_source_up{source="queue"}'] == 1.0
+        sent = [line for line in pf.log_text().splitlines() if "postfix/smtptor/smtp" in line and "status=sent" in line]
+        assert sent and abs(first["onion_gateway_smtptor_last_delivery_timestamp_seconds"] - time.time()) < 3600
+        time.sleep(1.2)
+        second = scrape()
+        assert second["onion_gateway_smtptor_oldest_deferred_seconds"] > first["onion_gateway_smtptor_oldest_deferred_seconds"]
+    finally:
+        server.shutdown()
+        server.server_close()

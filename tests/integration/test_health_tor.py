@@ -15,7 +15,7 @@ from onion_gateway.status import Verdict
 from onion_gateway.tor import TorControl
 from tests.conftest import require
 from tests.support.onions import ONION_A, bad_checksum
-from tests.support.procs import public_tempdir
+from tests.support.procs import public_tempdir, wait_for
 from tests.support.tor import TorProcess
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_sending_state_through_the_gateways_own_tor_control(tor):
 def test_no_circuits_is_a_tor_failure_with_restart_tor(controller, tor):
     check = check_tor_sending(sending_state(controller), tor.control)
     assert check.verdict is Verdict.FAIL
-    assert check.detail.endswith(Suggestion.RESTART_TOR.value)
+    assert check.suggestion == Suggestion.RESTART_TOR.value
 
 
 def test_hsfetch_without_network_ends_within_the_bounded_wait(controller, real_onion):
@@ -109,4 +109,41 @@ def test_partner_verdict_says_cannot_tell_when_our_tor_cannot_send(controller, r
     fetch = fetch_descriptor(controller, real_onion, timeout_seconds=0.5)
     check = check_partner_onion("partner.test", fetch, state)
     assert check.verdict is Verdict.WARN
-    assert "cannot tell" in check.detail and check.detail.endswith(Suggestion.RESTART_TOR.value)
+    assert "cannot tell" in check.detail and check.suggestion == Suggestion.RESTART_TOR.value
+
+
+@pytest.mark.parametrize("form", ["tuple", "text", "unix", "password"])
+def test_status_opens_every_control_address_form(form):
+    """open_control (what status and the metrics use) on a TCP port given as (host, port) or text, on a
+    ControlSocket (cookie) and on a port with a password; each yields a connection tor_health can ask."""
+    from onion_gateway.health.report import open_control
+
+    require("tor")
+    proc = TorProcess(public_tempdir("og-health-ctl-"), password="s3cret" if form == "password" else None,
+                      unix_control=form == "unix").write().start()
+    try:
+        address = {"tuple": ("127.0.0.1", proc.control_port), "text": proc.control, "password": proc.control,
+                   "unix": f"unix:{proc.control_socket}"}[form]
+        if form == "unix":
+            wait_for(proc.control_socket.exists, 10, "the control socket")
+        with open_control(address, "s3cret" if form == "password" else None, 5.0) as control:
+            state = sending_state(control)
+        assert (state.circuit_established, state.can_send) == (False, False)
+    finally:
+        proc.stop()
+        shutil.rmtree(proc.workdir, ignore_errors=True)
+
+
+def test_status_names_a_control_port_that_refuses_the_password():
+    from onion_gateway.errors import TorError
+    from onion_gateway.health.report import open_control
+
+    require("tor")
+    proc = TorProcess(public_tempdir("og-health-ctl-"), password="s3cret").write().start()
+    try:
+        with pytest.raises(TorError, match="refused authentication"):
+            with open_control(proc.control, "wrong", 5.0):
+                pass
+    finally:
+        proc.stop()
+        shutil.rmtree(proc.workdir, ignore_errors=True)

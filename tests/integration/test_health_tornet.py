@@ -11,7 +11,8 @@ import shutil
 import pytest
 import stem.control
 
-from onion_gateway.health.tor_health import FetchOutcome, fetch_descriptor, fetch_descriptors, sending_state
+from onion_gateway.health.tor_health import (FetchOutcome, fetch_descriptor, fetch_descriptors, probe_onions,
+                                             sending_state)
 from onion_gateway.health.verdicts import Suggestion, check_partner_onion, check_tor_sending
 from onion_gateway.status import Verdict
 from tests.conftest import require
@@ -75,4 +76,28 @@ def test_unpublished_descriptor_is_their_problem_while_our_circuits_are_fine(net
     check = check_partner_onion("partner.test", gone, sending_state(client))
     assert check.verdict is Verdict.FAIL
     assert "their onion service is unreachable" in check.detail
-    assert check.detail.endswith(Suggestion.CHECK_PARTNER.value)
+    assert check.suggestion == Suggestion.CHECK_PARTNER.value
+
+
+def test_a_fetched_descriptor_is_probed_through_our_socksport(net):
+    """A descriptor says the service was published, not that it runs: the SOCKS probe connects to a
+    service whose port answers, and names the failure for one whose port is closed (the published
+    onion above forwards port 25 to 127.0.0.1:9, where nothing listens)."""
+    import socket
+
+    tor, client, published, _ = net
+    with socket.socket() as target, _controller(tor.hs_control_port) as hs:
+        target.bind(("127.0.0.1", 0))
+        target.listen(4)
+        answering = hs.create_ephemeral_hidden_service({25: f"127.0.0.1:{target.getsockname()[1]}"}, key_type="NEW",
+                                                       key_content="ED25519-V3", await_publication=True, timeout=90)
+        onion = answering.service_id + ".onion"
+        fetches = fetch_descriptors(client, [onion, published], FETCH_TIMEOUT_SECONDS)
+        probed = probe_onions(client, fetches, None, FETCH_TIMEOUT_SECONDS)
+    assert probed[onion].outcome is FetchOutcome.RECEIVED, probed[onion].detail
+    assert probed[onion].detail.endswith("port 25 answers")
+    closed = probed[published]
+    assert closed.outcome is FetchOutcome.UNREACHABLE and not closed.fetched, closed.detail
+    assert "no connection to port 25: SOCKS reply" in closed.detail
+    check = check_partner_onion("partner.test", closed, sending_state(client))
+    assert (check.verdict, check.suggestion) == (Verdict.FAIL, Suggestion.CHECK_PARTNER.value)

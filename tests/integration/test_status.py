@@ -258,7 +258,7 @@ def _config(tmp_path: Path, serve, dns_server) -> Path:
 def test_cli_status_all_ok_exits_0(tmp_path, serve, dns_server, gateway_postfix) -> None:
     result = CliRunner().invoke(main, ["status", "--config", str(_config(tmp_path, serve, dns_server)),
                                        "--no-tor", "--postfix-config-dir", str(gateway_postfix.config_dir),
-                                       "--no-audit", "--domain", "single.example.test", "--onion", ONION_A])
+                                       "--no-audit", "--no-health", "--domain", "single.example.test", "--onion", ONION_A])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split()[:2] for line in lines] == [["ok", "map_listener"], ["ok", "map_listener"],
