@@ -35,6 +35,16 @@ CASES = {
     "torsocks.conf": TorsocksConf(host="127.0.0.1", port=9150),
     "onion-gateway.torrc": TorrcPiece(hidden_service_dir="/var/lib/tor/onion-gateway", onion_port=25,
                                       target="127.0.0.1:2525"),
+    "onion-gateway.torrc-defences": TorrcPiece(
+        hidden_service_dir="/var/lib/tor/onion-gateway", onion_port=25, target="127.0.0.1:2525",
+        options=(("HiddenServiceExportCircuitID", "haproxy"), ("HiddenServiceMaxStreams", "64"),
+                 ("HiddenServiceMaxStreamsCloseCircuit", "1"), ("HiddenServiceEnableIntroDoSDefense", "1"),
+                 ("HiddenServicePoWDefensesEnabled", "1")), metrics_port="127.0.0.1:9035"),
+    "master.cf-proxy-inspection": MasterCf(
+        transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525", proxy_protocol=True,
+        connection_count_limit=30, connection_rate_limit=3600, inspection_source="smtp/inet",
+        inspection=(("smtpd_milters", "inet:127.0.0.1:8891, inet:127.0.0.1:8892"),
+                    ("content_filter", "amavis:[127.0.0.1]:10024"))),
     "torrc-include": TorrcInclude(piece="/etc/tor/onion-gateway.torrc"),
     "onion-gateway.service": SystemdUnit(exec_start="/usr/local/bin/onion-gateway serve --config "
                                                     "/etc/onion-gateway/onion-gateway.toml"),
