@@ -40,6 +40,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,8 +169,20 @@ class TorControl:
             return None
         return [entry if isinstance(entry, tuple) else _raw_port(entry) for entry in conf.get("HiddenServicePort", [])]
 
+    def hidden_service_extra_options(self, hidden_service_dir: Path) -> dict[str, str] | None:
+        """The options other than ``HiddenServicePort`` Tor has for *hidden_service_dir* (``GETCONF
+        HiddenServiceOptions``), e.g. ``{"HiddenServiceMaxStreams": "64"}``; ``None`` if Tor has no such service.
+
+        :raises TorError: if GETCONF fails.
+        """
+        conf = self._hidden_services().get(str(hidden_service_dir))
+        if conf is None:
+            return None
+        return {k: str(v) for k, v in conf.items() if k != "HiddenServicePort"}
+
     def set_hidden_service(self, hidden_service_dir: Path, onion_port: int, target_host: str,
-                           target_port: int, timeout_seconds: float = 10.0) -> str:
+                           target_port: int, timeout_seconds: float = 10.0,
+                           options: Sequence[tuple[str, str]] | None = None) -> str:
         """Make the running Tor serve *hidden_service_dir* with exactly one port mapping; return its address.
 
         Other services Tor has are kept. Tor creates the directory and key if they do not exist;
@@ -181,6 +194,8 @@ class TorControl:
         :param target_host: where Tor forwards to (``127.0.0.1``).
         :param target_port: the target port (the hardened listener).
         :param timeout_seconds: how long to wait for Tor to write the ``hostname`` file.
+        :param options: the service's other options (``[("HiddenServiceExportCircuitID", "haproxy"),
+            ...]``), replacing those Tor has; ``None`` keeps Tor's as they are.
         :returns: the ``<56 chars>.onion`` address.
         :raises TorError: if Tor refuses the configuration or no valid address appears in time.
         """
@@ -188,9 +203,11 @@ class TorControl:
         conf = self._hidden_services()
         wanted = [(onion_port, target_host, target_port)]
         current = conf.get(str(hidden_service_dir))
-        if current is None or list(current.get("HiddenServicePort", [])) != wanted:
-            entry = dict(current or {})
-            entry["HiddenServicePort"] = wanted
+        extra = None if options is None else {k: str(v) for k, v in options}
+        current_extra = {k: str(v) for k, v in (current or {}).items() if k != "HiddenServicePort"}
+        if current is None or list(current.get("HiddenServicePort", [])) != wanted or \
+                (extra is not None and extra != current_extra):
+            entry = {"HiddenServicePort": wanted, **(current_extra if extra is None else extra)}
             conf[str(hidden_service_dir)] = entry
             try:
                 self._c.set_hidden_service_conf(_writable(conf))
@@ -328,6 +345,27 @@ def verify_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: 
         complaints = [line for line in (done.stdout + done.stderr).splitlines()
                       if "[warn]" in line or "[err]" in line]
         raise TorError(f"tor --verify-config rejected {torrc}: " + (" | ".join(complaints) or done.stdout.strip()))
+
+
+def supported_options(names: Iterable[str], tor_program: str = "tor") -> set[str]:
+    """Which of the torrc options *names* the installed tor accepts (``tor --list-torrc-options``, tor(1)).
+
+    ``HiddenServicePoWDefensesEnabled`` also needs tor's ``pow`` module (``tor --list-modules`` says
+    ``pow: yes``; a tor built without it knows the option name but cannot defend).
+
+    :param names: option names, e.g. ``["HiddenServicePoWDefensesEnabled"]``.
+    :param tor_program: the tor binary.
+    :returns: the subset tor supports.
+    :raises TorError: if tor is missing or fails.
+    """
+    listed = set(run_tor_checked(tor_program, ["--list-torrc-options"], "tor --list-torrc-options failed")
+                 .stdout.split())
+    wanted = {name for name in names if name in listed}
+    if "HiddenServicePoWDefensesEnabled" in wanted:
+        modules = run_tor_checked(tor_program, ["--list-modules"], "tor --list-modules failed").stdout
+        if not re.search(r"^pow: yes$", modules, re.M):
+            wanted.discard("HiddenServicePoWDefensesEnabled")
+    return wanted
 
 
 # --- status: bootstrap phase and onion-service publication ---------------------------------------------------

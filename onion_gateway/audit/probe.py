@@ -320,8 +320,16 @@ def open_connection(address: ListenAddress, timeout_seconds: float, proxy: Proxy
     return sock
 
 
-class _ListenerSMTP(smtplib.SMTP):
-    """smtplib over :func:`open_connection` (unix sockets and PROXY headers included)."""
+class ListenerSMTP(smtplib.SMTP):
+    """smtplib over :func:`open_connection` (unix sockets and PROXY headers included).
+
+    ``ListenerSMTP(address, ProxyHeader(), timeout=30)`` then ``connect(host, port)`` (the arguments
+    only fill smtplib's bookkeeping: the socket always goes to *address*).
+
+    :param address: the listener.
+    :param proxy: the PROXY v1 header to send first, or ``None``.
+    :param kwargs: :class:`smtplib.SMTP`'s keyword arguments (``local_hostname``, ``timeout``); no host.
+    """
 
     def __init__(self, address: ListenAddress, proxy: ProxyHeader | None, **kwargs):
         self._address = address
@@ -330,6 +338,8 @@ class _ListenerSMTP(smtplib.SMTP):
 
     def _get_socket(self, host, port, timeout):
         return open_connection(self._address, timeout, self._proxy)
+
+
 
 
 @dataclass
@@ -357,7 +367,7 @@ class Session:
         :raises Unreachable: on a connection error or a greeting other than 220.
         """
         try:
-            self.client = _ListenerSMTP(self.endpoint, self.proxy, local_hostname=self.helo,
+            self.client = ListenerSMTP(self.endpoint, self.proxy, local_hostname=self.helo,
                                         timeout=self.timeout_seconds)
             code, banner = self.client.connect(self.endpoint.host or "localhost", self.endpoint.port or 0)
             if code != 220:

@@ -303,7 +303,7 @@ def _apply_locked(plan: Plan) -> SetupResult:
                                        plan.onion.current_ports))
             with TorControl(s.tor_control, s.tor_control_password_file) as tor:
                 address = tor.set_hidden_service(s.hidden_service_dir, s.onion_port, s.listener.host or "",
-                                                 s.listener.port or 0)
+                                                 s.listener.port or 0, options=plan.onion.options)
             fault_point("onion service set")
         assert address is not None
         step = "postfix reload"

@@ -38,6 +38,7 @@ from onion_gateway.errors import ConfigError, SetupError, TorError
 from onion_gateway.postfix_syntax import split_fields, split_list
 from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
                                   Wrapper, render)
+from onion_gateway.setup.onionpath import listener_inspection, torrc_piece
 from onion_gateway.setup.settings import DEFAULT_SOCKS, SetupSettings, default_transport_map
 from onion_gateway.setup.state import JOURNAL, check_state_dir, load_manifest
 from onion_gateway.tor import TorControl, check_hidden_service_dir, read_onion_address, verify_config
@@ -109,12 +110,14 @@ class OnionStep:
     :param hidden_service_dir: its directory.
     :param address: the address if the key already exists, else ``None`` (Tor makes a new one).
     :param current_ports: what Tor serves from that directory now (``None``: nothing).
+    :param options: the service's other options setup sets (:func:`.onionpath.service_options`).
     """
 
     action: OnionAction
     hidden_service_dir: Path
     address: str | None
     current_ports: list[tuple[int, str, int]] | None
+    options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -419,9 +422,8 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     if custom_socks:
         wanted.append(("torsocks.conf", settings.torsocks_conf,
                        render(TorsocksConf(host=settings.socks.host or "", port=settings.socks.port or 0)), 0o644))
-    wanted.append(("torrc piece", settings.torrc_piece,
-                   render(TorrcPiece(hidden_service_dir=str(settings.hidden_service_dir),
-                                     onion_port=settings.onion_port, target=listener)), 0o644))
+    piece = torrc_piece(settings, notes)
+    wanted.append(("torrc piece", settings.torrc_piece, render(piece), 0o644))
     if settings.torrc is not None:
         torrc_old = read_bytes(settings.torrc) or b""
         include_line = f"%include {settings.torrc_piece}"
@@ -465,9 +467,9 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
                                                    managed_before)
         notes += check_listener_policy(scratch / "postfix", listener)
         if settings.torrc is not None:
-            _verify_torrc_in_scratch(settings, scratch)
+            _verify_torrc_in_scratch(settings, scratch, piece)
 
-    onion = _plan_onion(settings, notes)
+    onion = _plan_onion(settings, notes, piece.options)
     if not (daemon_directory / "smtp").exists():
         notes.append(f"{daemon_directory}/smtp does not exist: check daemon_directory")
     if settings.systemd_unit is not None and any(c.path == settings.systemd_unit for c in files):
@@ -590,10 +592,15 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
     existing = postfix.postconf(settings.postfix_config_dir, "-h", "transport_maps").strip()
     previous = [before.get("own_table"), before.get("transport_map")]
     main_text = render(MainCf(transport_maps=prepend_transport_map(ours, existing, previous)))
+    inspection, inspection_source = listener_inspection(settings.postfix_config_dir)
     master_text = render(MasterCf(transport=transport, command=command,
                                   tls_level=settings.smtp_tls_security_level, listener=str(settings.listener),
                                   relay_restrictions=settings.relay_restrictions,
-                                  recipient_restrictions=settings.recipient_restrictions))
+                                  recipient_restrictions=settings.recipient_restrictions,
+                                  proxy_protocol=settings.export_circuit_id,
+                                  connection_count_limit=settings.listener_connection_count_limit,
+                                  connection_rate_limit=settings.listener_connection_rate_limit,
+                                  inspection=inspection, inspection_source=inspection_source))
     entries = master_entries(master_text)
     keys = [key for key, _ in entries]
     stale = [key for key in before.get("services", []) if key not in keys]     # e.g. the listener moved
@@ -620,11 +627,10 @@ def _age(path: Path) -> None:
     os.utime(path, (past, past))
 
 
-def _verify_torrc_in_scratch(settings: SetupSettings, scratch: Path) -> None:
+def _verify_torrc_in_scratch(settings: SetupSettings, scratch: Path, context: TorrcPiece) -> None:
     assert settings.torrc is not None
     piece = scratch / "piece.torrc"
-    piece.write_text(render(TorrcPiece(hidden_service_dir=str(settings.hidden_service_dir),
-                                       onion_port=settings.onion_port, target=str(settings.listener))))
+    piece.write_text(render(context))
     text = (read_bytes(settings.torrc) or b"").decode("utf-8", "replace")
     include_line = f"%include {settings.torrc_piece}"
     lines = []
@@ -668,10 +674,11 @@ def _included_besides(line: str, torrc: Path, piece: Path) -> list[Path] | None:
     return None
 
 
-def _plan_onion(settings: SetupSettings, notes: list[str]) -> OnionStep:
+def _plan_onion(settings: SetupSettings, notes: list[str], options: tuple[tuple[str, str], ...] = ()) -> OnionStep:
     hs_dir = settings.hidden_service_dir
     with TorControl(settings.tor_control, settings.tor_control_password_file) as tor:
         ports = tor.hidden_service_ports(hs_dir)
+        current_options = tor.hidden_service_extra_options(hs_dir)
         running_torrc = tor.config_file()
     if settings.torrc is not None and running_torrc is not None and running_torrc != settings.torrc:
         notes.append(f"the running Tor reads {running_torrc}, not {settings.torrc}: the onion service "
@@ -680,9 +687,9 @@ def _plan_onion(settings: SetupSettings, notes: list[str]) -> OnionStep:
     if (hs_dir / "hostname").exists():
         address = read_onion_address(hs_dir)
     wanted = [(settings.onion_port, settings.listener.host, settings.listener.port)]
-    if ports == wanted and address is not None:
-        return OnionStep(OnionAction.REUSE, hs_dir, address, ports)
-    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports)
+    if ports == wanted and address is not None and current_options == dict(options):
+        return OnionStep(OnionAction.REUSE, hs_dir, address, ports, options)
+    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports, options)
 
 
 def _manifest_or_error(state_dir: Path) -> dict[str, Any]:

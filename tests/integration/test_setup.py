@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from onion_gateway.address import ListenAddress
+from onion_gateway.audit.probe import ListenerSMTP, ProxyHeader
 from onion_gateway.cli import main
 from onion_gateway.onion import OnionCheck, check_onion
 from tests.conftest import require
@@ -108,7 +110,10 @@ def test_hardened_listener_refuses_relay_for_loopback_and_accepts_own_domain(gat
 
     wait_for(lambda: port_accepts(gateway.listener_port), 15, "the onion listener after reload",
              lambda: tail(gateway.pf.maillog))
-    with smtplib.SMTP("127.0.0.1", gateway.listener_port, local_hostname="client.lab.test", timeout=30) as smtp:
+    # the listener reads Tor's PROXY header (HiddenServiceExportCircuitID haproxy): speak it as Tor does
+    with ListenerSMTP(ListenAddress.parse(gateway.listener), ProxyHeader(), local_hostname="client.lab.test",
+                      timeout=30) as smtp:
+        assert smtp.connect("127.0.0.1", gateway.listener_port)[0] == 220
         smtp.ehlo()
         assert smtp.mail("a@sender.example.test")[0] == 250
         code, message = smtp.rcpt("someone@nosuch.example.test")
@@ -117,6 +122,7 @@ def test_hardened_listener_refuses_relay_for_loopback_and_accepts_own_domain(gat
         assert smtp.rcpt(f"user@{OWN_DOMAIN}")[0] == 250
         smtp.rset()
     assert "postfix/onion/smtpd" in gateway.pf.log_text()
+    assert "[fc00:dead:beef:4dad::1]" in gateway.pf.log_text()
 
 
 def test_declining_the_plan_changes_nothing(gateway):
@@ -198,8 +204,7 @@ def test_moving_the_listener_replaces_the_old_one(gateway):
     assert f"postconf -MX '{old_listener}/inet'" in out
     services = gateway.pf.postconf("-M").split()
     assert gateway.listener in services and old_listener not in services
-    assert (gateway.etc / "onion-gateway.torrc").read_text().splitlines()[-1] == \
-        f"HiddenServicePort 25 {gateway.listener}"
+    assert f"HiddenServicePort 25 {gateway.listener}" in (gateway.etc / "onion-gateway.torrc").read_text().splitlines()
     from onion_gateway.audit import read_setup_state
 
     assert str(read_setup_state(gateway.state_dir).listener) == gateway.listener     # the audit follows the move
@@ -284,12 +289,14 @@ def test_refuses_an_open_relay_listener(gateway):
 
 
 def test_refuses_a_listener_the_old_own_check_let_through(gateway):
-    """No permit_mynetworks, no bare permit, ends in reject_unauth_destination: open all the same."""
+    """No permit_mynetworks, no bare permit, ends in reject_unauth_destination: open all the same (on the
+    PROXY listener to any local process that sends a header claiming 127.0.0.1)."""
     before = gateway.snapshot()
     result = gateway.setup("--yes", "--relay-restrictions", "permit_inet_interfaces,reject_unauth_destination",
                            expect=1)
     assert f"the listener {gateway.listener} would be an open relay" in result.output
-    assert "[permit_inet_interfaces: smtpd_relay_restrictions = permit_inet_interfaces," in result.output
+    assert f"PROXY header claiming 127.0.0.1, and then: permit_inet_interfaces" in result.output
+    assert "[proxy_header_forgeable: smtpd_relay_restrictions = permit_inet_interfaces," in result.output
     assert "nothing was changed" in result.output
     assert gateway.snapshot() == before
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,16 @@ CASES = {
     "torsocks.conf": TorsocksConf(host="127.0.0.1", port=9150),
     "onion-gateway.torrc": TorrcPiece(hidden_service_dir="/var/lib/tor/onion-gateway", onion_port=25,
                                       target="127.0.0.1:2525"),
+    "onion-gateway.torrc-defences": TorrcPiece(
+        hidden_service_dir="/var/lib/tor/onion-gateway", onion_port=25, target="127.0.0.1:2525",
+        options=(("HiddenServiceExportCircuitID", "haproxy"), ("HiddenServiceMaxStreams", "64"),
+                 ("HiddenServiceMaxStreamsCloseCircuit", "1"), ("HiddenServiceEnableIntroDoSDefense", "1"),
+                 ("HiddenServicePoWDefensesEnabled", "1")), metrics_port="127.0.0.1:9035"),
+    "master.cf-proxy-inspection": MasterCf(
+        transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525", proxy_protocol=True,
+        connection_count_limit=30, connection_rate_limit=3600, inspection_source="smtp/inet",
+        inspection=(("smtpd_milters", "inet:127.0.0.1:8891, inet:127.0.0.1:8892"),
+                    ("content_filter", "amavis:[127.0.0.1]:10024"))),
     "torrc-include": TorrcInclude(piece="/etc/tor/onion-gateway.torrc"),
     "onion-gateway.service": SystemdUnit(exec_start="/usr/local/bin/onion-gateway serve --config "
                                                     "/etc/onion-gateway/onion-gateway.toml"),
@@ -111,12 +122,13 @@ def test_wrapper_execs_smtp_under_torsocks_with_its_arguments(tmp_path):
                                 "arg=-n", "arg=smtp", "arg=-t unix"]
 
 
-def test_torrc_piece_is_accepted_by_tor(tmp_path):
+@pytest.mark.parametrize("case", ["onion-gateway.torrc", "onion-gateway.torrc-defences"])
+def test_torrc_piece_is_accepted_by_tor(tmp_path, case):
+    """The installed tor accepts every line of the piece (the DoS defences and MetricsPort included)."""
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     piece = tmp_path / "piece"
-    piece.write_text(render(TorrcPiece(hidden_service_dir=str(data / "hs"), onion_port=25,
-                                       target="127.0.0.1:2525")))
+    piece.write_text(render(replace(CASES[case], hidden_service_dir=str(data / "hs"))))
     torrc = tmp_path / "torrc"
     torrc.write_text(f"DataDirectory {data}\nDisableNetwork 1\nSocksPort 0\n"
                      + render(TorrcInclude(piece=str(piece))))
