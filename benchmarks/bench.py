@@ -245,8 +245,9 @@ class Server:
     def key(self, domain: str) -> str:
         return f"user@{domain}" if self.key_form == "address" else domain
 
-    def start(self, workdir: Path, log: Path) -> None:
-        self.ports = {p: free_port() for p in self.protocols}
+    def start(self, workdir: Path, log: Path, keep_ports: bool = False) -> None:
+        if not (keep_ports and self.ports):
+            self.ports = {p: free_port() for p in self.protocols}
         argv, env, cwd = self.command(workdir)
         started = time.perf_counter()
         self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, stdout=log.open("ab"),
@@ -483,6 +484,328 @@ def memory_with_cache(entries: int, workdir: Path, log: Path) -> dict[str, float
         server.stop()
 
 
+# -- the daemon under abuse and at scale (issue 12) ----------------------------------------------
+def write_config(path: Path, **serve) -> Path:
+    """A TOML config with a [serve] table of *serve* (strings and numbers)."""
+    lines = ["[serve]"] + [f"{k} = {json.dumps(v)}" for k, v in serve.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_pins(path: Path, domains: list[str], server: Server) -> Path:
+    """A pins file pinning each of *domains* to an onion: sqlite for this tree, version-1 JSON for a
+    baseline that predates it."""
+    if getattr(server, "source", None) is None:
+        import sqlite3
+
+        from onion_gateway.lookup.pins import PinFile
+
+        path = path.with_suffix(".sqlite")
+        for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            leftover.unlink(missing_ok=True)
+        PinFile(path).close()
+        with sqlite3.connect(path) as db:
+            db.executemany("INSERT INTO pin VALUES (?, ?, '', 1.0, NULL)", [(d, onion_for(d)) for d in domains])
+        return path
+    path.write_text(json.dumps({"version": 1, "domains": {
+        d: {"onions": [onion_for(d)], "pending": [], "first_seen": 1.0, "changed_at": None} for d in domains}}))
+    return path
+
+
+def pinning_rows(servers: list[Server], cold: list[str], args, workdir: Path, log: Path) -> list[dict]:
+    """Cold and cached lookups at c=8 with pinning off, on (memory only), and on with a pins file of
+    10k / 100k other domains."""
+    rows = []
+    variants = [("pinning off", {"pinning": "off"}, 0), ("warn, in memory", {"pinning": "warn"}, 0),
+                ("warn, pins file 10k", {"pinning": "warn"}, 10_000),
+                ("warn, pins file 100k", {"pinning": "warn"}, 100_000)]
+    for server in servers:
+        for label, serve, pins in variants:
+            for scenario in ("cold", "hits"):
+                config = dict(serve)
+                if pins:
+                    pins_path = write_pins(workdir / f"pins-{server.name}-{pins}.json",
+                                           [f"pinned{i}.example" for i in range(pins)], server)
+                    config["pins_file"] = str(pins_path)
+                conf = write_config(workdir / f"pin-{server.name}.toml", **config)
+                runner = OnionGateway(server.name, getattr(server, "source", None), extra=["--config", str(conf)])
+                keys = [runner.key(d) for d in (cold[:args.cold_requests] if scenario == "cold" else HOT)]
+                runner.start(workdir, log)
+                try:
+                    time.sleep(3.0 if pins else 0.1)       # let the pins file load (not measured)
+                    row = measure(runner, "tcp_table", scenario, 8, keys, scenario != "cold",
+                                  len(keys) if scenario == "cold" else args.requests,
+                                  args.cold_seconds if scenario == "cold" else args.seconds, scenario != "cold")
+                finally:
+                    runner.stop()
+                rows.append({"server": server.name, "variant": label, "scenario": scenario, "rate": row.rate,
+                             "p50_us": row.p50_us, "p99_us": row.p99_us, "cpu_us": row.cpu_us_per_request})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def memory_rows(servers: list[Server], entries: int, workdir: Path, log: Path) -> list[dict]:
+    """RSS with *entries* cached domains (cache file), pinning off, and on with all of them pinned."""
+    from onion_gateway.config import serve_settings
+    from onion_gateway.lookup.daemon import cache_fingerprint
+    from onion_gateway.lookup.persist import save_rows
+
+    now = time.time()
+    domains = [f"d{i}.{ZONE}" for i in range(entries)]
+    rows = []
+    for server in servers:
+        for label, pinned in (("pinning off", False), ("pinning warn + pins file", True)):
+            serve: dict = {"pinning": "warn" if pinned else "off"}
+            settings = serve_settings({"exclude_domains": [EXCLUDED]})
+            path = workdir / f"cache-{server.name}-{pinned}.sqlite"
+            save_rows([(d, "found", f"smtptor:[{onion_for(d)}]:25", now + 3600, now + 3600) for d in domains],
+                      path, cache_fingerprint(settings))
+            serve["cache_file"] = str(path)
+            if pinned:
+                pins_path = write_pins(workdir / f"pins-{server.name}-mem.json", domains, server)
+                serve["pins_file"] = str(pins_path)
+            conf = write_config(workdir / f"mem-{server.name}.toml", **serve)
+            runner = OnionGateway(server.name, getattr(server, "source", None), extra=["--config", str(conf)])
+            runner.start(workdir, log)
+            try:
+                started = time.perf_counter()
+                probe = entries - 1
+                while not _probe_reply("tcp_table", runner.ports["tcp_table"], f"x@d{probe}.{ZONE}").startswith("200"):
+                    if time.perf_counter() - started > 60:
+                        raise RuntimeError("cache file not loaded after 60 s")
+                    probe -= 1
+                    time.sleep(0.01)
+                time.sleep(3.0 if pinned else 0.5)        # the pins load after the cache
+                rows.append({"server": server.name, "variant": label, "entries": entries,
+                             "rss_mib": rss_kib(runner.proc.pid) / 1024})
+            finally:
+                runner.stop()
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def non_reader_rows(servers: list[Server], seconds: float, workdir: Path, log: Path) -> list[dict]:
+    """A client that pipelines cached lookups and never reads, next to a well-behaved client: the
+    daemon's RSS and the well-behaved client's latency."""
+    rows = []
+    for server in servers:
+        runner = OnionGateway(server.name, getattr(server, "source", None))
+        runner.start(workdir, log)
+        try:
+            port = runner.ports["tcp_table"]
+            keys = [runner.key(d) for d in HOT]
+            run_sync(run_load("tcp_table", "127.0.0.1", port, keys, concurrency=1, max_requests=len(keys),
+                              max_seconds=30, cycle=False))
+            rss_before = rss_kib(runner.proc.pid) / 1024
+            stop = threading.Event()
+            sent = [0]
+
+            def hog():
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.setblocking(False)
+                burst = b"".join(f"get {k}\n".encode() for k in keys) * 50
+                while not stop.is_set():
+                    try:
+                        sent[0] += sock.send(burst)
+                    except BlockingIOError:
+                        time.sleep(0.002)
+                    except OSError:
+                        break
+                sock.close()
+
+            peak = [rss_before]
+
+            def sample():
+                while not stop.is_set():
+                    try:
+                        peak[0] = max(peak[0], rss_kib(runner.proc.pid) / 1024)
+                    except OSError:
+                        break
+                    time.sleep(0.05)
+
+            threads = [threading.Thread(target=hog), threading.Thread(target=sample)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            result = run_sync(run_load("tcp_table", "127.0.0.1", port, keys, concurrency=1,
+                                       max_requests=10**9, max_seconds=seconds))
+            stop.set()
+            for t in threads:
+                t.join()
+            rows.append({"server": server.name, "rss_before_mib": rss_before, "rss_peak_mib": peak[0],
+                         "hog_sent_mib": sent[0] / 2**20, "other_requests": result.requests,
+                         "other_p50_us": result.percentile_us(50), "other_p99_us": result.percentile_us(99),
+                         "other_max_us": result.latencies_ns[-1] / 1000 if result.latencies_ns else float("nan"),
+                         "other_errors": result.errors})
+        finally:
+            runner.stop()
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def abuse_report(pinning: list[dict], memory: list[dict], readers: list[dict]) -> str:
+    out = []
+    if pinning:
+        out.append("\n### pinning on the request path (tcp_table, c=8)\n")
+        out.append("| server | pinning | scenario | req/s | p50 µs | p99 µs | server CPU µs/req |")
+        out.append("|---|---|---|---:|---:|---:|---:|")
+        for r in pinning:
+            out.append(f"| {r['server']} | {r['variant']} | {r['scenario']} | {r['rate']:,.0f} | {r['p50_us']:,.0f} | "
+                       f"{r['p99_us']:,.0f} | {r['cpu_us']:,.1f} |")
+    if memory:
+        out.append("\n### memory at scale\n")
+        out.append("| server | variant | cached domains | RSS MB |")
+        out.append("|---|---|---:|---:|")
+        for r in memory:
+            out.append(f"| {r['server']} | {r['variant']} | {r['entries']:,} | {r['rss_mib']:.1f} |")
+    if readers:
+        out.append("\n### a client that never reads, next to a well-behaved one\n")
+        out.append("| server | RSS before MB | RSS peak MB | hog sent MB | other: requests | other p50 µs | "
+                   "other p99 µs | other max µs | other errors |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in readers:
+            out.append(f"| {r['server']} | {r['rss_before_mib']:.1f} | {r['rss_peak_mib']:.1f} | {r['hog_sent_mib']:,.0f} | "
+                       f"{r['other_requests']:,} | {r['other_p50_us']:,.0f} | {r['other_p99_us']:,.0f} | "
+                       f"{r['other_max_us']:,.0f} | {r['other_errors']} |")
+    return "\n".join(out) + "\n"
+
+
+# -- Postfix's own throughput with the daemon (issue 12) --------------------------------------------
+def postfix_rows(servers: list[Server], args, workdir: Path, log: Path) -> list[dict]:
+    """Postfix delivering ``--postfix-messages`` held messages to ``--postfix-domains`` domains through
+    ``smtptor`` (plain ``smtp`` here) to an smtp-sink on 127.0.0.2:25, with transport_maps = a hash:
+    map of the same routes, then the daemon cold (fresh, empty cache), then warm (the same daemon again).
+
+    Messages are injected with smtp-source and held (``smtpd_data_restrictions = check_client_access
+    static:HOLD``); the clock runs from ``postsuper -H ALL`` + ``postqueue -f`` to the last
+    ``status=sent`` in the maillog.
+    The onion names resolve to 127.0.0.2 through /etc/hosts, bind-mounted inside the namespace.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.postfix import new_instance
+
+    domains = [f"cold{i}.{ZONE}" for i in range(args.postfix_domains)]
+    hosts = workdir / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.2 {onion_for(d)}\n" for d in domains))
+    subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True)
+    sink = subprocess.Popen(["smtp-sink", "-u", "nobody", "127.0.0.2:25", "1024"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    per_domain = max(1, args.postfix_messages // len(domains))
+    rows = []
+
+    def deliver(label: str, transport_maps: str, server: str, before_release=None) -> None:
+        pf = new_instance("og-bench-pf-", hostname="mx.bench.test", domains=["local.bench.test"], main_extra={
+            "transport_maps": transport_maps, "smtpd_data_restrictions": "check_client_access static:HOLD",
+            "smtp_host_lookup": "native", "smtp_dns_support_level": "disabled",
+            "default_destination_concurrency_limit": "20"},
+            master_extra="smtptor unix - - n - - smtp\n")
+        if transport_maps.startswith("hash:"):
+            subprocess.run(["postmap", transport_maps.removeprefix("hash:")], check=True)
+        pf.start()
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda d: subprocess.run(
+                    ["smtp-source", "-m", str(per_domain), "-f", "sender@local.bench.test", "-t", f"user@{d}",
+                     f"127.0.0.1:{pf.smtp_port}"], check=True, capture_output=True, timeout=60), domains))
+            expected = per_domain * len(domains)
+            deadline = time.monotonic() + 60
+            while len(pf.queue_ids()) < expected and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if before_release is not None:
+                before_release()
+            sent_before = pf.log_text().count("status=sent")
+            started = time.perf_counter()
+            # released messages go to the deferred queue: flush it so they are delivered now
+            subprocess.run(["postsuper", "-c", str(pf.config_dir), "-H", "ALL"], check=True, capture_output=True)
+            subprocess.run(["postqueue", "-c", str(pf.config_dir), "-f"], check=True, capture_output=True)
+            deadline = started + 300
+            sent = 0
+            while time.perf_counter() < deadline:
+                sent = pf.log_text().count("status=sent") - sent_before
+                if sent >= expected:
+                    break
+                time.sleep(0.05)
+            seconds = time.perf_counter() - started
+            text = pf.log_text()
+            rows.append({"server": server, "variant": label, "messages": sent, "seconds": seconds,
+                         "rate": sent / seconds, "deferred": text.count("status=deferred")})
+            print(json.dumps(rows[-1]), flush=True)
+        finally:
+            pf.stop()
+
+    try:
+        table = workdir / "transport"
+        table.write_text("".join(f"{d} smtptor:[{onion_for(d)}]:25\n" for d in domains))
+        for _ in range(args.postfix_repeats):
+            deliver("transport_maps = hash:", f"hash:{table}", "postfix")
+        for server in servers:
+            runner = OnionGateway(server.name, getattr(server, "source", None))      # SRV TTL 300 s: warm stays warm
+            runner.start(workdir, log)
+
+            def restart():
+                # smtpd already asked the daemon at RCPT time: a fresh daemon makes delivery ask DNS again
+                runner.stop()
+                runner.start(workdir, log, keep_ports=True)
+            try:
+                socketmap = f"socketmap:inet:127.0.0.1:{runner.ports['socketmap']}:onion"
+                for _ in range(args.postfix_repeats):
+                    deliver("daemon cold", socketmap, server.name, restart)
+                    deliver("daemon warm", socketmap, server.name)
+            finally:
+                runner.stop()
+    finally:
+        sink.terminate()
+        sink.wait(5)
+    return rows
+
+
+def postfix_report(rows: list[dict]) -> str:
+    out = ["\n### Postfix throughput (held queue released, smtptor = smtp to smtp-sink on 127.0.0.2)\n",
+           "| transport_maps | server | messages | seconds | messages/s (median run) | ÷ hash: | deferred |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        grouped.setdefault((r["server"], r["variant"]), []).append(r)
+    rows = [sorted(group, key=lambda r: r["rate"])[len(group) // 2] | {"runs": len(group)}
+            for group in grouped.values()]
+    base = next((r["rate"] for r in rows if r["server"] == "postfix"), 0.0)
+    for r in rows:
+        ratio = f"{r['rate'] / base:.2f}" if base else ""
+        out.append(f"| {r['variant']} | {r['server']} | {r['messages']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | "
+                   f"{ratio} | {r['deferred']} |")
+    return "\n".join(out) + "\n"
+
+
+def pin_cost_in_process(domains: int = 20_000) -> str:
+    """CPU per fresh SRV answer routed with pinning off and on (in process, one core, no sockets):
+    ``Router.route_from_answer`` + ``RouteCache._store`` for *domains* distinct domains."""
+    from onion_gateway.lookup.cache import CachePolicy, RouteCache
+    from onion_gateway.lookup.dns import DnsStatus, SrvAnswer, SrvRecord, SrvResolver
+    from onion_gateway.lookup.pins import PinStore
+    from onion_gateway.lookup.routing import Router, RoutingTable
+
+    names = [f"d{i}.{ZONE}" for i in range(domains)]
+    answers = [SrvAnswer(DnsStatus.ANSWER, (SrvRecord(10, 5, 25, onion_for(d)),), ttl_seconds=300) for d in names]
+    out = ["| pinning | µs per fresh answer (route + store), median of 5 |", "|---|---:|"]
+    for label, pinning in (("off", False), ("warn, in memory", True), ("warn, pins file (batched)", "file")):
+        times = []
+        for _ in range(5):
+            router = Router(SrvResolver([("127.0.0.1", 9)], 1.0), RoutingTable())
+            cache = RouteCache(router, CachePolicy(max_entries=100_000))
+            if pinning:
+                path = Path(tempfile.mkdtemp(prefix="og-pincost-")) / "pins.sqlite" if pinning == "file" else None
+                router.pins = PinStore(path)
+                router.pins.use_memory(cache)
+                cache.on_evict = router.pins.evicted
+            started = time.perf_counter()
+            for domain, answer in zip(names, answers):
+                cache._store(domain, router.route_from_answer(domain, answer), answer)
+            times.append((time.perf_counter() - started) / domains * 1e6)
+        out.append(f"| {label} | {statistics.median(times):.2f} |")
+    return "\n### pinning cost in process (route + store of a fresh answer)\n\n" + "\n".join(out) + "\n"
+
+
 def help_seconds() -> float:
     exe = Path(sys.executable).with_name("onion-gateway")
     times = []
@@ -562,6 +885,14 @@ def main() -> None:
     parser.add_argument("--memory-entries", type=int, default=100_000)
     parser.add_argument("--only", help="comma-separated server names to run")
     parser.add_argument("--output", type=Path, help="write the markdown report here too")
+    parser.add_argument("--suite", choices=("matrix", "abuse", "postfix", "pincost"), default="matrix",
+                        help="matrix: the side-by-side runs; abuse: pinning, memory at scale and a "
+                             "non-reading client (issue 12); postfix: Postfix's own throughput")
+    parser.add_argument("--abuse-seconds", type=float, default=10.0, help="time bound of the non-reader run")
+    parser.add_argument("--abuse-parts", help="comma-separated subset of pinning,memory,readers")
+    parser.add_argument("--postfix-messages", type=int, default=2000)
+    parser.add_argument("--postfix-domains", type=int, default=1000)
+    parser.add_argument("--postfix-repeats", type=int, default=3, help="runs per transport_maps variant")
     args = parser.parse_args()
     enter_namespace()
     workdir = Path(tempfile.mkdtemp(prefix="og-bench-", dir="/tmp"))
@@ -587,6 +918,21 @@ def main() -> None:
         if args.only:
             wanted = set(args.only.split(","))
             servers = [s for s in servers if s.name in wanted]
+        if args.suite != "matrix":
+            ours = [s for s in servers if isinstance(s, OnionGateway)]
+            if args.suite == "pincost":
+                text = pin_cost_in_process()
+            elif args.suite == "abuse":
+                parts = set((args.abuse_parts or "pinning,memory,readers").split(","))
+                text = abuse_report(pinning_rows(ours, cold, args, workdir, log) if "pinning" in parts else [],
+                                    memory_rows(ours, args.memory_entries, workdir, log) if "memory" in parts else [],
+                                    non_reader_rows(ours, args.abuse_seconds, workdir, log) if "readers" in parts else [])
+            else:
+                text = postfix_report(postfix_rows(ours, args, workdir, log))
+            print(text)
+            if args.output:
+                args.output.write_text(text)
+            return
         rows = run_matrix(servers, cold, args, workdir, log)
         memory = memory_with_cache(args.memory_entries, workdir, log) if args.memory_entries else {}
         text = report(rows, memory, help_seconds(), args)

@@ -45,6 +45,7 @@ def parse_dns_server(text: str, where: str = "dns_servers") -> tuple[str, int]:
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
     """Everything ``serve`` and ``lookup`` need. Field names are the ``[serve]`` keys of the config file.
+    The defaults here are the only ones: the cache policy and the connection limits take theirs from it.
 
     :param tcp_table: tcp_table(5) listeners.
     :param socketmap: socketmap_table(5) listeners.
@@ -63,7 +64,7 @@ class ServeSettings:
     :param idle_timeout_seconds: close a client connection idle this long (seconds).
     :param request_deadline_seconds: a request must arrive whole within this time of its first byte
         (seconds); a slower sender gets a protocol error and its connection is closed.
-    :param max_connections: connections served at once; more are closed at accept.
+    :param max_connections: connections served at once; past it the connection idle longest is closed.
     :param tcp_max_request_bytes: the longest tcp_table request line (bytes).
     :param socketmap_max_request_bytes: the largest socketmap netstring (bytes, at most 10,000).
     :param unix_socket_mode: permission bits of unix-socket listeners (e.g. ``0o660``).
@@ -73,13 +74,15 @@ class ServeSettings:
     :param postfix_config_dir: the Postfix configuration directory to read them from (``None``: default).
     :param own_onions: this gateway's own onion addresses; never routed to (mail would loop back).
     :param require_dnssec: use SRV answers only when the resolver marked them authenticated (AD bit).
-    :param pins_file: JSON state file of onion pins (``None``: pins kept in memory only).
+    :param pins_file: sqlite file of onion pins, written in batches (``None``: pins kept in memory only;
+        a version-1 JSON pins file is converted in place).
     :param pinning: ``"off"``, ``"warn"`` (log and follow a changed onion set) or ``"strict"`` (hold it
         as a temporary failure until ``pins accept``).
     :param strict_pinning_domains: domains pinned strictly whatever ``pinning`` says.
     :param user: drop privileges to this user after binding (non-systemd starts as root), or ``None``.
     :param group: ... and to this group (default: the user's primary group).
-    :param cache_max_entries: domains kept in the route cache (LRU beyond it); 0 disables the cache.
+    :param cache_max_entries: domains kept in the route cache (an approximate LRU beyond it, see
+        docs/daemon.md); pins are kept in the cache entries and evicted with them; 0 disables the cache.
     :param cache_min_ttl_seconds: the shortest time any answer is cached (seconds; raises low DNS TTLs).
     :param cache_max_ttl_seconds: the longest time a found route is cached (seconds).
     :param cache_negative_max_ttl_seconds: the longest time a "no onion route" answer is cached (seconds).

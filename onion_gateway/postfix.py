@@ -44,6 +44,53 @@ def postconf(config_dir: Path | None, *args: str) -> str:
     return _run(["postconf", *_c(config_dir), *args]).stdout
 
 
+EDIT_FLAGS = {"-e": "main.cf", "-X": "main.cf", "-M": "master.cf", "-MX": "master.cf"}
+
+
+def edit(config_dir: Path | None, flag: str, arg: str) -> None:
+    """Change main.cf/master.cf with postconf (``-e``, ``-X``, ``-M``, ``-MX``), keeping a symlink a link.
+
+    postconf writes a new file and renames it over ``main.cf`` (postconf(1)), which turns a symlinked
+    main.cf into a regular file. When the file is a symlink the same postconf command runs on a scratch
+    copy and the result is written to the link's target (temporary file + rename there, owner and mode
+    kept).
+
+    :param config_dir: the configuration directory (``None``: the default instance).
+    :param flag: the postconf edit flag.
+    :param arg: its argument (``name = value``, ``name``, ``service/type=entry``, ``service/type``).
+    :raises PostfixError: if postconf fails; :class:`OSError` if the target cannot be written.
+    """
+    import os
+    import tempfile
+
+    name = EDIT_FLAGS[flag]
+    cdir = config_dir if config_dir is not None else Path(postconf(None, "-h", "config_directory").strip())
+    path = cdir / name
+    if not path.is_symlink():
+        postconf(config_dir, flag, arg)
+        return
+    with tempfile.TemporaryDirectory(prefix="onion-gateway-postconf-") as scratch_name:
+        scratch = Path(scratch_name)
+        for other in ("main.cf", "master.cf"):
+            (scratch / other).write_bytes((cdir / other).read_bytes())
+            past = (scratch / other).stat().st_mtime - 10     # postconf waits on files younger than 1 s
+            os.utime(scratch / other, (past, past))
+        postconf(scratch, flag, arg)
+        data = (scratch / name).read_bytes()
+    target = Path(os.path.realpath(path))
+    st = target.stat()
+    tmp = target.with_name(f".{target.name}.onion-gateway-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, st.st_mode & 0o7777)
+        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
 def get_parameters(config_dir: Path | None, names: Sequence[str], *, expand: bool = True,
                    defaults: bool = False, overrides: Sequence[str] = ()) -> dict[str, str]:
     """Read main.cf parameters as Postfix sees them.

@@ -13,7 +13,7 @@ below; :func:`render` takes one of them and returns text that starts with the "m
   postfix/own-domains.regexp.j2 :class:`OwnDomains`       regexp_table(5) first in transport_maps
   bin/smtp_tor.j2               :class:`Wrapper`          the smtp_tor wrapper (POSIX sh)
   tor/torsocks.conf.j2          :class:`TorsocksConf`     torsocks.conf(5)
-  tor/onion-gateway.torrc.j2    :class:`TorrcPiece`       HiddenServiceDir + HiddenServicePort
+  tor/onion-gateway.torrc.j2    :class:`TorrcPiece`       HiddenServiceDir/Port + DoS options
   tor/include.j2                :class:`TorrcInclude`     the line added to the main torrc
   systemd/onion-gateway...j2    :class:`SystemdUnit`      systemd unit for ``onion-gateway serve``
   ============================  ========================  ==========================================
@@ -63,6 +63,15 @@ class MasterCf:
     :param relay_restrictions: ``smtpd_relay_restrictions`` of the listener, comma-separated, no spaces.
     :param recipient_restrictions: ``smtpd_recipient_restrictions`` of the listener, same form; empty =
         none (main.cf's list is never inherited).
+    :param proxy_protocol: the listener reads Tor's PROXY header (``HiddenServiceExportCircuitID
+        haproxy``): ``smtpd_upstream_proxy_protocol=haproxy``, ``inet_protocols=all`` and the per-circuit
+        limits below are written.
+    :param connection_count_limit: ``smtpd_client_connection_count_limit`` (per circuit; 0 = none).
+    :param connection_rate_limit: ``smtpd_client_connection_rate_limit`` (per circuit and
+        ``anvil_rate_time_unit``; 0 = none).
+    :param inspection: ``(parameter, value)`` pairs of content inspection the port-25 smtpd sets in its
+        own master.cf entry (``smtpd_milters``, ``content_filter``, ...), repeated on the listener.
+    :param inspection_source: the service they were copied from (``smtp/inet``), for the comment.
     """
 
     transport: str
@@ -71,6 +80,11 @@ class MasterCf:
     listener: str
     relay_restrictions: str = "reject_unauth_destination"
     recipient_restrictions: str = ""
+    proxy_protocol: bool = False
+    connection_count_limit: int = 0
+    connection_rate_limit: int = 0
+    inspection: tuple[tuple[str, str], ...] = ()
+    inspection_source: str = ""
     template = "postfix/master.cf.j2"
 
 
@@ -122,11 +136,17 @@ class TorrcPiece:
     :param hidden_service_dir: the service's directory (keys and ``hostname``).
     :param onion_port: the virtual port (25).
     :param target: where Tor forwards it, ``IP:PORT`` (the hardened listener).
+    :param options: further ``(HiddenService option, value)`` lines for this service, in order
+        (``HiddenServiceExportCircuitID haproxy``, the DoS defences; :func:`onion_gateway.tor.service_options`).
+    :param metrics_port: ``IP:PORT`` on loopback for tor's ``MetricsPort`` (with a policy admitting only
+        that address), or ``""`` for none.
     """
 
     hidden_service_dir: str
     onion_port: int
     target: str
+    options: tuple[tuple[str, str], ...] = ()
+    metrics_port: str = ""
     template = "tor/onion-gateway.torrc.j2"
 
 
@@ -164,7 +184,23 @@ class SystemdUnit:
     template = "systemd/onion-gateway.service.j2"
 
 
-Context = MasterCf | MainCf | OwnDomains | Wrapper | TorsocksConf | TorrcPiece | TorrcInclude | SystemdUnit
+@dataclass(frozen=True, slots=True)
+class SystemdSocket:
+    """systemd.socket(5) unit holding the daemon's listening sockets across restarts (sd_listen_fds(3)).
+
+    :param listen_streams: one ListenStream per tcp_table/socketmap listener: ``127.0.0.1:10025``,
+        ``[::1]:10025`` or a unix socket path.
+    :param socket_mode: SocketMode of unix sockets (``"0660"``).
+    :param socket_group: SocketGroup of unix sockets (``"postfix"``), or ``None``.
+    """
+
+    listen_streams: tuple[str, ...]
+    socket_mode: str = "0660"
+    socket_group: str | None = None
+    template = "systemd/onion-gateway.socket.j2"
+
+
+Context = MasterCf | MainCf | OwnDomains | Wrapper | TorsocksConf | TorrcPiece | TorrcInclude | SystemdUnit | SystemdSocket
 
 
 def render(context: Context) -> str:

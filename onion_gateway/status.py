@@ -47,7 +47,7 @@ from onion_gateway.onion import OnionCheck, check_onion, normalize_onion
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOR_CONTROL = ("127.0.0.1", 9051)
+DEFAULT_TOR_CONTROL = ListenAddress(path="/run/tor/control")     # Debian's ControlSocket, setup's default
 PROBE_KEY = "*"                     # routing answers "*" as not found without asking DNS
 PROBE_TIMEOUT_SECONDS = 5.0
 DEFAULT_SOCKETMAP_NAME = "onion"
@@ -108,8 +108,8 @@ class StatusSettings:
     """What ``status`` checks.
 
     :param serve: the daemon's settings: its listeners, resolvers, SRV service label and transport name.
-    :param tor_control: ``(host, port)`` of the Tor ControlPort the gateway's SOCKS client uses;
-        ``None`` skips the Tor check.
+    :param tor_control: Tor's control address (``IP:PORT`` or ``unix:PATH``) whose SocksPort carries
+        smtptor; ``None`` skips the Tor check.
     :param tor_password: control-port password; ``None`` uses cookie (or no) authentication.
     :param postfix_config_dir: the Postfix configuration directory (``None`` = the default instance);
         checked only when *check_postfix* is true.
@@ -120,12 +120,14 @@ class StatusSettings:
     :param audit_torrc: the torrc whose ``HiddenServicePort`` lines name the onion-facing listeners to
         audit for open relaying; ``None`` skips the audit.
     :param audit_test_domain: the foreign domain the audit's probes try to relay to.
+    :param audit_record: setup's :class:`~onion_gateway.setup.state.SetupRecord`: its listener is
+        audited instead of the torrc's (no torrc needed).
     :param health: onion delivery health settings (a :class:`onion_gateway.health.report.HealthSettings`:
         thresholds, log source); ``None`` skips those checks. They run only with *check_postfix*.
     """
 
     serve: ServeSettings = field(default_factory=ServeSettings)
-    tor_control: tuple[str, int] | None = DEFAULT_TOR_CONTROL
+    tor_control: ListenAddress | None = DEFAULT_TOR_CONTROL
     tor_password: str | None = None
     postfix_config_dir: Path | None = None
     check_postfix: bool = True
@@ -134,18 +136,18 @@ class StatusSettings:
     timeout_seconds: float = PROBE_TIMEOUT_SECONDS
     audit_torrc: Path | None = None
     audit_test_domain: str = "example.com"
+    audit_record: object | None = None
     health: Any = None
 
 
 # --- Tor -------------------------------------------------------------------------------------------------
 
 
-def check_tor(host: str, port: int, password: str | None = None,
+def check_tor(address: ListenAddress, password: str | None = None,
               timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Check:
     """Is the Tor control port reachable and Tor fully bootstrapped?
 
-    :param host: control port address (an IP, normally loopback).
-    :param port: control port.
+    :param address: the control address, ``IP:PORT`` or ``unix:PATH``.
     :param password: control-port password, or ``None`` for cookie/no authentication.
     :param timeout_seconds: connect budget (seconds).
     :returns: ``OK`` at 100 %, ``FAIL`` below it or when the port does not answer. A bootstrapped Tor
@@ -153,9 +155,9 @@ def check_tor(host: str, port: int, password: str | None = None,
     """
     from onion_gateway.tor import bootstrap_status
 
-    target = f"{host}:{port}"
+    target = str(address)
     try:
-        status = bootstrap_status(host, port, password, timeout_seconds)
+        status = bootstrap_status(address, password, timeout_seconds)
     except TorError as exc:
         return Check("tor_control", target, Verdict.FAIL, str(exc))
     detail = f"tor {status.version}, bootstrapped {status.progress}% ({status.summary})"
@@ -166,12 +168,11 @@ def check_tor(host: str, port: int, password: str | None = None,
     return Check("tor_control", target, Verdict.OK, detail + f"; SocksPort {', '.join(status.socks_listeners)}")
 
 
-def check_onion_service(host: str, port: int, onion: str, password: str | None = None,
+def check_onion_service(address: ListenAddress, onion: str, password: str | None = None,
                         timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Check:
-    """Does the Tor on ``host:port`` serve *onion*, and is its descriptor on the network?
+    """Does the Tor at *address* serve *onion*, and is its descriptor on the network?
 
-    :param host: control port address.
-    :param port: control port.
+    :param address: the control address, ``IP:PORT`` or ``unix:PATH``.
     :param onion: this gateway's onion address.
     :param password: control-port password, or ``None`` for cookie/no authentication.
     :param timeout_seconds: budget of the control connection and of the descriptor fetch (seconds).
@@ -182,7 +183,7 @@ def check_onion_service(host: str, port: int, onion: str, password: str | None =
 
     target = normalize_onion(onion)
     try:
-        state = onion_service_status(host, port, target, password, timeout_seconds)
+        state = onion_service_status(address, target, password, timeout_seconds)
     except TorError as exc:
         return Check("onion_service", target, Verdict.FAIL, str(exc))
     verdict = Verdict.OK if state.hosted and state.published else Verdict.FAIL
@@ -322,32 +323,26 @@ def check_srv(domain: str, expected_onion: str | None, serve: ServeSettings,
 def daemon_tables(serve: ServeSettings) -> list[str]:
     """The Postfix table names that reach the daemon's listeners, without the socketmap NAME.
 
-    :returns: e.g. ``["tcp:127.0.0.1:6013", "socketmap:inet:127.0.0.1:6014"]`` (postconf(5)
-        ``tcp:host:port``; socketmap_table(5) ``socketmap:inet:host:port:name`` / ``socketmap:unix:path:name``).
+    :returns: e.g. ``["tcp:127.0.0.1:6013", "socketmap:inet:127.0.0.1:6014"]``, named by
+        :func:`onion_gateway.setup.settings.daemon_table` (the name setup writes).
     """
-    tables = []
-    for address in serve.tcp_table:
-        if not address.is_unix:
-            tables.append(f"tcp:{_host_port(address)}")
-    for address in serve.socketmap:
-        tables.append(f"socketmap:unix:{address.path}" if address.is_unix
-                      else f"socketmap:inet:{_host_port(address)}")
-    return tables
+    from onion_gateway.setup.settings import daemon_table
 
-
-def _host_port(address: ListenAddress) -> str:
-    return f"[{address.host}]:{address.port}" if ":" in (address.host or "") else f"{address.host}:{address.port}"
+    return ([daemon_table("tcp_table", a) for a in serve.tcp_table if not a.is_unix]
+            + [daemon_table("socketmap", a) for a in serve.socketmap])
 
 
 def uses_daemon(transport_maps: str, serve: ServeSettings) -> str | None:
     """The entry of a ``transport_maps`` value that queries the daemon, or ``None``.
 
-    :param transport_maps: the expanded parameter value (tables separated by commas or whitespace;
-        a ``proxy:`` prefix is allowed).
+    :param transport_maps: the expanded parameter value (split as Postfix splits lists; a ``proxy:``
+        prefix is allowed).
     :param serve: the daemon's settings (its listeners).
     """
+    from onion_gateway.postfix_syntax import split_list
+
     wanted = daemon_tables(serve)
-    for entry in re.split(r"[\s,]+", transport_maps.strip()):
+    for entry in split_list(transport_maps.strip()):
         table = entry[len("proxy:"):] if entry.startswith("proxy:") else entry
         for prefix in wanted:
             if table == prefix or (prefix.startswith("socketmap:") and table.startswith(prefix + ":")):
@@ -391,8 +386,8 @@ def check_smtptor_service(config_dir: Path | None, transport: str) -> Check:
             return Check("smtptor_service", target, Verdict.FAIL, "no such master.cf service")
         fields = line.split()
         overrides = [fields[i + 1] for i in range(8, len(fields) - 1) if fields[i] == "-o"]
-        values = postfix.get_parameters(config_dir, ["smtp_dns_support_level", "smtp_host_lookup"],
-                                        overrides=overrides)
+        values = postfix.get_parameters(config_dir, ["smtp_dns_support_level", "smtp_host_lookup",
+                                                     *SMTPTOR_CACHE_PARAMETERS], overrides=overrides)
     except PostfixError as exc:
         return Check("smtptor_service", target, Verdict.FAIL, str(exc))
     command = fields[7] if len(fields) > 7 else "?"
@@ -408,7 +403,36 @@ def check_smtptor_service(config_dir: Path | None, transport: str) -> Check:
         dns_risk = len(problems) > (program is None)
         return Check("smtptor_service", target, Verdict.FAIL, ", ".join(problems)
                      + (": onion names could go to DNS (need disabled/native)" if dns_risk else ""))
+    cache = smtptor_cache_problem(values)
+    if cache is not None:
+        return Check("smtptor_service", target, Verdict.WARN, f"command {command} ({program}); {cache}")
     return Check("smtptor_service", target, Verdict.OK, f"command {command} ({program})")
+
+
+#: The parameters that turn smtp(8)'s connection cache on (postconf(5), CONNECTION_CACHE_README).
+SMTPTOR_CACHE_PARAMETERS = ("smtp_connection_cache_on_demand", "smtp_connection_cache_destinations")
+
+
+def smtptor_cache_problem(values: dict[str, str]) -> str | None:
+    """Why the Tor transport would use the connection cache, or ``None`` when it cannot.
+
+    Under torsocks a cached connection must be passed to scache(8) over a unix socket; torsocks refuses
+    ("Inet socket passing detected. Denying it."), smtp logs ``problem talking to service private/scache``
+    and each delivery stalls for seconds (docs/onion-path.md measured 11 s against 1.1 s for 50 messages).
+
+    :param values: the transport's effective :data:`SMTPTOR_CACHE_PARAMETERS` (main.cf + its ``-o``).
+    :returns: one line naming the settings that enable caching, or ``None``.
+    """
+    problems = []
+    if values.get("smtp_connection_cache_on_demand", "").strip().lower() != "no":
+        problems.append(f"smtp_connection_cache_on_demand = {values.get('smtp_connection_cache_on_demand') or 'yes'}")
+    if values.get("smtp_connection_cache_destinations", "").strip():
+        problems.append(f"smtp_connection_cache_destinations = {values['smtp_connection_cache_destinations']}")
+    if not problems:
+        return None
+    return (", ".join(problems) + ": the connection cache is on for the Tor transport, and torsocks refuses to "
+            "pass sockets to scache (deliveries stall); set -o smtp_connection_cache_on_demand=no and -o "
+            "smtp_connection_cache_destinations= on it (onion-gateway setup does)")
 
 
 def _service_program(config_dir: Path | None, command: str) -> Path | None:
@@ -457,6 +481,83 @@ def check_relay_audit(torrc: Path, config_dir: Path | None, test_domain: str = "
     return Check("relay_audit", target, Verdict.OK, shown)
 
 
+def check_setup_listener(record, config_dir: Path | None, test_domain: str = "example.com",
+                         timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> Check:
+    """The relay audit of the listener setup recorded (:func:`onion_gateway.audit.audit_setup`).
+
+    :param record: a :class:`~onion_gateway.setup.state.SetupRecord`.
+    :returns: ``OK`` when the audit says safe, else ``FAIL`` with the outcome and first reason.
+    """
+    from onion_gateway.audit import AuditOptions, audit_setup
+    from onion_gateway.errors import OnionGatewayError
+
+    target = str(record.listener)
+    try:
+        report = audit_setup(record, AuditOptions(config_dir=config_dir, test_domain=test_domain,
+                                                  timeout_seconds=timeout_seconds))
+    except OnionGatewayError as exc:
+        return Check("relay_audit", target, Verdict.FAIL, str(exc))
+    if report.outcome.value != 0:
+        reasons = list(report.reasons)[:1]
+        return Check("relay_audit", target, Verdict.FAIL,
+                     report.outcome.name.lower() + (f": {reasons[0]}" if reasons else ""))
+    return Check("relay_audit", target, Verdict.OK, f"{target} safe (setup record {record.source})")
+
+
+def settings_for_host(serve: ServeSettings | None, setup_table: dict | None, base_dir: Path | None,
+                      state_dir: Path | None, flags: dict) -> StatusSettings:
+    """What ``status`` checks on a host: the command-line *flags* first, then setup's state record, then
+    the config file's ``[setup]``/``[serve]`` tables, then the defaults (Debian's ``unix:/run/tor/control``).
+
+    :param serve: the ``[serve]`` settings of ``--config`` (``None``: no config file).
+    :param setup_table: the config file's ``[setup]`` table (``None``: none).
+    :param base_dir: the config file's directory (relative paths in it).
+    :param state_dir: ``--state-dir`` (``None``: the ``[setup]`` table's, else setup's default).
+    :param flags: ``tor_control`` (text), ``tor_password``, ``postfix_config_dir``, ``domains``, ``onion``,
+        ``check_tor``, ``check_postfix``, ``audit``, ``torrc``, ``test_domain``, ``timeout_seconds``,
+        ``dns_servers``.
+    :returns: the :class:`StatusSettings`.
+    :raises ConfigError: on a bad flag, table or record.
+    """
+    from dataclasses import replace
+
+    from onion_gateway.config import parse_listen_address
+    from onion_gateway.setup.settings import parse_daemon_table, setup_settings
+    from onion_gateway.setup.state import MANIFEST, read_setup_state
+
+    setup = setup_settings(setup_table or {}, None, base_dir) if setup_table is not None else None
+    state = state_dir or (setup.state_dir if setup else None) or Path("/var/lib/onion-gateway/setup")
+    record = read_setup_state(state) if (Path(state) / MANIFEST).exists() else None
+    if serve is None:
+        serve = ServeSettings()
+        if record is not None and record.transport_map:
+            protocol, address, name = parse_daemon_table(record.transport_map)
+            serve = replace(serve, socketmap=(address,) if protocol == "socketmap" else (),
+                            tcp_table=(address,) if protocol == "tcp_table" else ())
+    if flags.get("dns_servers"):
+        from onion_gateway.config import parse_dns_server
+
+        serve = replace(serve, dns_servers=tuple(parse_dns_server(d) for d in flags["dns_servers"]))
+    control = None
+    if flags.get("check_tor", True):
+        text = flags.get("tor_control")
+        control = (parse_listen_address(text, "--tor-control") if text else
+                   (record.tor_control if record and record.tor_control else
+                    (setup.tor_control if setup else DEFAULT_TOR_CONTROL)))
+    config_dir = (flags.get("postfix_config_dir") or (record.postfix_config_dir if record else None)
+                  or (setup.postfix_config_dir if setup else None) or serve.postfix_config_dir)
+    check_postfix = flags.get("check_postfix", True)
+    audit = check_postfix and flags.get("audit", True)
+    return StatusSettings(serve=serve, tor_control=control, tor_password=flags.get("tor_password"),
+                          postfix_config_dir=config_dir, check_postfix=check_postfix,
+                          domains=tuple(flags.get("domains") or (record.domains if record else ())),
+                          onion=flags.get("onion") or (record.onion_address if record else None),
+                          timeout_seconds=flags.get("timeout_seconds", PROBE_TIMEOUT_SECONDS),
+                          audit_torrc=(flags.get("torrc") or Path("/etc/tor/torrc")) if audit else None,
+                          audit_test_domain=flags.get("test_domain") or "example.com",
+                          audit_record=record if audit and not flags.get("torrc") else None)
+
+
 # --- onion delivery health ------------------------------------------------------------------------------------
 
 
@@ -486,10 +587,10 @@ def run_status(settings: StatusSettings) -> StatusReport:
         normalize_onion(settings.onion)   # a typo here must not read as "your DNS is wrong"
     checks: list[Check] = []
     if settings.tor_control is not None:
-        checks.append(check_tor(*settings.tor_control, password=settings.tor_password,
+        checks.append(check_tor(settings.tor_control, password=settings.tor_password,
                                 timeout_seconds=settings.timeout_seconds))
         if settings.onion is not None:
-            checks.append(check_onion_service(*settings.tor_control, settings.onion, password=settings.tor_password,
+            checks.append(check_onion_service(settings.tor_control, settings.onion, password=settings.tor_password,
                                               timeout_seconds=settings.timeout_seconds))
     serve = settings.serve
     name = next(iter(sorted(serve.socketmap_names)), DEFAULT_SOCKETMAP_NAME)
@@ -502,7 +603,10 @@ def run_status(settings: StatusSettings) -> StatusReport:
     if settings.check_postfix:
         checks.append(check_transport_maps(settings.postfix_config_dir, serve))
         checks.append(check_smtptor_service(settings.postfix_config_dir, serve.transport))
-    if settings.audit_torrc is not None:
+    if settings.audit_record is not None:
+        checks.append(check_setup_listener(settings.audit_record, settings.postfix_config_dir,
+                                           settings.audit_test_domain, settings.timeout_seconds))
+    elif settings.audit_torrc is not None:
         checks.append(check_relay_audit(settings.audit_torrc, settings.postfix_config_dir,
                                         settings.audit_test_domain, settings.timeout_seconds))
     if settings.health is not None and settings.check_postfix:

@@ -40,6 +40,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,23 +79,7 @@ class TorControl:
             except OSError as exc:
                 raise TorError(f"cannot read the control password file {self.password_file}: "
                                f"{exc.strerror}") from exc
-        try:
-            if self.address.is_unix:
-                controller = stem.control.Controller.from_socket_file(self.address.path)
-            else:
-                controller = stem.control.Controller.from_port(address=self.address.host, port=self.address.port)
-        except stem.SocketError as exc:
-            raise TorError(f"cannot connect to Tor's control port {self.address}: {exc}; is tor running "
-                           "with a ControlPort/ControlSocket there?") from exc
-        try:
-            controller.authenticate(password=password)
-        except stem.connection.MissingPassword as exc:
-            controller.close()
-            raise TorError(f"Tor's control port {self.address} wants a password: "
-                           "set setup.tor_control_password_file") from exc
-        except (stem.connection.AuthenticationFailure, stem.SocketError) as exc:
-            controller.close()
-            raise TorError(f"Tor's control port {self.address} refused authentication: {exc}") from exc
+        controller = connect(self.address, password)
         self._controller = controller
         log.debug("connected to tor %s on %s", controller.get_version(), self.address)
         return self
@@ -138,10 +123,40 @@ class TorControl:
         return Path(text) if text else None
 
     def _hidden_services(self) -> dict:
+        """Every onion service of the running Tor: ``{dir: {"HiddenServicePort": [entry...], option: value}}``.
+
+        Parsed here rather than by stem, whose parser rejects targets that are not IPv4 (``unix:PATH``,
+        ``[::1]:PORT``) and so made setup fail on a Tor that serves any such onion. Wire example
+        (control-spec.txt §3.3 GETCONF)::
+
+            250-HiddenServiceDir=/var/lib/tor/mail
+            250-HiddenServicePort=25 127.0.0.1:2525
+            250-HiddenServicePort=80 unix:/run/www.sock
+            250 HiddenServiceVersion=3
+
+        A port entry is ``(virtual port, host, port)`` for an IP target (IPv6 without brackets) and the
+        raw text (``"80 unix:/run/www.sock"``) otherwise; raw entries are written back unchanged.
+        """
         try:
-            return dict(self._c.get_hidden_service_conf())
-        except stem.ControllerError as exc:
+            response = self._c.msg("GETCONF HiddenServiceOptions")
+        except (stem.ControllerError, stem.SocketError) as exc:
             raise TorError(f"GETCONF HiddenServiceOptions failed: {exc}") from exc
+        services: dict = {}
+        directory = None
+        for _code, _divider, content in response.content():
+            key, sep, value = content.partition("=")
+            if not sep:
+                continue
+            if key == "HiddenServiceDir":
+                directory = value
+                services[directory] = {"HiddenServicePort": []}
+            elif directory is None:
+                continue
+            elif key == "HiddenServicePort":
+                services[directory]["HiddenServicePort"].append(_port_entry(value))
+            else:
+                services[directory][key] = value
+        return services
 
     def hidden_service_ports(self, hidden_service_dir: Path) -> list[tuple[int, str, int]] | None:
         """The ``HiddenServicePort`` mappings Tor has for *hidden_service_dir*, or ``None`` if none.
@@ -150,10 +165,24 @@ class TorControl:
         :raises TorError: if GETCONF fails.
         """
         conf = self._hidden_services().get(str(hidden_service_dir))
-        return None if conf is None else list(conf.get("HiddenServicePort", []))
+        if conf is None:
+            return None
+        return [entry if isinstance(entry, tuple) else _raw_port(entry) for entry in conf.get("HiddenServicePort", [])]
+
+    def hidden_service_extra_options(self, hidden_service_dir: Path) -> dict[str, str] | None:
+        """The options other than ``HiddenServicePort`` Tor has for *hidden_service_dir* (``GETCONF
+        HiddenServiceOptions``), e.g. ``{"HiddenServiceMaxStreams": "64"}``; ``None`` if Tor has no such service.
+
+        :raises TorError: if GETCONF fails.
+        """
+        conf = self._hidden_services().get(str(hidden_service_dir))
+        if conf is None:
+            return None
+        return {k: str(v) for k, v in conf.items() if k != "HiddenServicePort"}
 
     def set_hidden_service(self, hidden_service_dir: Path, onion_port: int, target_host: str,
-                           target_port: int, timeout_seconds: float = 10.0) -> str:
+                           target_port: int, timeout_seconds: float = 10.0,
+                           options: Sequence[tuple[str, str]] | None = None) -> str:
         """Make the running Tor serve *hidden_service_dir* with exactly one port mapping; return its address.
 
         Other services Tor has are kept. Tor creates the directory and key if they do not exist;
@@ -165,6 +194,8 @@ class TorControl:
         :param target_host: where Tor forwards to (``127.0.0.1``).
         :param target_port: the target port (the hardened listener).
         :param timeout_seconds: how long to wait for Tor to write the ``hostname`` file.
+        :param options: the service's other options (``[("HiddenServiceExportCircuitID", "haproxy"),
+            ...]``), replacing those Tor has; ``None`` keeps Tor's as they are.
         :returns: the ``<56 chars>.onion`` address.
         :raises TorError: if Tor refuses the configuration or no valid address appears in time.
         """
@@ -172,12 +203,14 @@ class TorControl:
         conf = self._hidden_services()
         wanted = [(onion_port, target_host, target_port)]
         current = conf.get(str(hidden_service_dir))
-        if current is None or list(current.get("HiddenServicePort", [])) != wanted:
-            entry = dict(current or {})
-            entry["HiddenServicePort"] = wanted
+        extra = None if options is None else {k: str(v) for k, v in options}
+        current_extra = {k: str(v) for k, v in (current or {}).items() if k != "HiddenServicePort"}
+        if current is None or list(current.get("HiddenServicePort", [])) != wanted or \
+                (extra is not None and extra != current_extra):
+            entry = {"HiddenServicePort": wanted, **(current_extra if extra is None else extra)}
             conf[str(hidden_service_dir)] = entry
             try:
-                self._c.set_hidden_service_conf(conf)
+                self._c.set_hidden_service_conf(_writable(conf))
             except (stem.ControllerError, stem.SocketError) as exc:
                 raise TorError(f"Tor refused the onion service in {hidden_service_dir}: {exc}") from exc
             log.info("tor now serves the onion service in %s (port %s -> %s:%s)", hidden_service_dir,
@@ -201,11 +234,62 @@ class TorControl:
         if conf.pop(str(hidden_service_dir), None) is None:
             return False
         try:
-            self._c.set_hidden_service_conf(conf)
+            self._c.set_hidden_service_conf(_writable(conf))
         except (stem.ControllerError, stem.SocketError) as exc:
             raise TorError(f"Tor refused to drop the onion service in {hidden_service_dir}: {exc}") from exc
         log.info("tor no longer serves the onion service in %s", hidden_service_dir)
         return True
+
+
+def _port_entry(value: str):
+    """``"25 127.0.0.1:2525"`` -> ``(25, "127.0.0.1", 2525)``; ``"25 [::1]:2525"`` -> ``(25, "::1", 2525)``;
+    ``"25"`` -> ``(25, "127.0.0.1", 25)``; anything else (``unix:``) stays text."""
+    parts = value.split()
+    try:
+        virtual = int(parts[0])
+        if len(parts) == 1:
+            return (virtual, "127.0.0.1", virtual)
+        target = parts[1]
+        if target.isdigit():
+            return (virtual, "127.0.0.1", int(target))
+        if target.startswith("["):
+            host, _, port = target[1:].partition("]:")
+            return (virtual, host, int(port))
+        host, sep, port = target.rpartition(":")
+        if sep and "." in host and port.isdigit():
+            return (virtual, host, int(port))
+    except (ValueError, IndexError):
+        pass
+    return value
+
+
+def _raw_port(value: str) -> tuple:
+    """A text entry as ``(virtual port, "unix:PATH", 0)`` for callers that compare mappings."""
+    parts = value.split(None, 1)
+    try:
+        return (int(parts[0]), parts[1] if len(parts) > 1 else "", 0)
+    except ValueError:
+        return (0, value, 0)
+
+
+def _writable(conf: dict) -> dict:
+    """The conf with tuple ports rendered as Tor writes them (IPv6 in brackets) for stem's SETCONF."""
+    out: dict = {}
+    for directory, options in conf.items():
+        entry = dict(options)
+        ports = []
+        for port in options.get("HiddenServicePort", []):
+            if isinstance(port, (tuple, list)):
+                virtual, host, target = port
+                if str(host).startswith("unix:"):
+                    ports.append(f"{virtual} {host}")
+                else:
+                    ports.append(f"{virtual} [{host}]:{target}" if ":" in str(host) else f"{virtual} {host}:{target}")
+            else:
+                ports.append(port)
+        entry["HiddenServicePort"] = ports
+        out[directory] = entry
+    return out
 
 
 def check_hidden_service_dir(hidden_service_dir: Path) -> None:
@@ -263,6 +347,27 @@ def verify_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: 
         raise TorError(f"tor --verify-config rejected {torrc}: " + (" | ".join(complaints) or done.stdout.strip()))
 
 
+def supported_options(names: Iterable[str], tor_program: str = "tor") -> set[str]:
+    """Which of the torrc options *names* the installed tor accepts (``tor --list-torrc-options``, tor(1)).
+
+    ``HiddenServicePoWDefensesEnabled`` also needs tor's ``pow`` module (``tor --list-modules`` says
+    ``pow: yes``; a tor built without it knows the option name but cannot defend).
+
+    :param names: option names, e.g. ``["HiddenServicePoWDefensesEnabled"]``.
+    :param tor_program: the tor binary.
+    :returns: the subset tor supports.
+    :raises TorError: if tor is missing or fails.
+    """
+    listed = set(run_tor_checked(tor_program, ["--list-torrc-options"], "tor --list-torrc-options failed")
+                 .stdout.split())
+    wanted = {name for name in names if name in listed}
+    if "HiddenServicePoWDefensesEnabled" in wanted:
+        modules = run_tor_checked(tor_program, ["--list-modules"], "tor --list-modules failed").stdout
+        if not re.search(r"^pow: yes$", modules, re.M):
+            wanted.discard("HiddenServicePoWDefensesEnabled")
+    return wanted
+
+
 # --- status: bootstrap phase and onion-service publication ---------------------------------------------------
 
 
@@ -296,28 +401,42 @@ class OnionServiceState:
     detail: str
 
 
-def _connect(host: str, port: int, password: str | None, timeout_seconds: float) -> stem.control.Controller:
-    """An authenticated controller on ``host:port``; the caller closes it.
+def connect(address: ListenAddress, password: str | None = None,
+            timeout_seconds: float | None = None) -> stem.control.Controller:
+    """The one way onion-gateway opens Tor's control connection: ``IP:PORT`` (ControlPort) or
+    ``unix:PATH`` (ControlSocket, Debian's ``/run/tor/control``), authenticated; the caller closes it.
 
-    :raises TorError: if the port cannot be reached or authentication fails.
+    :param address: the control address.
+    :param password: the control password, or ``None`` for cookie (found through PROTOCOLINFO) or no auth.
+    :param timeout_seconds: connect budget (stem's sockets have none of their own); ``None``: no limit.
+    :raises TorError: if Tor cannot be reached, wants a password, or refuses authentication.
     """
     previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_seconds)   # stem's ControlPort socket has no timeout of its own
+    if timeout_seconds is not None:
+        socket.setdefaulttimeout(timeout_seconds)
     try:
-        controller = stem.control.Controller.from_port(address=host, port=port)
+        if address.is_unix:
+            controller = stem.control.Controller.from_socket_file(address.path)
+        else:
+            controller = stem.control.Controller.from_port(address=address.host, port=address.port)
     except stem.SocketError as exc:
-        raise TorError(f"cannot connect to the Tor control port {host}:{port}: {exc}") from exc
+        raise TorError(f"cannot connect to Tor's control port {address}: {exc}; is tor running with a "
+                       "ControlPort/ControlSocket there?") from exc
     finally:
         socket.setdefaulttimeout(previous)
     try:
         controller.authenticate(password=password)
+    except stem.connection.MissingPassword as exc:
+        controller.close()
+        raise TorError(f"Tor's control port {address} wants a password: set setup.tor_control_password_file "
+                       "(status: --tor-password)") from exc
     except (stem.connection.AuthenticationFailure, stem.SocketError) as exc:
         controller.close()
-        raise TorError(f"Tor control port {host}:{port} refused authentication: {exc}") from exc
+        raise TorError(f"Tor's control port {address} refused authentication: {exc}") from exc
     return controller
 
 
-def bootstrap_status(host: str, port: int, password: str | None = None,
+def bootstrap_status(address: ListenAddress, password: str | None = None,
                      timeout_seconds: float = 5.0) -> TorBootstrap:
     """Ask a Tor ControlPort for its bootstrap phase and SocksPorts.
 
@@ -326,20 +445,19 @@ def bootstrap_status(host: str, port: int, password: str | None = None,
         GETINFO status/bootstrap-phase
         250-status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"
 
-    :param host: control port address (an IP, normally loopback).
-    :param port: control port.
+    :param address: the control address, ``IP:PORT`` or ``unix:PATH``.
     :param password: control-port password, or ``None`` for cookie/no authentication.
     :param timeout_seconds: connect budget (seconds).
     :returns: a :class:`TorBootstrap`.
     :raises TorError: if the port cannot be reached, authentication fails, or tor refuses GETINFO.
     """
-    controller = _connect(host, port, password, timeout_seconds)
+    controller = connect(address, password, timeout_seconds)
     try:
         phase = controller.get_info("status/bootstrap-phase")
         socks = controller.get_info("net/listeners/socks", "")
         version = str(controller.get_version()).split()[0]
     except (stem.ControllerError, stem.SocketError) as exc:
-        raise TorError(f"Tor control port {host}:{port}: GETINFO failed: {exc}") from exc
+        raise TorError(f"Tor control port {address}: GETINFO failed: {exc}") from exc
     finally:
         controller.close()
     progress = re.search(r"\bPROGRESS=(\d+)", phase)
@@ -349,7 +467,7 @@ def bootstrap_status(host: str, port: int, password: str | None = None,
                         tuple(s.strip('"') for s in socks.split()))
 
 
-def onion_service_status(host: str, port: int, onion: str, password: str | None = None,
+def onion_service_status(address: ListenAddress, onion: str, password: str | None = None,
                          timeout_seconds: float = 5.0) -> OnionServiceState:
     """Is *onion* served by the Tor on ``host:port``, and can its descriptor be fetched from the network?
 
@@ -363,8 +481,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
     The first says this Tor runs the service; only the second proves the descriptor was uploaded, since
     it comes back from an HSDir exactly as a sending gateway's Tor would fetch it.
 
-    :param host: control port address.
-    :param port: control port.
+    :param address: the control address, ``IP:PORT`` or ``unix:PATH``.
     :param onion: the address, ``<56 chars>.onion``.
     :param password: control-port password, or ``None`` for cookie/no authentication.
     :param timeout_seconds: budget for connecting and for the fetch (seconds).
@@ -372,7 +489,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
     :raises TorError: if the control port cannot be reached or refuses a command.
     """
     service_id = onion.lower().removesuffix(".onion")
-    controller = _connect(host, port, password, timeout_seconds)
+    controller = connect(address, password, timeout_seconds)
     try:
         try:
             controller.get_info(f"hs/service/desc/id/{service_id}")
@@ -380,7 +497,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
             return OnionServiceState(False, False, f"this Tor does not serve it, or has no descriptor for it "
                                                    f"yet ({exc})")
         except (stem.ControllerError, stem.SocketError) as exc:
-            raise TorError(f"Tor control port {host}:{port}: GETINFO hs/service/desc failed: {exc}") from exc
+            raise TorError(f"Tor control port {address}: GETINFO hs/service/desc failed: {exc}") from exc
         events: queue.Queue = queue.Queue()
 
         def listener(event) -> None:
@@ -391,7 +508,7 @@ def onion_service_status(host: str, port: int, onion: str, password: str | None 
             controller.add_event_listener(listener, stem.control.EventType.HS_DESC)
             reply = controller.msg(f"HSFETCH {service_id}")
         except (stem.ControllerError, stem.SocketError) as exc:
-            raise TorError(f"Tor control port {host}:{port}: HSFETCH failed: {exc}") from exc
+            raise TorError(f"Tor control port {address}: HSFETCH failed: {exc}") from exc
         if not reply.is_ok():
             return OnionServiceState(True, False, f"HSFETCH refused: {reply}")
         failures: list[str] = []
@@ -432,20 +549,10 @@ def dump_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: st
     :returns: ``(Keyword, value)`` pairs in Tor's order (options at their default are left out).
     :raises TorError: if tor is missing, times out or rejects the configuration (with its warnings).
     """
-    if shutil.which(tor_program) is None:
-        raise TorError(f"{tor_program} not found: is Tor installed?")
-    argv = [tor_program, "--dump-config", "short", "-f", str(torrc), "--hush"]
+    argv = ["--dump-config", "short", "-f", str(torrc), "--hush"]
     if defaults_torrc is not None:
         argv += ["--defaults-torrc", str(defaults_torrc)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS,
-                              env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired as exc:
-        raise TorError(f"{' '.join(argv)} did not finish in {VERIFY_TIMEOUT_SECONDS} s") from exc
-    if done.returncode != 0:
-        complaints = [line for line in (done.stdout + done.stderr).splitlines()
-                      if "[warn]" in line or "[err]" in line]
-        raise TorError(f"tor --dump-config rejected {torrc}: " + (" | ".join(complaints) or done.stderr.strip()))
+    done = run_tor_checked(tor_program, argv, f"tor --dump-config rejected {torrc}")
     pairs = []
     for line in done.stdout.splitlines():
         keyword, _, value = line.strip().partition(" ")
@@ -480,3 +587,27 @@ def hidden_service_options(address: ListenAddress, password_file: Path | None = 
         if sep:
             pairs.append((keyword.strip(), value.strip()))
     return pairs
+
+
+def run_tor_checked(tor_program: str, args: list[str], refusal: str) -> subprocess.CompletedProcess:
+    """Run ``TOR_PROGRAM ARGS`` (a command that exits, such as ``--verify-config``/``--dump-config``).
+
+    :param tor_program: the tor binary.
+    :param args: its arguments.
+    :param refusal: the start of the error message when tor exits non-zero (its warnings follow).
+    :returns: the finished process (exit status 0).
+    :raises TorError: if tor is missing, does not finish within ``VERIFY_TIMEOUT_SECONDS`` or exits non-zero.
+    """
+    if shutil.which(tor_program) is None:
+        raise TorError(f"{tor_program} not found: is Tor installed?")
+    argv = [tor_program, *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS,
+                              env={**os.environ, "LC_ALL": "C"})
+    except subprocess.TimeoutExpired as exc:
+        raise TorError(f"{' '.join(argv)} did not finish in {VERIFY_TIMEOUT_SECONDS} s") from exc
+    if done.returncode != 0:
+        complaints = [line for line in (done.stdout + done.stderr).splitlines()
+                      if "[warn]" in line or "[err]" in line]
+        raise TorError(f"{refusal}: " + (" | ".join(complaints) or done.stderr.strip() or done.stdout.strip()))
+    return done

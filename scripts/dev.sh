@@ -6,6 +6,7 @@
 #                               publishing the example SRV record, and show Postfix's postmap -q answer
 #   sh scripts/dev.sh test      install (with test extras), run the whole test suite in the venv, then the
 #                               Debian job below (skipped when pytest arguments are given)
+#   sh scripts/dev.sh package   build the Debian package into dist/ (no tests)
 #   sh scripts/dev.sh deb       build the .deb with Debian's own Python libraries, lintian it, install it,
 #                               and run the unit, integration and package tests against the installed
 #                               package with /usr/bin/python3 (no venv)
@@ -16,7 +17,7 @@ set -eu
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${ONION_GATEWAY_VENV:-$ROOT/.venv}
-PKGS="postfix postfix-pcre tor torsocks dnsmasq swaks unbound knot knot-dnsutils python3-venv ca-certificates iproute2"
+PKGS="postfix postfix-pcre tor torsocks dnsmasq swaks unbound knot knot-dnsutils python3-venv ca-certificates iproute2 systemd"
 # The Debian job: build dependencies, Debian's Python libraries and test tools for /usr/bin/python3.
 DEB_PKGS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel
  bash-completion lintian man-db python3-click python3-dnspython python3-idna python3-jinja2 python3-stem
@@ -56,16 +57,21 @@ PRESEED
     trap - EXIT INT TERM
 }
 
-deb_job() {
+deb_build() {
+    # Build the .deb in a fresh work directory $work (dpkg-buildpackage writes into the tree and puts
+    # the .deb in its parent); sets $deb.
     install_debian "$DEB_PKGS"
     work=$(mktemp -d /tmp/onion-gateway-deb.XXXXXX)
     mkdir "$work/src" "$work/run"
-    # Build from a copy: dpkg-buildpackage writes into the tree and puts the .deb in its parent.
-    tar -C "$ROOT" --exclude=./.venv --exclude=./.git --exclude=./.pybuild -cf - . | tar -C "$work/src" -xf -
+    tar -C "$ROOT" --exclude=./.venv --exclude=./.git --exclude=./.pybuild --exclude=./dist -cf - . | tar -C "$work/src" -xf -
     (cd "$work/src" && env PATH="$DEB_PATH" dpkg-buildpackage -us -uc -b) > "$work/build.log" 2>&1 || {
         tail -n 40 "$work/build.log" >&2; echo "scripts/dev.sh: dpkg-buildpackage failed ($work/build.log)" >&2
         exit 1; }
     deb=$(ls "$work"/onion-gateway_*_all.deb)
+}
+
+deb_job() {
+    deb_build
     echo "built $deb"
     env PATH="$DEB_PATH" lintian --fail-on error --tag-display-limit 0 "$work"/onion-gateway_*.changes
     # The package's maintainer scripts start nothing (no unit is enabled or started) and no recommended
@@ -74,7 +80,7 @@ deb_job() {
         cat "$work/install.log" >&2; exit 1; }
     echo "installed $deb"
     # Run the tests from a tree without the source package, so `import onion_gateway` is the installed one.
-    cp -r "$ROOT/tests" "$ROOT/examples" "$ROOT/scripts" "$ROOT/pyproject.toml" "$work/run/"
+    cp -r "$work/src/tests" "$work/src/examples" "$work/src/scripts" "$work/src/pyproject.toml" "$work/run/"
     cd "$work/run"
     status=0
     env PATH="$DEB_PATH" ONION_GATEWAY_TEST_INSTALLED=1 /usr/bin/python3 -m pytest -p no:cacheprovider \
@@ -106,6 +112,13 @@ case "$cmd" in
     deb)
         need_root deb; install_debian
         deb_job ;;
+    package)
+        need_root package
+        deb_build
+        mkdir -p "$ROOT/dist"
+        cp "$deb" "$ROOT/dist/"
+        rm -rf "$work"
+        echo "built dist/$(basename "$deb"): apt-get install --no-install-recommends ./dist/$(basename "$deb")" ;;
     *)
-        echo "usage: sh scripts/dev.sh install|run|test [pytest args]|deb" >&2; exit 64 ;;
+        echo "usage: sh scripts/dev.sh install|run|test [pytest args]|deb|package" >&2; exit 64 ;;
 esac

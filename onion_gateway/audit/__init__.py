@@ -25,11 +25,12 @@ from pathlib import Path
 
 from onion_gateway import postfix
 from onion_gateway.address import ListenAddress
-from onion_gateway.audit.discover import (SETUP_MANIFEST, Endpoint, OnionPort, SetupRecord, find_listener,
+from onion_gateway.audit.discover import (SETUP_MANIFEST, OnionPort, SetupRecord, find_listener,
                                           find_listeners, onion_ports, read_master, read_setup_state,
                                           running_onion_ports)
 from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Setting, Severity, analyse,
-                                        effective_policy, sender_keys, uses_proxy_protocol)
+                                        effective_policy, listener_inspection_findings, sender_keys,
+                                        uses_proxy_protocol)
 from onion_gateway.audit.probe import (TOR_PROXY_SOURCE, ClientCertificate, ProbeContext, ProxyHeader,
                                        expected_client_address, run_probes)
 from onion_gateway.audit.report import AuditReport, Outcome, overall_exit_code, to_json, to_text
@@ -277,6 +278,7 @@ def _policy_for(endpoint: ListenAddress, config_dir: Path | None, report: AuditR
         report.listener["via"] = f"postscreen -> {match.smtpd.label}"
     report.policy = policy
     found = [f for _, _, findings in analysed for f in findings]
+    found += listener_inspection_findings(config_dir, services, match.smtpd, _pass_name(config_dir))
     if len(matches) > 1:
         labels = [m.service.label for m, _, _ in analysed]
         report.listener["services"] = labels

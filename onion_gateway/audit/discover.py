@@ -40,10 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onion_gateway import postfix
+from onion_gateway import postfix, tor
 from onion_gateway.address import ListenAddress, torrc_target
-from onion_gateway.address import parse_port as _port
-from onion_gateway import tor
+from onion_gateway.address import parse_port as _port       # read_setup_state's name for it
 from onion_gateway.errors import ConfigError, TorError
 from onion_gateway.setup.state import MANIFEST as SETUP_MANIFEST, SetupRecord, read_setup_state  # noqa: F401
 
@@ -52,11 +51,6 @@ log = logging.getLogger(__name__)
 MAX_INCLUDE_DEPTH = 31          # tor's MAX_INCLUDE_RECURSION_LEVEL
 DEFAULT_TORRC = Path("/etc/tor/torrc")
 SMTPD_PROGRAMS = {"smtpd", "postscreen"}
-
-
-#: The audit's former name for :class:`~onion_gateway.address.ListenAddress` (the same type), kept while
-#: setup's record (:class:`SetupRecord`) still lives here.
-Endpoint = ListenAddress
 
 
 @dataclass(frozen=True)
@@ -346,7 +340,9 @@ def _inet_matches(name: str, endpoint: ListenAddress, inet_interfaces: str) -> t
         return None
     if port != endpoint.port:
         return None
-    if host == "*":
+    v6 = ":" in (endpoint.host or "")
+    if host == "*" or host == ("::" if v6 else "0.0.0.0"):    # a wildcard of the endpoint's family
+        # (Postfix sets IPV6_V6ONLY, so [::] never receives an IPv4 connection)
         return f"*:{port}", True
     if host:
         return (name, False) if _same_host(host, endpoint.host) else None

@@ -88,6 +88,7 @@ class Check(enum.Enum):
     TLS_CLIENTCERT = "tls_client_certificate"
     SHARED_LISTENER = "shared_listener"
     PROXY_FORGEABLE = "proxy_header_forgeable"
+    INSPECTION_PARITY = "inspection_parity"
 
 
 @dataclass(frozen=True)
@@ -336,12 +337,18 @@ def tls_client_step(policy: EffectivePolicy, list_name: str, name: str) -> StepR
                       "smtpd_tls_CAfile relays", detail, sources)
 
 
-def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str = "") -> list[Finding]:
+def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str = "",
+            forged: bool = False) -> list[Finding]:
     """All static findings for one smtpd's effective policy.
+
+    On a PROXY listener the relay lists are also walked for a local process that forges the header and
+    claims :data:`CLIENT_ADDRESS` (127.0.0.1): what that client could do and Tor's could not is a
+    ``proxy_header_forgeable`` finding of the same severity (e.g. ``permit_inet_interfaces`` before the reject).
 
     :param policy: from :func:`effective_policy`.
     :param all_interfaces: the listener also listens beyond loopback (from discovery).
     :param bound: what it binds to, for the finding's value.
+    :param forged: this is that second walk (no third one).
     :returns: findings, most severe first.
     """
     findings: list[Finding] = []
@@ -380,6 +387,13 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
                                 f"{relay_name}: {policy.source(relay_name)}; "
                                 f"{recipient_name}: {policy.source(recipient_name)}"))
     findings += _parameter_findings(policy)
+    if not forged and uses_proxy_protocol(policy) and policy.client_address != CLIENT_ADDRESS:
+        seen = {(f.check, f.value) for f in findings}
+        for f in analyse(replace(policy, client_address=CLIENT_ADDRESS), forged=True):
+            if f.severity is not Severity.INFO and (f.check, f.value) not in seen:
+                findings.append(Finding(f.severity, Check.PROXY_FORGEABLE,
+                                        f"a local process can send a PROXY header claiming {CLIENT_ADDRESS}, and "
+                                        f"then: {f.title}", f.value, f.source))
     if all_interfaces:
         findings.append(Finding(Severity.WARNING, Check.ALL_INTERFACES,
                                 "the onion listener also listens beyond loopback: clients reach it without Tor",
@@ -547,3 +561,121 @@ def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
 def _level(text: str) -> tuple[int, ...]:
     parts = re.findall(r"\d+", text)
     return tuple(int(p) for p in parts) if parts else (0,)
+
+
+# --- content-inspection parity with the port-25 smtpd ---------------------------------------------------
+
+#: Content inspection an smtpd applies to the mail it receives (postconf(5), MILTER_README, FILTER_README):
+#: an onion listener that lacks one the port-25 smtpd has lets onion mail bypass the spam filter.
+INSPECTION_PARAMETERS = ("smtpd_milters", "content_filter", "smtpd_proxy_filter", "header_checks",
+                         "mime_header_checks", "nested_header_checks", "body_checks")
+#: receive_override_options items that switch inspection off (postconf(5)).
+INSPECTION_OVERRIDES = ("no_milters", "no_header_body_checks")
+#: The restriction lists whose ``check_policy_service`` entries count as inspection (policy daemons:
+#: greylisting, rate limits, SPF); restriction classes are followed.
+POLICY_LISTS = (*EARLY_LISTS, *RELAY_LISTS, "smtpd_data_restrictions", "smtpd_end_of_data_restrictions")
+
+
+def port25_smtpd(services: list[MasterService], pass_service_name=None) -> MasterService | None:
+    """The smtpd that receives mail on port 25: the first ``inet`` service named ``smtp``, ``25`` or
+    ``HOST:smtp``/``HOST:25`` whose command is smtpd, or, when postscreen(8) runs there, its ``pass``
+    service (``smtpd_service_name``, default ``smtpd``).
+
+    :param services: from :func:`onion_gateway.audit.discover.read_master`.
+    :param pass_service_name: ``MasterService -> str``, postscreen's effective ``smtpd_service_name``
+        (default: ``smtpd``).
+    :returns: the service, or ``None`` if master.cf has no port-25 listener.
+    """
+    for service in services:
+        if service.type != "inet" or service.name.rpartition(":")[2] not in ("smtp", "25"):
+            continue
+        if service.program == "smtpd":
+            return service
+        if service.program == "postscreen":
+            name = pass_service_name(service) if pass_service_name else "smtpd"
+            return next((s for s in services if s.type == "pass" and s.name == name), None)
+    return None
+
+
+def inspection_settings(config_dir: Path | None, service: MasterService) -> dict[str, str]:
+    """The effective inspection settings of *service*: :data:`INSPECTION_PARAMETERS`,
+    ``receive_override_options`` and every restriction list of :data:`POLICY_LISTS` (expanded).
+
+    :raises PostfixError: if postconf fails.
+    """
+    overrides = [f"{k}={v}" for k, v in service.overrides.items()]
+    names = [*INSPECTION_PARAMETERS, "receive_override_options", *POLICY_LISTS, "smtpd_restriction_classes"]
+    values = postfix.get_parameters(config_dir, names, expand=True, overrides=overrides)
+    classes = [c for c in split_list(values["smtpd_restriction_classes"]) if re.match(r"^\w+$", c)]
+    if classes:
+        values.update(postfix.get_parameters(config_dir, classes, expand=True, overrides=overrides))
+    return {k: v.strip() for k, v in values.items()}
+
+
+def _policy_services(values: dict[str, str], list_names: tuple[str, ...] | list[str], depth: int = 0) -> set[str]:
+    found: set[str] = set()
+    for list_name in list_names:
+        for name, arg in parse_restrictions(values.get(list_name, "")):
+            if name == "check_policy_service" and arg:
+                found.add(arg)
+            elif name in values and name not in POLICY_LISTS and depth < MAX_CLASS_DEPTH:   # a restriction class
+                found |= _policy_services(values, [name], depth + 1)
+    return found
+
+
+def inspection_parity(port25: dict[str, str], listener: dict[str, str], port25_label: str,
+                      listener_label: str) -> list[Finding]:
+    """Findings for every inspection the port-25 smtpd applies and the onion listener skips.
+
+    Onion mail must see the same spam and virus filters as the rest (the early onion-MX how-tos warn it
+    "might even evade spam detection software"). Compared: each of :data:`INSPECTION_PARAMETERS` the
+    port-25 smtpd sets (a different or empty value on the listener is reported), ``receive_override_options``
+    items that switch inspection off on the listener only, and ``check_policy_service`` daemons in the
+    port-25 smtpd's restriction lists that the listener's lists do not call.
+
+    :param port25: :func:`inspection_settings` of the port-25 smtpd.
+    :param listener: :func:`inspection_settings` of the onion listener's smtpd.
+    :param port25_label: its ``service/type`` (for the finding's source).
+    :param listener_label: the listener's ``service/type``.
+    :returns: :data:`Check.INSPECTION_PARITY` warnings (empty when the listener inspects as much).
+    """
+    findings = []
+    where = f"master.cf {listener_label} vs {port25_label}"
+    for name in INSPECTION_PARAMETERS:
+        theirs, ours = port25.get(name, ""), listener.get(name, "")
+        if theirs and theirs != ours:
+            findings.append(Finding(Severity.WARNING, Check.INSPECTION_PARITY,
+                                    f"the onion listener skips {name} that the port-25 smtpd applies: onion mail "
+                                    "bypasses that filter", f"{name}: port 25 = {theirs}; onion listener = "
+                                    f"{ours or '(empty)'}", where))
+    off = [o for o in INSPECTION_OVERRIDES if o in split_list(listener.get("receive_override_options", ""))
+           and o not in split_list(port25.get("receive_override_options", ""))]
+    if off:
+        findings.append(Finding(Severity.WARNING, Check.INSPECTION_PARITY,
+                                f"receive_override_options switches off {', '.join(off)} on the onion listener only",
+                                f"receive_override_options = {listener.get('receive_override_options', '')}", where))
+    missing = sorted(_policy_services(port25, POLICY_LISTS) - _policy_services(listener, POLICY_LISTS))
+    if missing:
+        findings.append(Finding(Severity.WARNING, Check.INSPECTION_PARITY,
+                                "policy services the port-25 smtpd asks are not asked on the onion listener "
+                                "(add them to setup.recipient_restrictions if they suit onion clients)",
+                                "check_policy_service " + ", ".join(missing), where))
+    return findings
+
+
+def listener_inspection_findings(config_dir: Path | None, services: list[MasterService], listener: MasterService,
+                                 pass_service_name=None) -> list[Finding]:
+    """:func:`inspection_parity` of the onion listener's smtpd against the port-25 smtpd of the same Postfix.
+
+    :param config_dir: the Postfix configuration directory.
+    :param services: from :func:`onion_gateway.audit.discover.read_master`.
+    :param listener: the smtpd behind the onion's target.
+    :param pass_service_name: see :func:`port25_smtpd`.
+    :returns: the parity warnings; none when there is no port-25 smtpd or it is the listener itself.
+    :raises PostfixError: if postconf fails.
+    """
+    port25 = port25_smtpd(services, pass_service_name)
+    if port25 is None or port25.label == listener.label:
+        return []
+    return inspection_parity(inspection_settings(config_dir, port25), inspection_settings(config_dir, listener),
+                             port25.label, listener.label)

@@ -320,8 +320,16 @@ def open_connection(address: ListenAddress, timeout_seconds: float, proxy: Proxy
     return sock
 
 
-class _ListenerSMTP(smtplib.SMTP):
-    """smtplib over :func:`open_connection` (unix sockets and PROXY headers included)."""
+class ListenerSMTP(smtplib.SMTP):
+    """smtplib over :func:`open_connection` (unix sockets and PROXY headers included).
+
+    ``ListenerSMTP(address, ProxyHeader(), timeout=30)`` then ``connect(host, port)`` (the arguments
+    only fill smtplib's bookkeeping: the socket always goes to *address*).
+
+    :param address: the listener.
+    :param proxy: the PROXY v1 header to send first, or ``None``.
+    :param kwargs: :class:`smtplib.SMTP`'s keyword arguments (``local_hostname``, ``timeout``); no host.
+    """
 
     def __init__(self, address: ListenAddress, proxy: ProxyHeader | None, **kwargs):
         self._address = address
@@ -330,6 +338,8 @@ class _ListenerSMTP(smtplib.SMTP):
 
     def _get_socket(self, host, port, timeout):
         return open_connection(self._address, timeout, self._proxy)
+
+
 
 
 @dataclass
@@ -351,12 +361,13 @@ class Session:
     client_address: str = ""
 
     def open(self) -> None:
-        """Connect (with the PROXY header if any), EHLO, and STARTTLS with the client certificate if any.
+        """Connect (with the PROXY header if any), EHLO, and STARTTLS with the client certificate if any
+        (a listener that offers no STARTTLS is probed in the clear).
 
         :raises Unreachable: on a connection error or a greeting other than 220.
         """
         try:
-            self.client = _ListenerSMTP(self.endpoint, self.proxy, local_hostname=self.helo,
+            self.client = ListenerSMTP(self.endpoint, self.proxy, local_hostname=self.helo,
                                         timeout=self.timeout_seconds)
             code, banner = self.client.connect(self.endpoint.host or "localhost", self.endpoint.port or 0)
             if code != 220:
@@ -371,7 +382,11 @@ class Session:
             if code != 250:
                 code, _ = self.client.helo()
             if self.client_cert is not None:
-                self._starttls()
+                if self.client.has_extn("starttls"):
+                    self._starttls()
+                    self.client_address += " (TLS client certificate)"
+                else:                                 # no TLS here: nothing to present, probe in the clear
+                    log.info("%s offers no STARTTLS: client certificate not presented", self.endpoint)
             self.extensions = dict(self.client.esmtp_features)
         except Unreachable:
             self.close()
@@ -382,8 +397,6 @@ class Session:
         self.errors = 0
 
     def _starttls(self) -> None:
-        if not self.client.has_extn("starttls"):
-            raise Unreachable(f"{self.endpoint}: STARTTLS not offered, cannot present the client certificate")
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE          # the audit judges the server's policy, not its certificate

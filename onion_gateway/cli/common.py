@@ -103,9 +103,47 @@ def configure_logging(level: str, *, fmt: str = "%(asctime)s onion-gateway[%(pro
     """The one logging setup: a stderr handler at *level* (``debug``/``info``/``warning``/``error``).
 
     stem logs every control command at DEBUG and closed sockets at INFO: it is shown only at ``debug``.
+    When stderr is the journal (systemd.exec(5) ``$JOURNAL_STREAM``), each line carries its syslog
+    priority as sd-daemon(3) prefixes it (``<4>`` warning) and no timestamp or pid of its own (journald
+    records both), so ``journalctl -p warning -u onion-gateway`` shows the warnings.
     """
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=fmt)
+    if stderr_is_journal():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+        logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    else:
+        logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=fmt)
     logging.getLogger("stem").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is connected to journald: ``$JOURNAL_STREAM`` is ``DEVICE:INODE`` of stderr.
+
+    systemd.exec(5): the variable is inherited by children whose stderr may be elsewhere, so the device
+    and inode are compared with stderr's own.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix every line of a record with its syslog priority, ``<3>`` error ... ``<7>`` debug (sd-daemon(3)).
+
+    A multi-line record (a traceback) becomes one journal entry per line, each with the priority.
+    """
+
+    PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        """:returns: the formatted record, every line prefixed with ``<N>``."""
+        priority = next((p for level, p in sorted(self.PRIORITY.items(), reverse=True) if record.levelno >= level), 7)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
 def log_level_option(default: str):
@@ -127,12 +165,50 @@ def serve_settings_from(config_file: Path | None, overrides: dict[str, Any]):
     from onion_gateway.config import load_config_file, serve_settings
 
     table: dict[str, Any] = {}
+    setup_table: dict[str, Any] = {}
     base_dir = None
     if config_file is not None:
         document = load_config_file(config_file)
         table = document.get("serve", {})
+        setup_table = document.get("setup", {})
         base_dir = config_file.resolve().parent
-    return serve_settings(table, cli_overrides(overrides), base_dir)
+    settings = serve_settings(table, cli_overrides(overrides), base_dir)
+    return with_own_onions_from_setup(settings, setup_table, base_dir)
+
+
+def with_own_onions_from_setup(settings, setup_table: dict[str, Any], base_dir: Path | None):
+    """Add the onion address setup recorded (``[setup].state_dir``, else setup's default state directory)
+    to ``own_onions``: the gateway never routes mail to itself, whether or not ``own_onions`` names it.
+
+    A missing or unreadable record adds nothing (the daemon runs on hosts setup never touched).
+
+    :returns: the settings, with the recorded address added to ``own_onions``.
+    """
+    from dataclasses import replace
+
+    from onion_gateway.errors import OnionGatewayError
+    from onion_gateway.setup.state import DEFAULT_STATE_DIR, MANIFEST, read_setup_state
+
+    state_dir = DEFAULT_STATE_DIR
+    if setup_table.get("state_dir"):
+        state_dir = Path(setup_table["state_dir"])
+        if not state_dir.is_absolute() and base_dir is not None:
+            state_dir = base_dir / state_dir
+    try:
+        if not (state_dir / MANIFEST).exists():
+            return settings
+        record = read_setup_state(state_dir)
+    except (OnionGatewayError, OSError):
+        return settings
+    onion = record.onion_address or (record.as_onion_port().onion if record.hidden_service_dir else None)
+    if not onion:
+        return settings
+    from onion_gateway.onion import normalize_onion
+
+    try:
+        return replace(settings, own_onions=settings.own_onions | {normalize_onion(onion)})
+    except ValueError:
+        return settings
 
 
 def resolver_options(func):

@@ -66,6 +66,8 @@ def lookup_command(key, config_file, log_level, **overrides) -> None:
     configure_logging("warning" if log_level == "info" else log_level)
     try:
         router = build_router(serve_settings_from(config_file, overrides))
+        if getattr(router, "pins", None) is not None:
+            router.pins.path = None          # read the daemon's pins, never write them: lookup changes no state
     except ConfigError as exc:
         fail("lookup", ExitCode.CONFIG, str(exc))
     result = asyncio.run(router.lookup(key))

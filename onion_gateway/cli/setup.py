@@ -121,6 +121,9 @@ def setup_command(config_file: Path | None, dry_run: bool, yes: bool, rollback: 
     for note in result.notes:
         if note != "nothing to change":
             click.echo(f"note: {note}")
+    status = "onion-gateway status" + (f" --config {config_file}" if config_file else "") + \
+        (f" --state-dir {settings.state_dir}" if "state_dir" in overrides else "")
+    click.echo(f"next: publish the SRV record above, then check everything: {status}")
 
 
 def _rollback(installer, settings, *, dry_run: bool, yes: bool) -> None:

@@ -15,22 +15,32 @@ def pins() -> None:
     """List, accept or forget the onion addresses each domain is pinned to."""
 
 
-pins_file_option = click.option("--pins-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-                                help="The daemon's pins_file.")
+def pins_file_option(func):
+    """``--config`` (its ``serve.pins_file``) or ``--pins-file``, as every command takes them."""
+    func = click.option("--pins-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="The daemon's pins_file (default: serve.pins_file of --config).")(func)
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                        help="TOML config file whose [serve] pins_file is used.")(func)
+
+
+def _pin_file(config_file: Path | None, pins_file: Path | None):
+    from onion_gateway.errors import ConfigError
+    from onion_gateway.lookup.pins import PinFile
+
+    try:
+        path = pins_file or serve_settings_from(config_file, {}).pins_file
+        if path is None:
+            fail("pins", ExitCode.CONFIG, "no pins file: give --pins-file or --config with serve.pins_file")
+        return PinFile(path, create=False)
+    except ConfigError as exc:
+        fail("pins", ExitCode.CONFIG, str(exc))
 
 
 @pins.command("list")
 @pins_file_option
-def pins_list(pins_file: Path) -> None:
+def pins_list(config_file: Path | None, pins_file: Path | None) -> None:
     """Show every pin: domain, pinned onions, a pending change."""
-    from onion_gateway.errors import ConfigError
-    from onion_gateway.lookup.pins import PinStore
-
-    try:
-        store = PinStore(pins_file)
-    except ConfigError as exc:
-        fail("pins", ExitCode.CONFIG, str(exc))
-    for domain, pin in sorted(store.pins.items()):
+    for domain, pin in sorted(_pin_file(config_file, pins_file).pins().items()):
         line = f"{domain}  {','.join(pin.onions)}"
         if pin.pending:
             line += f"  PENDING {','.join(pin.pending)} (onion-gateway pins accept {domain})"
@@ -40,15 +50,10 @@ def pins_list(pins_file: Path) -> None:
 @pins.command("accept")
 @pins_file_option
 @click.argument("domain")
-def pins_accept(pins_file: Path, domain: str) -> None:
-    """Accept DOMAIN's changed onion set: strict pinning routes by it from now on."""
-    from onion_gateway.errors import ConfigError
-    from onion_gateway.lookup.pins import PinStore
-
+def pins_accept(config_file: Path | None, pins_file: Path | None, domain: str) -> None:
+    """Accept DOMAIN's changed onion set: strict pinning routes by it from now on (within a second)."""
     try:
-        pin = PinStore(pins_file).accept(domain.lower().rstrip("."))
-    except ConfigError as exc:
-        fail("pins", ExitCode.CONFIG, str(exc))
+        pin = _pin_file(config_file, pins_file).accept(domain.lower().rstrip("."))
     except KeyError:
         fail("pins", ExitCode.NO, f"{domain}: no pending change to accept")
     click.echo(f"{domain}  {','.join(pin.onions)}  accepted")
@@ -57,15 +62,10 @@ def pins_accept(pins_file: Path, domain: str) -> None:
 @pins.command("forget")
 @pins_file_option
 @click.argument("domain")
-def pins_forget(pins_file: Path, domain: str) -> None:
+def pins_forget(config_file: Path | None, pins_file: Path | None, domain: str) -> None:
     """Forget DOMAIN's pin: its next SRV answer is pinned afresh."""
-    from onion_gateway.errors import ConfigError
-    from onion_gateway.lookup.pins import PinStore
-
     try:
-        PinStore(pins_file).forget(domain.lower().rstrip("."))
-    except ConfigError as exc:
-        fail("pins", ExitCode.CONFIG, str(exc))
+        _pin_file(config_file, pins_file).forget(domain.lower().rstrip("."))
     except KeyError:
         fail("pins", ExitCode.NO, f"{domain}: not pinned")
     click.echo(f"{domain}  forgotten")

@@ -259,21 +259,13 @@ def open_control(address: Any, password: str | None, timeout_seconds: float) -> 
     :raises ConfigError: for address text that is no listen address.
     """
     from onion_gateway import tor
-    from onion_gateway.address import parse_listen_address
+    from onion_gateway.address import ListenAddress, parse_listen_address
 
     if isinstance(address, str):
         address = parse_listen_address(address, "tor_control")
-    if isinstance(address, tuple):
-        host, port = address
-    elif getattr(address, "is_unix", False):
-        if password is not None:
-            raise TorError(f"{address}: a control password is only supported on a TCP ControlPort here")
-        with tor.TorControl(address) as control:
-            yield control
-        return
-    else:
-        host, port = address.host, address.port
-    controller = tor._connect(host, port, password, timeout_seconds)   # tor.py owns stem; this sets a timeout
+    elif isinstance(address, tuple):
+        address = ListenAddress(host=address[0], port=address[1])
+    controller = tor.connect(address, password, timeout_seconds)   # the one control connection (TCP or unix)
     try:
         yield controller
     finally:

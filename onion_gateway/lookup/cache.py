@@ -31,12 +31,14 @@ The weighted RFC 2782 order of same-priority targets is drawn once per DNS answe
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from onion_gateway.config import ServeSettings
+from onion_gateway.lookup.bounded import GenerationalMap
 from onion_gateway.lookup.dns import SrvAnswer
 from onion_gateway.lookup.metrics import Stats
 from onion_gateway.lookup.result import LookupResult, Outcome
@@ -44,6 +46,7 @@ from onion_gateway.lookup.routing import Router
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = ServeSettings()         # defaults live in one place: the settings
 PREFETCH_FRACTION = 0.1             # refresh in the last 10 % of the TTL (unbound's prefetch rule)
 STALE_ANSWER_TTL_SECONDS = 30.0     # RFC 8767 §4: stale answers carry TTL 30 s; DNS is retried after it
 
@@ -52,7 +55,7 @@ STALE_ANSWER_TTL_SECONDS = 30.0     # RFC 8767 §4: stale answers carry TTL 30 s
 class CachePolicy:
     """How long answers are kept and how many.
 
-    :param max_entries: the most domains kept; past it the least recently used goes. 0 disables
+    :param max_entries: the most domains kept (an approximate LRU, see :class:`RouteCache`). 0 disables
         caching (single-flight still applies).
     :param min_ttl_seconds: the shortest time any positive or negative answer is kept (seconds).
     :param max_ttl_seconds: the longest time a FOUND answer is kept (seconds).
@@ -63,42 +66,60 @@ class CachePolicy:
         (seconds, RFC 8767); 0 = never.
     """
 
-    max_entries: int = 100_000
-    min_ttl_seconds: float = 30.0
-    max_ttl_seconds: float = 3600.0
-    negative_max_ttl_seconds: float = 900.0
-    temp_fail_ttl_seconds: float = 0.0
-    prefetch: bool = True
-    serve_stale_seconds: float = 0.0
+    max_entries: int = _DEFAULTS.cache_max_entries
+    min_ttl_seconds: float = _DEFAULTS.cache_min_ttl_seconds
+    max_ttl_seconds: float = _DEFAULTS.cache_max_ttl_seconds
+    negative_max_ttl_seconds: float = _DEFAULTS.cache_negative_max_ttl_seconds
+    temp_fail_ttl_seconds: float = _DEFAULTS.cache_temp_fail_ttl_seconds
+    prefetch: bool = _DEFAULTS.cache_prefetch
+    serve_stale_seconds: float = _DEFAULTS.cache_serve_stale_seconds
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings) -> "CachePolicy":
+        """The cache policy of *settings* (its ``cache_*`` keys; defaults live in :class:`ServeSettings`)."""
+        return cls(max_entries=settings.cache_max_entries, min_ttl_seconds=settings.cache_min_ttl_seconds,
+                   max_ttl_seconds=settings.cache_max_ttl_seconds,
+                   negative_max_ttl_seconds=settings.cache_negative_max_ttl_seconds,
+                   temp_fail_ttl_seconds=settings.cache_temp_fail_ttl_seconds, prefetch=settings.cache_prefetch,
+                   serve_stale_seconds=settings.cache_serve_stale_seconds)
 
 
 _NEVER = float("inf")
 
+# One entry is one bytes object: a fixed head, then the result's value as UTF-8 (about 270 bytes per
+# domain in RSS with its dict slot and key, against about 510 for an object per entry).
+#   expires_at, prefetch_at, stale_until: monotonic seconds (prefetch_at +inf when prefetch is off)
+#   code: index into _CODES; PIN_ONLY marks an entry that holds only a pin (never answered);
+#         FOUND_SHORT a found value stored without its "<transport>:" prefix (16 bytes less per domain)
+#   pin: the domain's onion-pin digest (see pins.py), 0 = none
+_HEAD = struct.Struct("<dffBQ")     # prefetch_at and stale_until stored as float32 offsets from expires_at
+_HEAD_SIZE = _HEAD.size
+_CODES = (Outcome.FOUND, Outcome.NOT_FOUND, Outcome.TEMP_FAIL)
+_CODE_OF = {outcome: code for code, outcome in enumerate(_CODES)}
+_TEMP = _CODE_OF[Outcome.TEMP_FAIL]
+PIN_ONLY = len(_CODES)
+FOUND_SHORT = PIN_ONLY + 1
 
-class CacheEntry:
-    """One cached answer (four references: about 100 bytes besides the result itself).
 
-    :param result: the routing result.
-    :param ttl_seconds: the clamped TTL it is stored with (seconds; only used to place the prefetch point).
-    :param expires_at: when it stops being fresh (``time.monotonic()`` seconds).
-    :param stale_until: until when it may be served stale (monotonic seconds; pass *expires_at*
-        itself when serve-stale is off, so no second float is kept).
-    :param prefetch: whether a hit in the last 10 % of the TTL starts a refresh.
-    """
+def _pack_head(expires: float, prefetch_at: float, stale: float, code: int, pin: int) -> bytes:
+    return _HEAD.pack(expires, prefetch_at - expires, stale - expires, code, pin)
 
-    __slots__ = ("result", "expires_at", "prefetch_at", "stale_until")
 
-    def __init__(self, result: LookupResult, ttl_seconds: float, expires_at: float, stale_until: float,
-                 prefetch: bool) -> None:
-        self.result = result
-        self.expires_at = expires_at
-        self.stale_until = stale_until
-        # a hit after this instant starts a refresh; +inf when prefetch is off
-        self.prefetch_at = expires_at - ttl_seconds * PREFETCH_FRACTION if prefetch else _NEVER
+def _unpack(raw: bytes) -> tuple[float, float, float, int, int]:
+    """``(expires_at, prefetch_at, stale_until, code, pin)`` of an entry."""
+    expires, prefetch, stale, code, pin = _HEAD.unpack_from(raw)
+    return expires, expires + prefetch, expires + stale, code, pin
 
 
 class RouteCache:
     """Cache routing results per domain, with single-flight, prefetch and serve-stale.
+
+    **Bound**: at most ``max_entries`` domains, an approximate LRU in generations
+    (:class:`~onion_gateway.lookup.bounded.GenerationalMap`). Expired entries stay until they are
+    replaced or evicted (they keep the domain's pin).
+
+    The cache is also the memory of the onion pins (:class:`~onion_gateway.lookup.pins.PinStore` reads
+    and writes them through :meth:`pin_of` / :meth:`set_pin`): a pin is evicted with its route.
 
     :param router: resolves misses (:meth:`Router.resolve_domain`).
     :param policy: the :class:`CachePolicy`.
@@ -112,36 +133,47 @@ class RouteCache:
         self.policy = policy
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
-        self._entries: collections.OrderedDict[str, CacheEntry] = collections.OrderedDict()
+        self._map: GenerationalMap[bytes] = GenerationalMap(policy.max_entries, self._evicted)
         self._inflight: dict[str, asyncio.Task[LookupResult]] = {}
         self._enabled = policy.max_entries > 0
-        self._shared: dict[LookupResult, LookupResult] = {}   # one object per distinct negative answer
+        self._negative: dict[bytes, LookupResult] = {}   # one result object per distinct negative answer
         self._prefetch = policy.prefetch
+        transport = getattr(router, "transport", "")
+        self._prefix = f"{transport}:" if transport else ""     # stripped from stored found values
         self.changed = False   # set on every store; the persistence task clears it after saving
+        # called with {domain: entry} of each dropped generation (the pin store forgets their pins)
+        self.on_evict: Callable[[dict[str, bytes]], None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``max_entries`` is 0 (nothing is kept; single-flight still applies)."""
+        return self._enabled
 
     # -- the per-request path --------------------------------------------------------------------
     def get(self, domain: str) -> LookupResult | None:
         """The fresh cached result for *domain*, or ``None`` on a miss (no DNS is asked here).
 
-        A hit moves the entry to the most-recently-used end and may start a prefetch.
+        A hit counts as a use for the eviction order and may start a prefetch.
 
         :param domain: a normalized A-label domain (as from :meth:`Router.route_without_dns`).
         :returns: the cached :class:`LookupResult`, or ``None`` if absent or expired.
         """
-        entry = self._entries.get(domain)
-        if entry is None:
+        raw = self._map.use(domain)
+        if raw is None:
             return None
+        expires, prefetch_at, _stale, code, _pin = _unpack(raw)
         now = self._clock()
-        if now >= entry.expires_at:
-            if now >= entry.stale_until:
-                del self._entries[domain]
+        if now >= expires:
             return None
-        self._entries.move_to_end(domain)
         self.stats.cache_hits += 1
-        if now >= entry.prefetch_at and domain not in self._inflight:
+        if now >= prefetch_at and domain not in self._inflight:
             self.stats.prefetches += 1
             self._start_fetch(domain)
-        return entry.result
+        if code == FOUND_SHORT:
+            return LookupResult(Outcome.FOUND, self._prefix + raw[_HEAD_SIZE:].decode())
+        if code:
+            return self._negative_result(raw, code)
+        return LookupResult(Outcome.FOUND, raw[_HEAD_SIZE:].decode())
 
     async def lookup(self, domain: str) -> LookupResult:
         """Answer *domain* from the cache or, on a miss, from DNS (one query for all concurrent callers).
@@ -162,6 +194,23 @@ class RouteCache:
         # shield: a caller whose connection closes must not cancel the query the others wait on
         return await asyncio.shield(task)
 
+    # -- pins (the PinStore's memory) ------------------------------------------------------------
+    def pin_of(self, domain: str) -> int:
+        """The pin digest kept with *domain*'s entry, 0 when none."""
+        raw = self._entry(domain)
+        return 0 if raw is None else _HEAD.unpack_from(raw)[4]
+
+    def set_pin(self, domain: str, pin: int) -> None:
+        """Keep pin digest *pin* (0 = forget) with *domain*'s entry; an entry holding only the pin is
+        made when there is none (it never answers a lookup)."""
+        raw = self._entry(domain)
+        if raw is None:
+            if pin:
+                self._put(domain, _pack_head(0.0, _NEVER, 0.0, PIN_ONLY, pin), changed=False)
+            return
+        expires, prefetch_at, stale, code, _old_pin = _unpack(raw)
+        self._replace(domain, _pack_head(expires, prefetch_at, stale, code, pin) + raw[_HEAD_SIZE:])
+
     # -- filling ---------------------------------------------------------------------------------
     def _start_fetch(self, domain: str) -> asyncio.Task[LookupResult]:
         task = asyncio.get_running_loop().create_task(self._fetch(domain))
@@ -180,24 +229,31 @@ class RouteCache:
             self.stats.note_dns(answer.status, answer.elapsed_seconds)
         return self._store(domain, result, answer)
 
+    def _entry(self, domain: str) -> bytes | None:
+        return self._map.find(domain)
+
     def _store(self, domain: str, result: LookupResult, answer: SrvAnswer | None) -> LookupResult:
         policy = self.policy
         now = self._clock()
+        current = self._entry(domain)
+        if current is not None:
+            expires, _prefetch, stale, code, pin = _unpack(current)
+        else:
+            expires, stale, code, pin = 0.0, 0.0, PIN_ONLY, 0
         if result.outcome is Outcome.TEMP_FAIL:
-            current = self._entries.get(domain)
-            if current is not None and now < current.expires_at:
-                return current.result           # a failed prefetch keeps the fresh entry
-            if current is not None and now < current.stale_until and current.result.outcome is not Outcome.TEMP_FAIL:
-                self.stats.stale_answers += 1
-                log.warning("DNS for %s failed (%s): answering the entry that expired %.0f s ago (serve-stale)",
-                            domain, result.value, now - current.expires_at)
-                current.expires_at = min(now + STALE_ANSWER_TTL_SECONDS, current.stale_until)
-                current.prefetch_at = _NEVER
-                return current.result
+            if current is not None and code != PIN_ONLY:
+                if now < expires:
+                    return self._result_of(current, code)     # a failed prefetch keeps the fresh entry
+                if now < stale and code != _TEMP:
+                    self.stats.stale_answers += 1
+                    log.warning("DNS for %s failed (%s): answering the entry that expired %.0f s ago "
+                                "(serve-stale)", domain, result.value, now - expires)
+                    self._replace(domain, _pack_head(min(now + STALE_ANSWER_TTL_SECONDS, stale), _NEVER, stale,
+                                                     code, pin) + current[_HEAD_SIZE:])
+                    return self._result_of(current, code)
             if policy.temp_fail_ttl_seconds > 0 and self._enabled:
-                self._put(domain, CacheEntry(result, policy.temp_fail_ttl_seconds,
-                                             now + policy.temp_fail_ttl_seconds,
-                                             now + policy.temp_fail_ttl_seconds, False))
+                until = now + policy.temp_fail_ttl_seconds
+                self._put(domain, _pack_head(until, _NEVER, until, _TEMP, pin) + result.value.encode())
             return result
         if not self._enabled:
             return result
@@ -205,41 +261,79 @@ class RouteCache:
         ceiling = policy.max_ttl_seconds if result.outcome is Outcome.FOUND else policy.negative_max_ttl_seconds
         ttl = min(max(ttl, policy.min_ttl_seconds), ceiling)
         expires = now + ttl
-        if result.outcome is not Outcome.FOUND:
-            result = self._shared.setdefault(result, result)
         stale = expires + policy.serve_stale_seconds if policy.serve_stale_seconds else expires
-        self._put(domain, CacheEntry(result, ttl, expires, stale, self._prefetch))
+        self._put(domain, self._pack(result, ttl, expires, stale, pin))
         return result
 
-    def _put(self, domain: str, entry: CacheEntry) -> None:
-        entries = self._entries
-        entries[domain] = entry
-        entries.move_to_end(domain)
-        self.changed = True
-        while len(entries) > self.policy.max_entries:
-            entries.popitem(last=False)
-            self.stats.cache_evictions += 1
+    def _pack(self, result: LookupResult, ttl: float, expires: float, stale: float, pin: int) -> bytes:
+        prefetch_at = expires - ttl * PREFETCH_FRACTION if self._prefetch else _NEVER
+        value = result.value
+        if result.outcome is Outcome.FOUND and self._prefix and value.startswith(self._prefix):
+            return _pack_head(expires, prefetch_at, stale, FOUND_SHORT, pin) + value[len(self._prefix):].encode()
+        return _pack_head(expires, prefetch_at, stale, _CODE_OF[result.outcome], pin) + value.encode()
+
+    def _result_of(self, raw: bytes, code: int) -> LookupResult:
+        if code == FOUND_SHORT:
+            return LookupResult(Outcome.FOUND, self._prefix + raw[_HEAD_SIZE:].decode())
+        if code:
+            return self._negative_result(raw, code)
+        return LookupResult(Outcome.FOUND, raw[_HEAD_SIZE:].decode())
+
+    def _negative_result(self, raw: bytes, code: int) -> LookupResult:
+        key = bytes((code,)) + raw[_HEAD_SIZE:]
+        result = self._negative.get(key)
+        if result is None:
+            if len(self._negative) > 1000:      # reasons are few; never let odd ones pile up
+                self._negative.clear()
+            result = self._negative[key] = LookupResult(_CODES[code], raw[_HEAD_SIZE:].decode())
+        return result
+
+    def _replace(self, domain: str, entry: bytes) -> None:
+        self._map.replace(domain, entry)
+
+    def _put(self, domain: str, entry: bytes, changed: bool = True) -> None:
+        self._map.put(domain, entry)
+        if changed:
+            self.changed = True
+
+    def _evicted(self, dropped: dict[str, bytes]) -> None:
+        self.stats.cache_evictions += len(dropped)
+        if self.on_evict is not None:
+            self.on_evict(dropped)
 
     # -- inspection and persistence --------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._map)
+
+    @staticmethod
+    def pin_in(entry: bytes) -> int:
+        """The pin digest inside a raw *entry* (as passed to :attr:`on_evict`)."""
+        return _HEAD.unpack_from(entry)[4]
 
     def remaining_seconds(self, domain: str) -> float | None:
         """Seconds until *domain*'s entry expires (negative once expired), or ``None`` if absent."""
-        entry = self._entries.get(domain)
-        return None if entry is None else entry.expires_at - self._clock()
+        raw = self._entry(domain)
+        if raw is None:
+            return None
+        expires, _p, _s, code, _pin = _unpack(raw)
+        return None if code == PIN_ONLY else expires - self._clock()
 
     def export(self) -> list[tuple[str, str, str, float, float]]:
         """The entries worth keeping across a restart, least recently used first.
 
         :returns: ``[(domain, outcome value, result value, expires_wall, stale_until_wall)]`` with
-            wall-clock (``time.time()``) epoch seconds; temporary failures and dead entries are left out.
+            wall-clock (``time.time()``) epoch seconds; temporary failures, pin-only and dead entries
+            are left out (pins are kept by the pins file).
         """
         now = self._clock()
         offset = time.time() - now
-        return [(domain, e.result.outcome.value, e.result.value, e.expires_at + offset, e.stale_until + offset)
-                for domain, e in self._entries.items()
-                if e.result.outcome is not Outcome.TEMP_FAIL and e.stale_until > now]
+        rows = []
+        for domain, raw in self._map.items():
+            expires, _p, stale, code, _pin = _unpack(raw)
+            if code in (0, 1, FOUND_SHORT) and stale > now:
+                result = self._result_of(raw, code)
+                rows.append((domain, result.outcome.value, result.value, expires + offset, stale + offset))
+        return rows
 
     def restore(self, rows: Iterable[tuple[str, str, str, float, float]]) -> int:
         """Load rows made by :meth:`export` (oldest first); expired ones and domains already cached
@@ -251,21 +345,23 @@ class RouteCache:
         now = self._clock()
         offset = time.time() - now
         policy = self.policy
-        entries = self._entries
         loaded = 0
         for domain, outcome, value, expires_wall, stale_wall in rows:
             result = LookupResult(Outcome(outcome), str(value))
-            if result.outcome is Outcome.NOT_FOUND:
-                result = self._shared.setdefault(result, result)
-            elif result.outcome is not Outcome.FOUND:
+            if result.outcome not in (Outcome.FOUND, Outcome.NOT_FOUND):
                 raise ValueError(f"unexpected outcome {outcome!r} for {domain!r}")
             expires, stale = float(expires_wall) - offset, float(stale_wall) - offset
-            if stale <= now or domain in entries:
+            pin = 0
+            current = self._entry(domain)
+            if current is not None:
+                _e, _p, _s, code, pin = _unpack(current)
+                if code != PIN_ONLY:
+                    continue
+            if stale <= now:
                 continue
             # never trust a file for longer than the policy allows now
             expires = min(expires, now + policy.max_ttl_seconds)
             stale = min(stale, expires + policy.serve_stale_seconds) if policy.serve_stale_seconds else expires
-            self._put(str(domain), CacheEntry(result, max(0.0, expires - now), expires, max(stale, expires),
-                                              self._prefetch))
+            self._put(str(domain), self._pack(result, max(0.0, expires - now), expires, max(stale, expires), pin))
             loaded += 1
         return loaded

@@ -2,7 +2,8 @@
 
 The per-request path only increments plain integers in :class:`Stats`; nothing of prometheus_client
 runs there. :class:`MetricsServer` imports prometheus_client only when a metrics address is
-configured, and turns the counters into metric families at scrape time (a custom collector).
+configured, turns the counters into metric families at scrape time (a custom collector), and serves
+them with prometheus_client's own WSGI app and threading server (no HTTP parsing of our own).
 
 Exposed metrics (all prefixed ``onion_gateway_``)::
 
@@ -29,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-import contextlib
 import logging
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,22 +40,43 @@ from onion_gateway.lookup.result import Outcome
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = tuple(Outcome)   # index order of the per-protocol counter lists
+OUTCOMES = tuple(Outcome)
 DNS_LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-MAX_HTTP_REQUEST_BYTES = 8192
-HTTP_TIMEOUT_SECONDS = 5.0
+
+
+class ReplyCounts:
+    """Replies sent on one protocol, one named counter per :class:`Outcome` (attribute = outcome value)."""
+
+    __slots__ = ("found", "not_found", "temp", "error")
+
+    def __init__(self) -> None:
+        self.found = self.not_found = self.temp = self.error = 0
+
+    def count(self, outcome: Outcome) -> None:
+        """Count one reply with *outcome*."""
+        if outcome is Outcome.FOUND:
+            self.found += 1
+        elif outcome is Outcome.NOT_FOUND:
+            self.not_found += 1
+        elif outcome is Outcome.TEMP_FAIL:
+            self.temp += 1
+        else:
+            self.error += 1
+
+    def of(self, outcome: Outcome) -> int:
+        """Replies counted with *outcome*."""
+        return getattr(self, outcome.value)
 
 
 @dataclass(slots=True)
 class Stats:
     """Plain counters shared by the server, the cache and the metrics endpoint.
 
-    :param lookups: ``{protocol: [found, not_found, temp, error]}`` replies sent (index order of
-        :data:`OUTCOMES`).
+    :param lookups: ``{protocol: ReplyCounts}`` replies sent per protocol (``tcp_table``, ``socketmap``).
     """
 
-    lookups: dict[str, list[int]] = field(
-        default_factory=lambda: {"tcp_table": [0] * len(OUTCOMES), "socketmap": [0] * len(OUTCOMES)})
+    lookups: dict[str, ReplyCounts] = field(
+        default_factory=lambda: {"tcp_table": ReplyCounts(), "socketmap": ReplyCounts()})
     cache_hits: int = 0
     cache_misses: int = 0
     cache_coalesced: int = 0
@@ -72,7 +95,7 @@ class Stats:
 
     def lookup_count(self, protocol: str, outcome: Outcome) -> int:
         """Replies sent on *protocol* (``tcp_table``/``socketmap``) with *outcome*."""
-        return self.lookups[protocol][OUTCOMES.index(outcome)]
+        return self.lookups[protocol].of(outcome)
 
 
 @dataclass
@@ -108,8 +131,8 @@ class _Collector:
         lookups = CounterMetricFamily("onion_gateway_lookups", "Lookup replies sent, by protocol and outcome",
                                       labels=["protocol", "outcome"])
         for protocol, counts in s.lookups.items():
-            for outcome, count in zip(OUTCOMES, counts):
-                lookups.add_metric([protocol, outcome.value], count)
+            for outcome in OUTCOMES:
+                lookups.add_metric([protocol, outcome.value], counts.of(outcome))
         yield lookups
         for name, value, text in (
                 ("cache_hits", s.cache_hits, "Lookups answered from a fresh cache entry"),
@@ -144,80 +167,82 @@ class _Collector:
 
 
 class MetricsServer:
-    """A small asyncio HTTP server for ``GET /metrics`` and ``GET /healthz``.
+    """``GET /metrics`` (prometheus_client's own WSGI app) and ``GET /healthz``, served by
+    prometheus_client's threading WSGI server in a thread of its own (scrapes never run on the event loop).
+
+    Extend the exposed metrics by registering more collectors on :attr:`registry` after
+    :meth:`start` (or pass them in *collectors*).
 
     :param host: IP address to bind.
     :param port: TCP port (0 = any free port).
     :param stats: the daemon's :class:`Stats`.
     :param sources: gauges and health read at scrape time.
+    :param collectors: more prometheus_client collectors to register.
     :raises ConfigError: (from :meth:`start`) if prometheus_client is not installed.
     """
 
-    def __init__(self, host: str, port: int, stats: Stats, sources: Sources) -> None:
+    def __init__(self, host: str, port: int, stats: Stats, sources: Sources, collectors=()) -> None:
         self.host, self.port = host, port
         self._stats, self._sources = stats, sources
-        self._server: asyncio.AbstractServer | None = None
-        self._render: Callable[[], bytes] | None = None
-        self._content_type = "text/plain; version=0.0.4; charset=utf-8"
+        self._collectors = tuple(collectors)
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.registry = None
         self.bound = ""
 
     async def start(self) -> str:
-        """Bind the listener.
+        """Bind the listener and start serving in a thread.
 
         :returns: the bound ``host:port`` (port 0 resolved).
         :raises ConfigError: if prometheus_client cannot be imported.
         :raises OSError: if the address cannot be bound.
         """
         try:
-            from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-            from prometheus_client import ProcessCollector
+            from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+            from prometheus_client.exposition import ThreadingWSGIServer
         except ImportError as exc:
             from onion_gateway.errors import ConfigError
             raise ConfigError(f"serve.metrics_address: prometheus_client is not installed ({exc})") from exc
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_message(self, format, *args):   # noqa: A002 (the stdlib's name)
+                """Scrapes are not logged."""
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self._stats, self._sources))
         ProcessCollector(registry=registry)
-        self.registry = registry      # more collectors register here (health gauges, issue 16)
-        self._render = lambda: generate_latest(registry)
-        self._content_type = CONTENT_TYPE_LATEST
-        self._server = await asyncio.start_server(self._handle, self.host, self.port,
-                                                  reuse_address=True, limit=MAX_HTTP_REQUEST_BYTES)
-        host, port = self._server.sockets[0].getsockname()[:2]
+        for collector in self._collectors:
+            registry.register(collector)
+        self.registry = registry
+        metrics_app = make_wsgi_app(registry)
+        healthy = self._sources.healthy
+
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                ok = healthy()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ok\n" if ok else b"stopping\n"]
+            if path == "/metrics":
+                return metrics_app(environ, start_response)
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"try /metrics or /healthz\n"]
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            daemon_threads = True
+
+        self._server = make_server(self.host, self.port, app, Server, handler_class=QuietHandler)
+        host, port = self._server.server_address[:2]
         self.bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         return self.bound
 
     async def stop(self) -> None:
-        """Close the listener."""
+        """Stop serving and close the listener."""
         if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT_SECONDS)
-            method, _, rest = head.split(b"\r\n", 1)[0].partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == b"/metrics":
-                assert self._render is not None
-                status, ctype, body = "200 OK", self._content_type, self._render()
-            elif path == b"/healthz":
-                healthy = self._sources.healthy()
-                status = "200 OK" if healthy else "503 Service Unavailable"
-                ctype, body = "text/plain", b"ok\n" if healthy else b"stopping\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
-            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode("ascii"))
-            if method != b"HEAD":
-                writer.write(body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
+            server, self._server = self._server, None
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()

@@ -7,8 +7,9 @@ Rules, in order (each stops the walk)::
     domain excluded (exact; subdomains if configured)         -> not found, no DNS query
     static map entry (exact, then ".parent" entries)          -> its value
     domain is itself a v3 .onion name                         -> <transport>:[domain]:25 (never to DNS,
-                                                                  RFC 7686); a bad one -> error: bounce
-    SRV _<service>._tcp.<A-label domain>.                     -> usable v3 onion targets in RFC 2782
+                                                                  RFC 7686); a bad one, or the bare
+                                                                  TLD "onion" -> error: bounce
+    SRV _<service>._tcp.<A-label domain>.                     -> usable v3 onion targets (port not 0) in RFC 2782
                                                                   order: <transport>:[a.onion]:25, [b.onion]:2525
       NXDOMAIN / NODATA / no usable target                    -> not found
       SERVFAIL / timeout / refused / network error            -> temporary failure (mail is deferred)
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dns.exception
 import dns.name
+import dns.rdtypes.util
 
 from onion_gateway.lookup.dns import DnsStatus, SrvAnswer, SrvRecord, SrvResolver
 from onion_gateway.lookup.pins import PinStore, PinVerdict
@@ -38,6 +39,7 @@ from onion_gateway.onion import OnionCheck, check_onion
 log = logging.getLogger(__name__)
 
 ONION_SMTP_PORT = 25
+PORT_ZERO_REFUSAL = "port_zero"     # refusal reason (metrics) of an SRV record with port 0
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")    # one fullmatch instead of one match per label
 _BRACKETED_HOST = re.compile(r"\[([^\]]*)\]")
@@ -125,21 +127,27 @@ def domain_of_key(key: str) -> str | None:
 
 def usable_targets(domain: str, records: Sequence[SrvRecord],
                    refusals: "collections.Counter[str] | None" = None) -> list[SrvRecord]:
-    """Keep the SRV records whose target is a valid v3 onion, each (target, port) once.
+    """Keep the SRV records whose target is a valid v3 onion on a port other than 0, each (target, port) once.
 
-    Refused targets (v2 onions, clearnet names, bad checksums) are logged at warning with *domain*;
+    Refused targets (v2 onions, clearnet names, bad checksums, port 0) are logged at warning with *domain*;
     the target ``.`` ("decidedly not available", RFC 2782) at info.
 
     :param domain: the domain the records belong to (for the log).
     :param records: the SRV records of its answer.
-    :param refusals: a counter incremented per refused target by its :class:`OnionCheck` value (metrics).
+    :param refusals: a counter incremented per refused target by its :class:`OnionCheck` value, or
+        ``"port_zero"`` (metrics).
     :returns: the usable records, in answer order.
     """
     usable: list[SrvRecord] = []
     seen: set[tuple[str, int]] = set()
     for record in records:
         verdict = check_onion(record.target) if record.target != "." else None
-        if verdict is OnionCheck.VALID:
+        if verdict is OnionCheck.VALID and record.port == 0:
+            # port 0 is no SMTP service; smtptor:[x.onion]:0 would only defer the mail at delivery time
+            log.warning("refusing SRV target %s:0 for %s: port 0", record.target, domain)
+            if refusals is not None:
+                refusals[PORT_ZERO_REFUSAL] += 1
+        elif verdict is OnionCheck.VALID:
             if (record.target, record.port) not in seen:
                 seen.add((record.target, record.port))
                 usable.append(record)
@@ -157,32 +165,17 @@ def onions_in_route(value: str) -> list[str]:
     return [h for h in _BRACKETED_HOST.findall(value) if h.lower().endswith(".onion")]
 
 
-def order_targets(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvRecord]:
-    """Order SRV records as RFC 2782 says a client must try them.
+def order_targets(records: Sequence[SrvRecord]) -> list[SrvRecord]:
+    """Order SRV records as RFC 2782 says a client must try them, with dnspython's
+    ``weighted_processing_order`` (what ``Rdataset.processing_order()`` uses for SRV).
 
     Priorities ascending; within a priority, repeatedly pick a record at random with probability
-    proportional to its weight (weight-0 records placed first in the running sum, so each has a
-    1/(sum+1) chance, "a very small chance", unless all weights are 0).
+    proportional to its weight; a weight-0 record counts as weight 0.1 (RFC 2782: "a very small chance").
 
     :param records: the usable records.
-    :param rng: the random source (a seeded one in tests).
     :returns: a new list in try order.
     """
-    ordered: list[SrvRecord] = []
-    for priority in sorted({r.priority for r in records}):
-        group = sorted((r for r in records if r.priority == priority), key=lambda r: r.weight != 0)
-        while group:
-            total = sum(r.weight for r in group)
-            # RFC 2782 draws from [0, total]; 0 selects the leading weight-0 record. Without weight-0
-            # records draw from [1, total] so each record's share is exactly weight/total.
-            pick = rng.randint(0 if group[0].weight == 0 else 1, total)
-            running = 0
-            for index, record in enumerate(group):
-                running += record.weight
-                if running >= pick:
-                    ordered.append(group.pop(index))
-                    break
-    return ordered
+    return dns.rdtypes.util.weighted_processing_order(records)
 
 
 class Router:
@@ -197,12 +190,11 @@ class Router:
     :param require_dnssec: use an SRV answer only if the resolver authenticated it (AD bit, RFC 4035
         §3.2.3); an unsigned answer is ignored (not found), a bogus one is the resolver's SERVFAIL.
     :param pins: the :class:`PinStore` that notices onion-set changes, or ``None`` for no pinning.
-    :param rng: random source for RFC 2782 weighting.
     """
 
     def __init__(self, resolver: SrvResolver, table: RoutingTable, *, service: str = "onion-mx",
                  transport: str = "smtptor", max_nexthops: int = 10, require_dnssec: bool = False,
-                 pins: PinStore | None = None, rng: random.Random | None = None) -> None:
+                 pins: PinStore | None = None) -> None:
         self.resolver = resolver
         self.table = table
         self.service = service
@@ -210,7 +202,6 @@ class Router:
         self.max_nexthops = max_nexthops
         self.require_dnssec = require_dnssec
         self.pins = pins
-        self._rng = rng or random.Random()
         self._service_prefix = dns.name.Name([b"_" + service.encode("ascii"), b"_tcp"])
         # onion names refused, by OnionCheck value (v2_onion, clearnet, bad_checksum, ...): for metrics
         self.refusals: collections.Counter[str] = collections.Counter()
@@ -237,7 +228,7 @@ class Router:
         static = table.static_route(domain)
         if static is not None:
             return LookupResult.found(static)
-        if domain.endswith(".onion"):
+        if domain.endswith(".onion") or domain == "onion":     # RFC 7686 §2: never to DNS, the TLD neither
             verdict = check_onion(domain)
             if verdict is OnionCheck.VALID:
                 return LookupResult.found(f"{self.transport}:[{domain}]:{ONION_SMTP_PORT}")
@@ -272,7 +263,7 @@ class Router:
             return LookupResult.not_found("no usable onion target")
         if self.pins is not None and self.pins.check(domain, (r.target for r in usable)) is PinVerdict.HELD:
             return LookupResult.temp_fail(f"onion set of {domain} changed: held until 'onion-gateway pins accept'")
-        ordered = order_targets(usable, self._rng)[: self.max_nexthops]
+        ordered = order_targets(usable)[: self.max_nexthops]
         return LookupResult.found(
             f"{self.transport}:" + ", ".join(f"[{r.target}]:{r.port}" for r in ordered))
 

@@ -1,23 +1,20 @@
-"""Apply a setup plan with a journal, recover an interrupted run, roll back: the one place that writes.
+"""Apply a setup plan with a write-ahead journal, recover an interrupted run, roll back: the one place
+that writes.
 
 Shaped after certbot's installers (``save`` as the one writing point, ``recovery_routine``,
-``rollback_checkpoints``). Map:
+``rollback_checkpoints``); the records and their undo are in :mod:`.journal`. Map:
 
-- :func:`apply_plan`: before each change the file's current bytes go to a **journal** under the state
-  directory (fsync'd); then ``postfix check`` and ``tor --verify-config`` run on the real files, the
-  onion service is applied through Tor's control port, and Postfix is reloaded if it runs. Any failure
-  (or Ctrl-C) restores everything from the journal and raises :class:`~onion_gateway.errors.SetupError`
-  naming the failed step. On success the journal is folded into the **manifest** (:mod:`.state`).
-- :func:`recover_interrupted`: a journal left behind means a run was killed mid-way; the next start
-  restores it before doing anything else.
-- :func:`rollback`: undoes what setup did and drops the onion service from the running Tor (its key
-  directory is kept: the address may be published in DNS).
-
-State directory layout::
-
-    STATE_DIR/manifest.json      {"files": [...], "onion": {...}, "managed": {...}, "listener": <SetupRecord>}
-    STATE_DIR/backups/NNNN       original bytes of changed files
-    STATE_DIR/journal/journal.json, journal/backups/NNNN   the run in progress (absent when idle)
+- :func:`apply_plan`: each change is recorded in the journal (fsync'd) before it is made: whole files
+  (:class:`~.journal.FileWrite`, written through a symlink so a link stays a link), the torrc
+  ``%include`` (:class:`~.journal.LineAppend`), each ``postconf -e`` / ``-M`` / ``-MX``
+  (:class:`~.journal.ParamChange`, :class:`~.journal.ServiceChange`), the onion service
+  (:class:`~.journal.OnionChange`); then ``postfix check``, ``tor --verify-config``, ``postfix reload``.
+  Any failure (or Ctrl-C) undoes the journal and raises :class:`~onion_gateway.errors.SetupError` naming
+  the failed step. Success folds the journal into the manifest (:func:`_commit`).
+- :func:`recover_interrupted`: a journal left behind means a run was killed; the next start undoes it
+  (or, if the manifest already names the run, only removes the journal). Idempotent and crash-safe.
+- :func:`rollback`: undoes every recorded change, newest first, each only if it is still as setup left
+  it: later edits of the postmaster are kept (:func:`onion_gateway.setup.journal.undo`).
 """
 
 from __future__ import annotations
@@ -26,166 +23,45 @@ import json
 import logging
 import os
 import shutil
-import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
 from onion_gateway import postfix
-from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError, TorError
-from onion_gateway.setup.plan import FileChange, OnionAction, Plan, SetupResult, read_bytes, srv_records
+from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError
+from onion_gateway.setup.journal import (FileWrite, Journal, LineAppend, OnionChange, ParamChange, ServiceChange,
+                                         UnitStart, systemctl,
+                                         change_from_json, change_to_json, current_parameter, current_service,
+                                         describe, fault_point, read_nofollow, store_blob, undo,
+                                         write_atomic)
+from onion_gateway.setup.plan import (FileChange, OnionAction, Plan, SetupResult, daemon_problem, read_bytes,
+                                      srv_records)
 from onion_gateway.setup.settings import SetupSettings
-from onion_gateway.setup.state import JOURNAL, MANIFEST, load_manifest
+from onion_gateway.setup.state import MANIFEST, StateLock, check_state_dir, load_manifest
 from onion_gateway.tor import TorControl, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
 
-
-# ------------------------------------------------------------------------------------- journal
-
-class _Journal:
-    """The record of one run in progress: what each path held before this run touched it."""
-
-    def __init__(self, state_dir: Path, context: dict[str, Any]) -> None:
-        self.dir = state_dir / JOURNAL
-        try:
-            self.dir.mkdir(mode=0o700)      # atomic: also keeps a second concurrent run out
-        except FileExistsError:
-            raise SetupError(f"{self.dir} exists: another setup is running, or an interrupted run must be "
-                             "recovered first (run setup again without --dry-run)") from None
-        (self.dir / "backups").mkdir(mode=0o700)
-        self.data: dict[str, Any] = {"context": context, "files": [], "onion": None}
-        self._save()
-
-    def _save(self) -> None:
-        _write_json(self.dir / "journal.json", self.data)
-
-    def record_file(self, path: Path) -> None:
-        """Back up *path* (or note that it does not exist) before it is changed."""
-        if any(e["path"] == str(path) for e in self.data["files"]):
-            return
-        entry = _backup(path, self.dir / "backups", len(self.data["files"]))
-        entry["backup"] = f"{JOURNAL}/backups/{entry['backup']}" if entry["backup"] else None
-        self.data["files"].append(entry)
-        self._save()
-
-    def record_onion(self, hs_dir: Path, ports: list | None) -> None:
-        """Note the onion service's state before Tor is told to serve it."""
-        self.data["onion"] = {"hidden_service_dir": str(hs_dir), "dir_existed": hs_dir.exists(),
-                              "ports_before": ports}
-        self._save()
+DAEMON_READY_SECONDS = 30.0       # how long setup waits for a unit it started to answer
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+# ------------------------------------------------------------------------------------------ helpers
+
+def _tor(settings: SetupSettings):
+    return lambda: TorControl(settings.tor_control, settings.tor_control_password_file)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _load_manifest(state_dir: Path) -> dict[str, Any]:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return load_manifest(state_dir)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from exc
 
 
-def _backup(path: Path, backup_dir: Path, index: int) -> dict[str, Any]:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return {"path": str(path), "backup": None}
-    name = f"{index:04d}"
-    shutil.copy2(path, backup_dir / name)
-    with open(backup_dir / name, "rb") as fh:
-        os.fsync(fh.fileno())
-    return {"path": str(path), "backup": name, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-
-
-def _restore_file(entry: dict[str, Any], state_dir: Path) -> None:
-    path = Path(entry["path"])
-    if entry["backup"] is None:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(f".{path.name}.onion-gateway-restore")
-    shutil.copy2(state_dir / entry["backup"], tmp)
-    os.chown(tmp, entry["uid"], entry["gid"])
-    os.chmod(tmp, entry["mode"])
-    os.replace(tmp, path)
-
-
-def _write_file(change: FileChange) -> None:
-    path = change.path
-    tmp = path.with_name(f".{path.name}.onion-gateway-new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, change.new)
-        os.fchmod(fd, change.mode)
-        if change.old is not None:
-            st = path.stat()
-            os.fchown(fd, st.st_uid, st.st_gid)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _undo(data: dict[str, Any], state_dir: Path, tor_settings: SetupSettings | None) -> list[str]:
-    """Restore a journal's or manifest's files (newest first) and the onion service; report what was done."""
-    done = []
-    for entry in reversed(data.get("files", [])):
-        _restore_file(entry, state_dir)
-        done.append(("restored " if entry["backup"] else "removed ") + entry["path"])
-    onion = data.get("onion")
-    if onion and tor_settings is not None:
-        hs_dir = Path(onion["hidden_service_dir"])
-        try:
-            with TorControl(tor_settings.tor_control, tor_settings.tor_control_password_file) as tor:
-                before = onion.get("ports_before")
-                if before:
-                    (port, host, target), = before[:1]
-                    tor.set_hidden_service(hs_dir, port, host, target)
-                elif tor.remove_hidden_service(hs_dir):
-                    done.append(f"tor no longer serves {hs_dir}")
-        except TorError as exc:
-            done.append(f"could not reach Tor to drop the onion service ({exc}); its torrc no longer has it")
-        if not onion.get("dir_existed") and data.get("kind") == "journal" and hs_dir.exists():
-            shutil.rmtree(hs_dir, ignore_errors=True)   # a key made by this failed run, never published
-            done.append(f"removed the new key directory {hs_dir}")
-    return done
-
-
-def recover_interrupted(settings: SetupSettings) -> list[str]:
-    """Repair a run that was killed mid-way: restore everything its journal recorded.
-
-    :param settings: the settings (state directory, Tor control port).
-    :returns: what was restored, one line per file; empty if there was nothing to recover.
-    :raises SetupError: if the journal cannot be read or a file cannot be restored.
-    """
-    jdir = settings.state_dir / JOURNAL
-    if not jdir.exists():
-        return []
-    try:
-        data = json.loads((jdir / "journal.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        if not (jdir / "backups").is_dir() or not any((jdir / "backups").iterdir()):
-            shutil.rmtree(jdir)        # killed before the first backup: nothing was changed
-            return [f"removed an empty journal in {jdir}"]
-        raise SetupError(f"cannot read the journal {jdir}/journal.json ({exc}); restore by hand from "
-                         f"{jdir}/backups") from exc
-    data["kind"] = "journal"
-    try:
-        done = _undo(data, settings.state_dir, settings)
-    except OSError as exc:
-        raise SetupError(f"recovering the interrupted run failed: {exc}; the backups are in {jdir}") from exc
-    cdir = data.get("context", {}).get("postfix_config_dir")
-    _reload_if_running(Path(cdir) if cdir else None, settings.reload)
-    shutil.rmtree(jdir)
-    log.warning("recovered an interrupted setup run: %s", "; ".join(done) or "nothing had changed yet")
-    return done or ["nothing had changed yet"]
+def _write_manifest(state_dir: Path, manifest: dict[str, Any]) -> None:
+    fault_point("manifest write")
+    write_atomic(state_dir / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
+    fault_point("manifest written")
 
 
 def _reload_if_running(config_dir: Path | None, enabled: bool) -> bool:
@@ -195,15 +71,173 @@ def _reload_if_running(config_dir: Path | None, enabled: bool) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------------------- apply
+def _write_file(state_dir: Path, journal: Journal, change: FileChange) -> None:
+    """Record then write one whole file, through a symlink (the link stays a link)."""
+    path = Path(os.path.realpath(change.path))
+    old = read_bytes(path)
+    st = path.stat() if old is not None else None
+    before = store_blob(state_dir, old) if old is not None else None
+    after = store_blob(state_dir, change.new)
+    journal.record(FileWrite(str(path), before, after, None if st is None else st.st_mode & 0o7777,
+                             None if st is None else st.st_uid, None if st is None else st.st_gid))
+    write_atomic(path, change.new, change.mode)
+    os.chmod(path, change.mode)
+    if st is not None:
+        os.chown(path, st.st_uid, st.st_gid)
+    fault_point(f"wrote {path}")
+
+
+def _append_lines(journal: Journal, change: FileChange) -> None:
+    """Record then append the torrc %include lines (the rest of the torrc is never rewritten from the plan)."""
+    path = Path(os.path.realpath(change.path))
+    old = change.old or b""
+    added = change.new[len(old):] if change.new.startswith(old) else change.new
+    text = added.decode("utf-8")
+    journal.record(LineAppend(str(path), text))
+    current = path.read_bytes()
+    if current != old:
+        raise SetupError(f"{path} changed while setup ran")
+    st = path.stat()
+    write_atomic(path, change.new, st.st_mode & 0o7777)
+    os.chown(path, st.st_uid, st.st_gid)
+    fault_point(f"appended to {path}")
+
+
+def _postconf(journal: Journal, cdir: Path | None, flag: str, arg: str) -> None:
+    """Record then run one postconf command."""
+    where = str(cdir) if cdir else None
+    if flag == "-e":
+        name, _, value = arg.partition("=")
+        name = name.strip()
+        journal.record(ParamChange(where, name, current_parameter(where, name), value.strip()))
+    elif flag == "-M":
+        key, _, entry = arg.partition("=")
+        journal.record(ServiceChange(where, key, current_service(where, key), entry))
+    elif flag == "-MX":
+        journal.record(ServiceChange(where, arg, current_service(where, arg), None))
+    else:                                                     # pragma: no cover - plan only makes these
+        raise SetupError(f"unknown postconf step {flag}")
+    postfix.edit(cdir, flag, arg)
+    fault_point(f"postconf {flag} {arg.partition('=')[0]}")
+
+
+def _wait_for_daemon(table: str, config_dir: Path | None, timeout_seconds: float) -> None:
+    """Wait until the daemon answers through *table* (as Postfix will ask it).
+
+    :raises SetupError: when it still does not answer after *timeout_seconds*.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_seconds
+    while (problem := daemon_problem(table, config_dir)) is not None:
+        if time.monotonic() > deadline:
+            raise SetupError(f"the lookup daemon still does not answer at {table} after {timeout_seconds:.0f} s "
+                             f"({problem}); see journalctl -u onion-gateway")
+        time.sleep(0.5)
+
+
+def _undo_all(changes: list, state_dir: Path, settings: SetupSettings | None, *, remove_new_key: bool,
+              forget=None) -> list[str]:
+    """Undo *changes* newest first; after each, *forget* (if given) drops it from the stored record."""
+    done = []
+    tor = _tor(settings) if settings is not None else None
+    for index in range(len(changes) - 1, -1, -1):
+        line = undo(changes[index], state_dir, tor, remove_new_key=remove_new_key)
+        fault_point(f"undid {type(changes[index]).__name__}")
+        if line:
+            done.append(line)
+        if forget is not None:
+            forget(index)
+    return done
+
+
+def _sweep(state_dir: Path, keep_blobs: set[str]) -> None:
+    """Remove temporary files a killed write left and blobs nothing names any more."""
+    for tmp in state_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    blobs = state_dir / "blobs"
+    if blobs.is_dir():
+        for blob in blobs.iterdir():
+            if blob.name not in keep_blobs:
+                blob.unlink(missing_ok=True)
+
+
+def _tidy(state_dir: Path) -> None:
+    """With no manifest and no journal left, setup owns nothing: remove the lock, blobs and the directory."""
+    if (state_dir / MANIFEST).exists() or (state_dir / Journal.NAME).exists():
+        return
+    shutil.rmtree(state_dir / "blobs", ignore_errors=True)
+    (state_dir / "lock").unlink(missing_ok=True)
+    try:
+        state_dir.rmdir()
+    except OSError:
+        pass                         # not empty: something else lives there
+
+
+def _blob_names(changes: list) -> set[str]:
+    names = set()
+    for change in changes:
+        if isinstance(change, FileWrite):
+            names.update(n for n in (change.before, change.after) if n)
+    return names
+
+
+# -------------------------------------------------------------------------------------- recover
+
+def recover_interrupted(settings: SetupSettings) -> list[str]:
+    """Repair a run that was killed mid-way: undo everything its journal recorded.
+
+    If the manifest already names the run, the kill came after the commit: only the journal goes.
+    Idempotent and crash-safe: each undo checks the current state first, and the journal is removed last.
+
+    :param settings: the settings (state directory, Tor control port).
+    :returns: what was undone, one line per change; empty if there was nothing to recover.
+    :raises SetupError: if the state directory is not trusted, the journal cannot be read or a change
+        cannot be undone.
+    """
+    state_dir = settings.state_dir
+    if not check_state_dir(state_dir, create=False):
+        return []
+    with StateLock(state_dir):
+        done = _recover_locked(settings)
+    _tidy(state_dir)
+    return done
+
+
+def _recover_locked(settings: SetupSettings) -> list[str]:
+    state_dir = settings.state_dir
+    data = Journal.load(state_dir)
+    manifest = _load_manifest(state_dir)
+    if data is None:
+        _sweep(state_dir, _blob_names([change_from_json(c) for c in manifest.get("changes", [])]))
+        return []
+    if data.get("run") in manifest.get("runs", []):
+        done = ["the interrupted run had finished; removed its journal"]
+    else:
+        try:
+            done = _undo_all(data["changes"], state_dir, settings, remove_new_key=True)
+        except OSError as exc:
+            raise SetupError(f"recovering the interrupted run failed: {exc}; its journal is "
+                             f"{state_dir / Journal.NAME}") from exc
+        cdir = data.get("context", {}).get("postfix_config_dir")
+        _reload_if_running(Path(cdir) if cdir else None, settings.reload)
+        done = done or ["nothing had changed yet"]
+    fault_point("journal unlink")
+    (state_dir / Journal.NAME).unlink()
+    _sweep(state_dir, _blob_names([change_from_json(c) for c in manifest.get("changes", [])]))
+    log.warning("recovered an interrupted setup run: %s", "; ".join(done))
+    return done
+
+
+# ---------------------------------------------------------------------------------------- apply
 
 def apply_plan(plan: Plan) -> SetupResult:
     """Carry out *plan*: the one function that writes. All or nothing.
 
-    Order: files written whole; main.cf/master.cf through postconf (the result must equal the plan's
-    bytes); ``postfix check``; ``tor --verify-config``; the onion service through the control port;
-    ``postfix reload`` if Postfix runs. Each change is journalled first; on any failure everything is
-    restored (:func:`_undo`) and nothing is left in the state directory's journal.
+    Order: files written whole; the torrc ``%include``; main.cf/master.cf through postconf (the result
+    must equal the plan's bytes); ``postfix check``; ``tor --verify-config``; the onion service through
+    the control port; ``postfix reload`` if Postfix runs. Each change is journalled first; on any failure
+    everything is undone and the journal removed.
 
     :param plan: from :func:`plan_setup`.
     :returns: the :class:`SetupResult` (address, SRV records, changed files, notes).
@@ -219,21 +253,42 @@ def apply_plan(plan: Plan) -> SetupResult:
     stale = [str(c.path) for c in [*plan.files, *plan.postconf] if read_bytes(c.path) != c.old]
     if stale:
         raise SetupError(f"changed since the plan was made: {', '.join(stale)}; nothing was changed, run setup again")
-    s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_state_dir(s.state_dir, create=True)
+    try:
+        with StateLock(s.state_dir):
+            if Journal.load(s.state_dir) is not None:
+                raise SetupError(f"an interrupted run left {s.state_dir / Journal.NAME}: run setup again to "
+                                 "repair it")
+            return _apply_locked(plan)
+    finally:
+        _tidy(s.state_dir)
+
+
+def _apply_locked(plan: Plan) -> SetupResult:
+    s = plan.settings
     cdir = s.postfix_config_dir
-    journal = _Journal(s.state_dir, {"postfix_config_dir": str(cdir) if cdir else None, "managed": plan.managed,
-                                     "listener": plan.listener_record})
+    journal = Journal(s.state_dir, uuid.uuid4().hex,
+                      {"postfix_config_dir": str(cdir) if cdir else None, "managed": plan.managed,
+                       "listener": plan.listener_record})
     step = "start"
     try:
         for change in plan.files:
             step = f"writing the {change.what} {change.path}"
-            journal.record_file(change.path)
-            _write_file(change)
+            if change.what == "torrc %include" and change.old is not None:
+                _append_lines(journal, change)
+            else:
+                _write_file(s.state_dir, journal, change)
+        if plan.start_unit is not None:
+            step = f"starting {plan.start_unit} (systemctl enable --now) and waiting for it to answer"
+            journal.record(UnitStart(plan.start_unit))
+            systemctl("daemon-reload")
+            systemctl("enable", "--now", plan.start_unit)
+            fault_point("unit started")
+            _wait_for_daemon(plan.daemon_table, cdir, DAEMON_READY_SECONDS)
         for pc in plan.postconf:
             step = f"changing {pc.path} with postconf"
-            journal.record_file(pc.path)
             for flag, arg in pc.commands:
-                postfix.postconf(cdir, flag, arg)
+                _postconf(journal, cdir, flag, arg)
             if pc.path.read_bytes() != pc.new:
                 raise SetupError(f"{pc.path} changed while setup ran (the result differs from the plan)")
         step = "postfix check"
@@ -244,29 +299,72 @@ def apply_plan(plan: Plan) -> SetupResult:
         step = "setting up the onion service through Tor's control port"
         address = plan.onion.address
         if plan.onion.action is not OnionAction.REUSE:
-            journal.record_onion(s.hidden_service_dir, plan.onion.current_ports)
+            journal.record(OnionChange(str(s.hidden_service_dir), s.hidden_service_dir.exists(),
+                                       plan.onion.current_ports))
             with TorControl(s.tor_control, s.tor_control_password_file) as tor:
                 address = tor.set_hidden_service(s.hidden_service_dir, s.onion_port, s.listener.host or "",
-                                                 s.listener.port or 0)
+                                                 s.listener.port or 0, options=plan.onion.options)
+            fault_point("onion service set")
         assert address is not None
         step = "postfix reload"
-        _reload_if_running(cdir, s.reload)
+        reloaded = _reload_if_running(cdir, s.reload)
+        fault_point("postfix reloaded")
+        if reloaded:
+            step = f"the live relay audit of the new listener {s.listener}"
+            verify_live_listener(s, address)
     except (OnionGatewayError, OSError, KeyboardInterrupt) as exc:
         log.info("setup failed while %s: %s; restoring", step, exc)
         try:
-            _undo({**journal.data, "kind": "journal"}, s.state_dir, s)
+            _undo_all(journal.changes, s.state_dir, s, remove_new_key=True)
             _reload_if_running(cdir, s.reload)
         except (OnionGatewayError, OSError) as undo_exc:
             raise SetupError(f"setup failed while {step} ({exc}), and restoring failed too ({undo_exc}): "
-                             f"the backups are in {journal.dir}; run setup again to retry the repair") from exc
-        shutil.rmtree(journal.dir, ignore_errors=True)
+                             f"the journal is {journal.path}; run setup again to retry the repair") from exc
+        journal.path.unlink(missing_ok=True)
+        _sweep(s.state_dir, _blob_names([change_from_json(c) for c in
+                                          _load_manifest(s.state_dir).get("changes", [])]))
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise SetupError(f"setup failed while {step}: {exc}. Every change was undone; fix the cause and run "
                          "setup again (--dry-run shows the plan)") from exc
-    _commit(journal, s.state_dir)
+    _commit(journal, s.state_dir, address)
     changed = [c.path for c in plan.files] + [c.path for c in plan.postconf]
     return SetupResult(address, _records(plan, address), changed, plan.notes)
+
+
+def verify_live_listener(settings: SetupSettings, address: str, wait_seconds: float = 15.0) -> None:
+    """Run the relay audit's live probes against the listener Postfix now serves (never DATA).
+
+    The static refusal (:func:`~onion_gateway.setup.plan.check_listener_policy`) judges a model of the
+    policy; tables it cannot evaluate (``relay_domains = regexp:...``) are only judged by asking the real
+    smtpd. Called after ``postfix reload``; any relaying probe fails the run, which undoes everything.
+
+    :param settings: setup's settings (listener, Postfix directory).
+    :param address: the gateway's onion address (the probes must not count it as foreign).
+    :param wait_seconds: how long to wait for the reloaded master to listen.
+    :raises SetupError: when a probe was relayed, naming the probes.
+    """
+    import socket
+    import time
+
+    from onion_gateway.audit import AuditOptions, audit_listener
+    from onion_gateway.audit.report import Outcome
+
+    host, port = settings.listener.host or "127.0.0.1", settings.listener.port or 0
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SetupError(f"the reloaded Postfix does not listen on {settings.listener}") from None
+            time.sleep(0.2)
+    report = audit_listener(str(settings.listener), AuditOptions(config_dir=settings.postfix_config_dir,
+                                                                 own_onion=address, timeout_seconds=10))
+    if report.outcome is Outcome.OPEN_RELAY:
+        relayed = "; ".join(f"{p.spec.name}: RCPT {', '.join(p.spec.rcpt_to)} accepted" for p in report.accepted)
+        raise SetupError(f"the live relay audit of {settings.listener} found an open relay ({relayed})")
 
 
 def _records(plan: Plan, address: str) -> list[str]:
@@ -275,97 +373,101 @@ def _records(plan: Plan, address: str) -> list[str]:
                        priority=s.srv_priority, weight=s.srv_weight, port=s.onion_port)
 
 
-def _load_manifest(state_dir: Path) -> dict[str, Any]:
-    try:
-        return load_manifest(state_dir)
-    except ConfigError as exc:
-        raise SetupError(str(exc)) from exc
-
-
 def _refresh_listener_record(state_dir: Path, record: dict[str, Any]) -> None:
-    """Add the listener record to a manifest written before setup recorded it (else nothing is written)."""
+    """Update the record in a manifest written by an older setup (else nothing is written)."""
+    if not check_state_dir(state_dir, create=False) or read_nofollow(state_dir / MANIFEST) is None:
+        return
     manifest = _load_manifest(state_dir)
-    if (state_dir / MANIFEST).exists() and manifest.get("listener") != record:
-        manifest["listener"] = record
-        _write_json(state_dir / MANIFEST, manifest)
+    old = manifest.get("listener") or {}
+    merged = {**record, "onion_address": old.get("onion_address", record.get("onion_address"))}
+    if old != merged:
+        with StateLock(state_dir):
+            manifest["listener"] = merged
+            _write_manifest(state_dir, manifest)
 
 
-def _commit(journal: _Journal, state_dir: Path) -> None:
-    """Fold the journal into the manifest: keep the first-ever original of each file."""
+def _commit(journal: Journal, state_dir: Path, address: str) -> None:
+    """Fold the journal into the manifest (one atomic write that names the run), then drop the journal."""
     manifest = _load_manifest(state_dir)
-    known = {e["path"] for e in manifest["files"]}
-    (state_dir / "backups").mkdir(exist_ok=True, mode=0o700)
-    for entry in journal.data["files"]:
-        if entry["path"] in known:
-            continue
-        if entry["backup"] is not None:
-            name = f"{len(manifest['files']):04d}-{Path(entry['path']).name}"
-            os.replace(state_dir / entry["backup"], state_dir / "backups" / name)
-            entry = {**entry, "backup": f"backups/{name}"}
-        manifest["files"].append(entry)
-    if manifest.get("onion") is None and journal.data["onion"] is not None:
-        manifest["onion"] = journal.data["onion"]
-    manifest["managed"] = journal.data["context"]["managed"]
-    manifest["listener"] = journal.data["context"].get("listener")
-    _write_json(state_dir / MANIFEST, manifest)
-    shutil.rmtree(journal.dir)
+    manifest["runs"] = [*manifest.get("runs", []), journal.run]
+    manifest["changes"] = [*manifest.get("changes", []), *(change_to_json(c) for c in journal.changes)]
+    manifest["managed"] = journal.context["managed"]
+    manifest["listener"] = {**(journal.context.get("listener") or {}), "onion_address": address}
+    _write_manifest(state_dir, manifest)
+    fault_point("journal unlink")
+    journal.path.unlink()
+    fault_point("journal unlinked")
 
+
+# ------------------------------------------------------------------------------------- rollback
 
 def rollback_preview(settings: SetupSettings) -> list[str]:
     """What :func:`rollback` would do, changing nothing (``setup --rollback --dry-run``).
 
     :param settings: the settings (state directory).
-    :returns: one line per step (``restore PATH``, ``remove PATH``, ``stop serving the onion service in DIR``),
-        an interrupted run's repair first; empty if there is nothing to roll back.
-    :raises SetupError: if the manifest or journal cannot be read.
+    :returns: one line per step, an interrupted run's repair first; empty if there is nothing to roll back.
+    :raises SetupError: if the state directory is not trusted or the manifest or journal cannot be read.
     """
+    state_dir = settings.state_dir
+    if not check_state_dir(state_dir, create=False):
+        return []
     lines = []
-    jfile = settings.state_dir / JOURNAL / "journal.json"
-    if jfile.exists():
-        try:
-            journal = json.loads(jfile.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SetupError(f"cannot read the journal {jfile}: {exc}") from exc
-        lines += [f"repair an interrupted run: {line}" for line in _describe_undo(journal)]
-    lines += _describe_undo(_load_manifest(settings.state_dir))
-    return lines
-
-
-def _describe_undo(data: dict[str, Any]) -> list[str]:
-    lines = [("restore " if entry.get("backup") else "remove ") + entry["path"]
-             for entry in reversed(data.get("files", []))]
-    if data.get("onion"):
-        lines.append(f"stop serving the onion service in {data['onion']['hidden_service_dir']} (its key is kept)")
+    journal = Journal.load(state_dir)
+    manifest = _load_manifest(state_dir)
+    if journal is not None and journal.get("run") not in manifest.get("runs", []):
+        lines += [f"repair an interrupted run: {describe(c)}" for c in reversed(journal["changes"])]
+    lines += [describe(change_from_json(c)) for c in reversed(manifest.get("changes", []))]
     return lines
 
 
 def rollback(settings: SetupSettings) -> list[str]:
-    """Undo every setup run: restore each changed file byte for byte, remove each created file.
+    """Undo what setup did, newest first, keeping every later edit of the postmaster.
 
-    The onion service is dropped from the running Tor; its key directory stays (the address may be
-    published; remove the directory yourself to forget it). Postfix is checked and reloaded if running.
+    A parameter or service is set back only if it still holds what setup set; a file setup wrote and
+    that was edited since is moved aside (``PATH.onion-gateway-kept``), never overwritten; an edited
+    ``transport_maps`` loses only setup's tables. The onion service is dropped from the running Tor;
+    its key directory stays (the address may be published). Postfix is checked and reloaded if running.
 
     :param settings: the settings (state directory, Postfix directory, Tor control port).
     :returns: what was done, one line per item; empty if there was nothing to roll back.
-    :raises SetupError: if a file cannot be restored or Postfix rejects the restored configuration.
+    :raises SetupError: if the state directory is not trusted, a change cannot be undone, or Postfix
+        rejects the result.
     """
-    recovered = recover_interrupted(settings)
-    manifest = _load_manifest(settings.state_dir)
-    if not manifest["files"] and not manifest.get("onion"):
-        return recovered
+    state_dir = settings.state_dir
+    if not check_state_dir(state_dir, create=False):
+        return []
     try:
-        done = _undo({**manifest, "kind": "manifest"}, settings.state_dir, settings)
+        with StateLock(state_dir):
+            return _rollback_locked(settings)
+    finally:
+        _tidy(state_dir)
+
+
+def _rollback_locked(settings: SetupSettings) -> list[str]:
+    state_dir = settings.state_dir
+    recovered = _recover_locked(settings)
+    manifest = _load_manifest(state_dir)
+    changes = [change_from_json(c) for c in manifest.get("changes", [])]
+    if not changes:
+        if (state_dir / MANIFEST).exists():
+            (state_dir / MANIFEST).unlink()
+        return recovered
+
+    def forget(index: int) -> None:
+        manifest["changes"] = manifest["changes"][:index]
+        _write_manifest(state_dir, manifest)
+
+    try:
+        done = _undo_all(changes, state_dir, settings, remove_new_key=False, forget=forget)
         postfix.check(settings.postfix_config_dir)
         _reload_if_running(settings.postfix_config_dir, settings.reload)
     except (OnionGatewayError, OSError) as exc:
-        raise SetupError(f"rollback failed: {exc}; the original files are in {settings.state_dir}/backups") from exc
-    if manifest.get("onion"):
-        done.append(f"kept the onion key directory {manifest['onion']['hidden_service_dir']} (delete it to "
-                    "forget the address)")
-    shutil.rmtree(settings.state_dir / "backups", ignore_errors=True)
-    (settings.state_dir / MANIFEST).unlink()
-    try:
-        settings.state_dir.rmdir()
-    except OSError:
-        pass                         # not empty: something else lives there
+        raise SetupError(f"rollback failed: {exc}; run it again to continue (what is undone stays undone)") from exc
+    onion = [c for c in changes if isinstance(c, OnionChange)]
+    if onion:
+        done.append(f"kept the onion key directory {onion[0].hidden_service_dir} (delete it to forget "
+                    "the address)")
+    fault_point("manifest unlink")
+    (state_dir / MANIFEST).unlink()
+    _sweep(state_dir, set())
     return recovered + done

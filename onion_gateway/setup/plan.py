@@ -38,8 +38,9 @@ from onion_gateway.errors import ConfigError, SetupError, TorError
 from onion_gateway.postfix_syntax import split_fields, split_list
 from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
                                   Wrapper, render)
+from onion_gateway.setup.onionpath import listener_inspection, torrc_piece
 from onion_gateway.setup.settings import DEFAULT_SOCKS, SetupSettings, default_transport_map
-from onion_gateway.setup.state import JOURNAL, load_manifest
+from onion_gateway.setup.state import JOURNAL, check_state_dir, load_manifest
 from onion_gateway.tor import TorControl, check_hidden_service_dir, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,14 @@ class OnionStep:
     :param hidden_service_dir: its directory.
     :param address: the address if the key already exists, else ``None`` (Tor makes a new one).
     :param current_ports: what Tor serves from that directory now (``None``: nothing).
+    :param options: the service's other options setup sets (:func:`.onionpath.service_options`).
     """
 
     action: OnionAction
     hidden_service_dir: Path
     address: str | None
     current_ports: list[tuple[int, str, int]] | None
+    options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -133,6 +136,9 @@ class Plan:
     :param blocker: why this plan must not be applied yet although it is sound (the lookup daemon does
         not answer at the table setup would put in transport_maps, so switching would defer all mail),
         with the exact command that fixes it; ``None`` when it can be applied.
+    :param start_unit: the systemd unit setup must enable and start (and wait for) before it switches
+        transport_maps, when the daemon does not answer yet and systemd runs; ``None``: nothing to start.
+    :param daemon_table: the daemon's table (``socketmap:inet:127.0.0.1:6014:onion``).
     :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
         ...], "transport_map": table}``; a later run removes what it no longer wants.
     """
@@ -146,11 +152,14 @@ class Plan:
     managed: dict[str, Any] = field(default_factory=dict)
     listener_record: dict[str, Any] = field(default_factory=dict)
     blocker: str | None = None
+    start_unit: str | None = None
+    daemon_table: str = ""
 
     @property
     def is_empty(self) -> bool:
         """True when nothing would change."""
-        return not self.files and not self.postconf and self.onion.action is OnionAction.REUSE
+        return (not self.files and not self.postconf and self.onion.action is OnionAction.REUSE
+                and self.start_unit is None)
 
     def describe(self) -> str:
         """The plan as text: unified diffs of every file and postconf change, and the onion step."""
@@ -256,6 +265,41 @@ def main_parameters(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def check_listener_port(config_dir: Path | None, listener, ours: Sequence[str] = ()) -> None:
+    """Refuse a listener address that a master.cf service already uses (master(5) service names).
+
+    An ``inet`` service named ``[HOST:]PORT`` (PORT a number or a services(5) name) listens on HOST, or
+    on every ``inet_interfaces`` address when HOST is absent (or ``*``): either way it shares the port
+    with a listener on that port, and the kernel would spread connections between the two. Services
+    setup itself made (*ours*, ``name/type``) are not in the way.
+
+    :param config_dir: the Postfix configuration directory.
+    :param listener: the planned listener (a :class:`~onion_gateway.config.ListenAddress`).
+    :param ours: the services an earlier setup run made.
+    :raises SetupError: naming the service in the way; nothing was changed.
+    :raises PostfixError: if postconf fails.
+    """
+    import socket
+
+    for service in postfix.master_fields(config_dir):
+        if service.get("type") != "inet" or f"{service.get('service')}/inet" in ours:
+            continue
+        name = service.get("service", "")
+        host, sep, port_text = name.rpartition(":")
+        host = host.strip("[]") if sep else ""
+        try:
+            port = int(port_text) if port_text.isdigit() else socket.getservbyname(port_text, "tcp")
+        except OSError:
+            continue
+        if port != listener.port:
+            continue
+        if host in ("", "*", "0.0.0.0", "::") or host == listener.host or \
+                (host == "localhost" and listener.host in ("127.0.0.1", "::1")):
+            raise SetupError(f"the listener {listener} would share its port with the master.cf service "
+                             f"{name}/inet ({service.get('command', '').split()[0] if service.get('command') else '?'})"
+                             "; choose another --listener port; nothing was changed")
+
+
 def check_listener_policy(config_dir: Path, listener: str) -> list[str]:
     """Refuse a listener that would relay for onion clients; return the lesser warnings.
 
@@ -337,6 +381,7 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     """
     serve = serve or ServeSettings()
     cdir = settings.postfix_config_dir
+    check_state_dir(settings.state_dir, create=False)       # refuses a state directory others can change
     if (settings.state_dir / JOURNAL).exists():
         raise SetupError(f"an interrupted run left {settings.state_dir / JOURNAL}: run setup without "
                          "--dry-run to repair it first")
@@ -377,13 +422,18 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     if custom_socks:
         wanted.append(("torsocks.conf", settings.torsocks_conf,
                        render(TorsocksConf(host=settings.socks.host or "", port=settings.socks.port or 0)), 0o644))
-    wanted.append(("torrc piece", settings.torrc_piece,
-                   render(TorrcPiece(hidden_service_dir=str(settings.hidden_service_dir),
-                                     onion_port=settings.onion_port, target=listener)), 0o644))
+    piece = torrc_piece(settings, notes)
+    wanted.append(("torrc piece", settings.torrc_piece, render(piece), 0o644))
     if settings.torrc is not None:
         torrc_old = read_bytes(settings.torrc) or b""
         include_line = f"%include {settings.torrc_piece}"
-        if include_line not in (line.strip() for line in torrc_old.decode("utf-8", "replace").splitlines()):
+        torrc_lines = [line.strip() for line in torrc_old.decode("utf-8", "replace").splitlines()]
+        covered = any(_included_besides(line, settings.torrc, settings.torrc_piece) is not None
+                      for line in torrc_lines)
+        if covered:
+            notes.append(f"{settings.torrc} already reads {settings.torrc_piece} through an %include of its "
+                         "directory: no %include line added")
+        elif include_line not in torrc_lines:
             text = torrc_old.decode("utf-8", "replace")
             if text and not text.endswith("\n"):
                 text += "\n"
@@ -392,7 +442,10 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     else:
         notes.append(f"add '%include {settings.torrc_piece}' to the torrc Tor starts with, or the onion "
                      "service is lost at Tor's next restart")
-    if settings.systemd_unit is not None:
+    unit = packaged_unit(settings)
+    if unit is not None:
+        notes.append(f"the Debian package's {unit} runs the daemon with {PACKAGED_SERVE_CONFIG}: no unit written")
+    elif settings.systemd_unit is not None:
         exec_start = f"{_serve_command(settings)} serve --config {settings.serve_config}"
         wanted.append(("systemd unit", settings.systemd_unit, render(SystemdUnit(exec_start=exec_start)), 0o644))
     wanted.append(("own-domains table", own_table_path,
@@ -408,28 +461,68 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         scratch = Path(scratch_name)
         _check_wrapper_syntax(scratch, render(wrapper))
         managed_before = _manifest_or_error(settings.state_dir).get("managed") or {}
+        check_listener_port(settings.postfix_config_dir, settings.listener, managed_before.get("services", []))
         postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command,
                                                    (own_table, transport_map),
                                                    managed_before)
         notes += check_listener_policy(scratch / "postfix", listener)
         if settings.torrc is not None:
-            _verify_torrc_in_scratch(settings, scratch)
+            _verify_torrc_in_scratch(settings, scratch, piece)
 
-    onion = _plan_onion(settings, notes)
+    onion = _plan_onion(settings, notes, piece.options)
     if not (daemon_directory / "smtp").exists():
         notes.append(f"{daemon_directory}/smtp does not exist: check daemon_directory")
     if settings.systemd_unit is not None and any(c.path == settings.systemd_unit for c in files):
-        notes.append(f"then: systemctl daemon-reload && systemctl enable --now {settings.systemd_unit.name}")
+        notes.append(f"the unit {settings.systemd_unit} is new or changed: systemctl daemon-reload && systemctl "
+                     f"enable {settings.systemd_unit.name} (the daemon must already answer before setup switches "
+                     "transport_maps)")
     record = {"listener": listener, "onion_port": settings.onion_port,
               "hidden_service_dir": str(settings.hidden_service_dir),
-              "postfix_config_dir": str(cdir) if cdir is not None else None}
+              "postfix_config_dir": str(cdir) if cdir is not None else None,
+              "tor_control": str(settings.tor_control), "domains": list(settings.domains),
+              "transport_map": transport_map, "serve_config": str(settings.serve_config)}
     blocker = None
+    start_unit = None
     problem = daemon_problem(transport_map, cdir)
-    if problem is not None:
+    if problem is not None and (unit is not None or settings.systemd_unit is not None) and systemd_running():
+        start_unit = (unit or settings.systemd_unit).name
+        notes.append(f"the lookup daemon does not answer yet: setup installs, enables and starts {start_unit} "
+                     "and waits for it to answer before it switches transport_maps")
+    elif problem is not None:
         blocker = (f"the lookup daemon does not answer at {transport_map} ({problem}); switching transport_maps "
                    f"now would defer all mail. Start it first:\n  {_serve_command(settings)} serve --config "
                    f"{settings.serve_config}\nthen run setup again; nothing was changed")
-    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker)
+    return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker,
+                start_unit, transport_map)
+
+
+#: Where the Debian package installs its units (systemd.unit(5): the vendor unit directories).
+PACKAGED_UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+#: The config file the packaged unit's ExecStart passes (debian/rules, scripts/packaged_units.py).
+PACKAGED_SERVE_CONFIG = Path("/etc/onion-gateway/onion-gateway.toml")
+DEFAULT_UNIT = Path("/etc/systemd/system/onion-gateway.service")
+
+
+def packaged_unit(settings: SetupSettings) -> Path | None:
+    """The Debian package's ``onion-gateway.service`` when setup should use it instead of writing a unit.
+
+    It is used when setup would write the default ``/etc/systemd/system/onion-gateway.service``, no such
+    file exists there (a unit there, yours or an earlier setup's, overrides the package's and is kept
+    managed as before), and the daemon's config is the package's conffile (the unit passes that one).
+
+    :param settings: the setup settings (``systemd_unit``, ``serve_config``).
+    :returns: the packaged unit's path, or ``None``: write (or do not write) a unit as configured.
+    """
+    if settings.systemd_unit != DEFAULT_UNIT or DEFAULT_UNIT.exists() or \
+            settings.serve_config != PACKAGED_SERVE_CONFIG:
+        return None
+    return next((d / DEFAULT_UNIT.name for d in PACKAGED_UNIT_DIRS if (d / DEFAULT_UNIT.name).is_file()), None)
+
+
+def systemd_running() -> bool:
+    """True when systemd is the init system (sd_booted(3): ``/run/systemd/system`` exists) and
+    ``systemctl`` is installed."""
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 
 
 def daemon_problem(table: str, config_dir: Path | None) -> str | None:
@@ -499,10 +592,15 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
     existing = postfix.postconf(settings.postfix_config_dir, "-h", "transport_maps").strip()
     previous = [before.get("own_table"), before.get("transport_map")]
     main_text = render(MainCf(transport_maps=prepend_transport_map(ours, existing, previous)))
+    inspection, inspection_source = listener_inspection(settings.postfix_config_dir)
     master_text = render(MasterCf(transport=transport, command=command,
                                   tls_level=settings.smtp_tls_security_level, listener=str(settings.listener),
                                   relay_restrictions=settings.relay_restrictions,
-                                  recipient_restrictions=settings.recipient_restrictions))
+                                  recipient_restrictions=settings.recipient_restrictions,
+                                  proxy_protocol=settings.export_circuit_id,
+                                  connection_count_limit=settings.listener_connection_count_limit,
+                                  connection_rate_limit=settings.listener_connection_rate_limit,
+                                  inspection=inspection, inspection_source=inspection_source))
     entries = master_entries(master_text)
     keys = [key for key, _ in entries]
     stale = [key for key in before.get("services", []) if key not in keys]     # e.g. the listener moved
@@ -529,14 +627,21 @@ def _age(path: Path) -> None:
     os.utime(path, (past, past))
 
 
-def _verify_torrc_in_scratch(settings: SetupSettings, scratch: Path) -> None:
+def _verify_torrc_in_scratch(settings: SetupSettings, scratch: Path, context: TorrcPiece) -> None:
     assert settings.torrc is not None
     piece = scratch / "piece.torrc"
-    piece.write_text(render(TorrcPiece(hidden_service_dir=str(settings.hidden_service_dir),
-                                       onion_port=settings.onion_port, target=str(settings.listener))))
+    piece.write_text(render(context))
     text = (read_bytes(settings.torrc) or b"").decode("utf-8", "replace")
     include_line = f"%include {settings.torrc_piece}"
-    lines = [line for line in text.splitlines() if line.strip() != include_line]
+    lines = []
+    for line in text.splitlines():
+        if line.strip() == include_line:
+            continue
+        others = _included_besides(line.strip(), settings.torrc, settings.torrc_piece)
+        if others is None:
+            lines.append(line)
+        else:                               # the directory include, minus the real piece: ours replaces it
+            lines += [f"%include {other}" for other in others]
     torrc = scratch / "torrc"
     torrc.write_text("\n".join(lines) + f"\n%include {piece}\n")
     try:
@@ -545,10 +650,35 @@ def _verify_torrc_in_scratch(settings: SetupSettings, scratch: Path) -> None:
         raise SetupError(f"{exc}; nothing was changed") from exc
 
 
-def _plan_onion(settings: SetupSettings, notes: list[str]) -> OnionStep:
+def _included_besides(line: str, torrc: Path, piece: Path) -> list[Path] | None:
+    """If torrc line *line* is an ``%include`` of a directory or glob that covers *piece* (tor(1): a
+    directory's files in lexical order, dot-files skipped), the other files it includes; else ``None``.
+    A relative path is taken from the torrc's directory (as :mod:`onion_gateway.audit.discover` does)."""
+    import fnmatch
+    import glob as globbing
+
+    if not line.startswith("%include"):
+        return None
+    pattern = line[len("%include"):].strip()
+    if not pattern:
+        return None
+    base = Path(pattern) if Path(pattern).is_absolute() else torrc.parent / pattern
+    piece_real = Path(os.path.realpath(piece))
+    if base.is_dir() or pattern.endswith("/"):
+        if Path(os.path.realpath(base)) != piece_real.parent or piece.name.startswith("."):
+            return None
+        return sorted(p for p in base.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and Path(os.path.realpath(p)) != piece_real)
+    if any(ch in pattern for ch in "*?[") and fnmatch.fnmatch(str(piece), str(base)):
+        return sorted(Path(p) for p in globbing.glob(str(base)) if Path(os.path.realpath(p)) != piece_real)
+    return None
+
+
+def _plan_onion(settings: SetupSettings, notes: list[str], options: tuple[tuple[str, str], ...] = ()) -> OnionStep:
     hs_dir = settings.hidden_service_dir
     with TorControl(settings.tor_control, settings.tor_control_password_file) as tor:
         ports = tor.hidden_service_ports(hs_dir)
+        current_options = tor.hidden_service_extra_options(hs_dir)
         running_torrc = tor.config_file()
     if settings.torrc is not None and running_torrc is not None and running_torrc != settings.torrc:
         notes.append(f"the running Tor reads {running_torrc}, not {settings.torrc}: the onion service "
@@ -557,9 +687,9 @@ def _plan_onion(settings: SetupSettings, notes: list[str]) -> OnionStep:
     if (hs_dir / "hostname").exists():
         address = read_onion_address(hs_dir)
     wanted = [(settings.onion_port, settings.listener.host, settings.listener.port)]
-    if ports == wanted and address is not None:
-        return OnionStep(OnionAction.REUSE, hs_dir, address, ports)
-    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports)
+    if ports == wanted and address is not None and current_options == dict(options):
+        return OnionStep(OnionAction.REUSE, hs_dir, address, ports, options)
+    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports, options)
 
 
 def _manifest_or_error(state_dir: Path) -> dict[str, Any]:

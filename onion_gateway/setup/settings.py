@@ -31,6 +31,10 @@ from onion_gateway.errors import ConfigError
 
 DEFAULT_LISTENER = "127.0.0.1:2525"
 DEFAULT_SOCKS = "127.0.0.1:9050"
+#: Parallel deliveries a sender makes to one destination: Postfix's default_destination_concurrency_limit,
+#: which the smtptor transport keeps (a ``smtptor_destination_concurrency_limit`` in main.cf would change
+#: it). One sending gateway reaches an onion over one circuit, so this is its connections per circuit.
+SENDER_CONCURRENCY = 20
 TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -74,6 +78,22 @@ class SetupSettings:
     :param srv_ttl_seconds: TTL printed in the SRV records.
     :param srv_priority: SRV priority printed (lower is tried first).
     :param srv_weight: SRV weight printed.
+    :param export_circuit_id: per-circuit client identity on the onion listener: the torrc piece gets
+        ``HiddenServiceExportCircuitID haproxy`` and the listener ``smtpd_upstream_proxy_protocol=haproxy``
+        (``inet_protocols=all``), so Postfix sees each Tor circuit as its own ``fc00:dead:beef:4dad::/64``
+        address. ``false``: every onion client is 127.0.0.1 (one anvil bucket for all senders).
+    :param onion_max_streams: ``HiddenServiceMaxStreams``: concurrent streams per rendezvous circuit (one
+        sending gateway); 0 = unlimited. Must exceed ``listener_connection_count_limit`` (docs/onion-path.md).
+    :param onion_max_streams_close_circuit: ``HiddenServiceMaxStreamsCloseCircuit``: close the circuit
+        (instead of refusing the stream) when a client goes past ``onion_max_streams``.
+    :param onion_pow_defenses: ``HiddenServicePoWDefensesEnabled 1`` when the installed tor supports it.
+    :param onion_intro_dos_defense: ``HiddenServiceEnableIntroDoSDefense 1`` when the installed tor supports it.
+    :param tor_metrics_port: ``MetricsPort`` for tor's ``tor_hs_*`` counters, ``IP:PORT`` on loopback;
+        empty (the default) = none.
+    :param listener_connection_count_limit: ``smtpd_client_connection_count_limit`` of the listener:
+        concurrent connections per circuit (only with ``export_circuit_id``); 0 = unlimited.
+    :param listener_connection_rate_limit: ``smtpd_client_connection_rate_limit`` of the listener:
+        connections per circuit per ``anvil_rate_time_unit`` (60 s); 0 = unlimited.
     """
 
     postfix_config_dir: Path | None = None
@@ -103,6 +123,14 @@ class SetupSettings:
     srv_ttl_seconds: int = 3600
     srv_priority: int = 10
     srv_weight: int = 5
+    export_circuit_id: bool = True
+    onion_max_streams: int = 64
+    onion_max_streams_close_circuit: bool = True
+    onion_pow_defenses: bool = True
+    onion_intro_dos_defense: bool = True
+    tor_metrics_port: ListenAddress | None = None
+    listener_connection_count_limit: int = 30
+    listener_connection_rate_limit: int = 3600
 
 
 _SETUP_KEYS = frozenset(f.name for f in fields(SetupSettings))
@@ -129,7 +157,34 @@ def setup_settings(file_table: Mapping[str, Any] | None = None,
                 raise ConfigError(f"setup.{key}: unknown setting")
             if value is not None:
                 kwargs[key] = _convert(key, value, relative_to)
-    return SetupSettings(**kwargs)
+    settings = SetupSettings(**kwargs)
+    check_onion_limits(settings)
+    return settings
+
+
+def check_onion_limits(settings: SetupSettings) -> None:
+    """Refuse limits that would turn a legitimate sender away (docs/onion-path.md, "Limits").
+
+    One sending gateway reaches us over one rendezvous circuit, so its destination concurrency is the
+    number of connections that circuit carries at once: it must fit under the listener's per-circuit
+    count limit, and that limit under Tor's per-circuit stream cap (else Tor closes the circuit, and
+    every delivery on it fails, before Postfix could answer with a polite 421).
+
+    :param settings: the settings to check.
+    :raises ConfigError: naming the keys whose values do not fit together.
+    """
+    concurrency = SENDER_CONCURRENCY
+    count = settings.listener_connection_count_limit
+    streams = settings.onion_max_streams
+    if settings.export_circuit_id and count and concurrency > count:
+        raise ConfigError(f"setup.listener_connection_count_limit: {count} is below {concurrency}, the destination "
+                          "concurrency of a default Postfix sender: its deliveries would be refused with 421")
+    if streams and settings.export_circuit_id and (not count or count >= streams):
+        raise ConfigError(f"setup.onion_max_streams: {streams} must be above setup.listener_connection_count_limit "
+                          f"({count or 'unlimited'}): Tor would close the sender's circuit before Postfix answers 421")
+    if streams and concurrency >= streams:
+        raise ConfigError(f"setup.onion_max_streams: {streams} must be above {concurrency}, the destination "
+                          "concurrency of a default Postfix sender")
 
 
 def _path(where: str, value: Any, base_dir: Path | None) -> Path:
@@ -156,6 +211,14 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         return address
     if key == "tor_control":
         return parse_listen_address(str(value), where)
+    if key == "tor_metrics_port":
+        if value == "":
+            return None
+        address = parse_listen_address(str(value), where)
+        if address.is_unix or not address.port or not ((address.host or "").startswith("127.") or address.host == "::1"):
+            raise ConfigError(f"{where}: expected IP:PORT on loopback (tor's metrics are not for the network), "
+                              f"got {value!r}")
+        return address
     if key == "domains":
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -183,9 +246,14 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         if not isinstance(value, str) or any(c in value for c in "\n\r\"'`$\\"):
             raise ConfigError(f"{where}: expected a plain string without quotes, $ or newlines, got {value!r}")
         return value.strip()
-    if key in ("torsocks_isolation", "reload"):
+    if key in ("torsocks_isolation", "reload", "export_circuit_id", "onion_max_streams_close_circuit",
+               "onion_pow_defenses", "onion_intro_dos_defense"):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false")
+        return value
+    if key in ("onion_max_streams", "listener_connection_count_limit", "listener_connection_rate_limit"):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            raise ConfigError(f"{where}: expected a whole number from 0 to 65535, got {value!r}")
         return value
     if key in ("onion_port", "srv_ttl_seconds", "srv_priority", "srv_weight"):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= (
@@ -197,21 +265,52 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
     raise ConfigError(f"{where}: unknown setting")  # pragma: no cover - guarded by _SETUP_KEYS
 
 
+def daemon_table(protocol: str, address: ListenAddress, name: str | None = None) -> str:
+    """The one function that names a lookup daemon's listener as a Postfix table.
+
+    :param protocol: ``"tcp_table"`` (tcp_table(5)) or ``"socketmap"`` (socketmap_table(5)).
+    :param address: the listener; an IPv6 host is written in brackets (``[::1]:6014``).
+    :param name: the socketmap name (``onion``); ``None`` leaves it off (a prefix to match tables by).
+    :returns: ``tcp:HOST:PORT``, ``socketmap:inet:HOST:PORT:NAME`` or ``socketmap:unix:PATH:NAME``.
+    :raises ConfigError: for a tcp_table on a unix socket (Postfix's tcp: client speaks TCP only).
+    """
+    if protocol == "tcp_table":
+        if address.is_unix:
+            raise ConfigError(f"tcp_table on {address}: Postfix's tcp: table needs a TCP address")
+        return f"tcp:{address}"
+    table = f"socketmap:unix:{address.path}" if address.is_unix else f"socketmap:inet:{address}"
+    return table if name is None else f"{table}:{name}"
+
+
 def default_transport_map(serve: ServeSettings) -> str:
     """The Postfix table that asks the ``serve`` daemon, from its listeners.
 
     socketmap is preferred: when the daemon is down Postfix fails at once (tcp_table retries for 10 s).
 
     :param serve: the daemon's settings.
-    :returns: e.g. ``"socketmap:inet:127.0.0.1:6014:onion"`` or ``"tcp:127.0.0.1:6013"``.
+    :returns: e.g. ``"socketmap:inet:127.0.0.1:6014:onion"``, ``"socketmap:inet:[::1]:6014:onion"`` or
+        ``"tcp:127.0.0.1:6013"``.
     :raises ConfigError: when the daemon has no listener.
     """
     for address in serve.socketmap:
-        name = next(iter(sorted(serve.socketmap_names)), "onion")
-        if address.is_unix:
-            return f"socketmap:unix:{address.path}:{name}"
-        return f"socketmap:inet:{address.host}:{address.port}:{name}"
+        return daemon_table("socketmap", address, next(iter(sorted(serve.socketmap_names)), "onion"))
     for address in serve.tcp_table:
         if not address.is_unix:
-            return f"tcp:{address.host}:{address.port}"
+            return daemon_table("tcp_table", address)
     raise ConfigError("serve: no socketmap or TCP tcp_table listener for Postfix to ask")
+
+
+def parse_daemon_table(table: str) -> tuple[str, ListenAddress, str | None]:
+    """The inverse of :func:`daemon_table`: ``(protocol, address, socketmap name or None)``.
+
+    :raises ConfigError: when *table* is not a tcp: or socketmap: table.
+    """
+    if table.startswith("tcp:"):
+        return "tcp_table", parse_listen_address(table[len("tcp:"):], "transport_map"), None
+    if table.startswith("socketmap:unix:"):
+        path, _, name = table[len("socketmap:unix:"):].rpartition(":")
+        return "socketmap", ListenAddress(path=path), name or None
+    if table.startswith("socketmap:inet:"):
+        rest, _, name = table[len("socketmap:inet:"):].rpartition(":")
+        return "socketmap", parse_listen_address(rest, "transport_map"), name or None
+    raise ConfigError(f"transport_map {table!r} is not a tcp: or socketmap: table of the lookup daemon")

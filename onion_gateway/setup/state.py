@@ -19,6 +19,8 @@ audit, so every reader can import it alone.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from onion_gateway.address import ListenAddress, parse_listen_address
 from onion_gateway.errors import ConfigError
 
 MANIFEST = "manifest.json"
-JOURNAL = "journal"
+JOURNAL = "journal.json"
 DEFAULT_STATE_DIR = Path("/var/lib/onion-gateway/setup")
 
 
@@ -74,10 +76,10 @@ class SetupRecord:
         :returns: an :class:`onion_gateway.audit.discover.OnionPort` (imported here: the audit depends
             on this module, not the other way round).
         """
-        from onion_gateway.audit.discover import Endpoint, OnionPort
+        from onion_gateway.audit.discover import OnionPort
 
         onion = self.onion_address or (_read_hostname(self.hidden_service_dir) if self.hidden_service_dir else None)
-        return OnionPort(self.onion_port, Endpoint.parse(str(self.listener)), self.hidden_service_dir, onion,
+        return OnionPort(self.onion_port, self.listener, self.hidden_service_dir, onion,
                          self.source)
 
 
@@ -118,9 +120,11 @@ def load_manifest(state_dir: Path) -> dict[str, Any]:
     """
     path = Path(state_dir) / MANIFEST
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)       # a planted symlink is never followed
+        with os.fdopen(fd, "rb") as fh:
+            data = json.loads(fh.read())
     except FileNotFoundError:
-        return {"files": [], "onion": None}
+        return {"runs": [], "changes": []}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
@@ -151,3 +155,89 @@ def _read_hostname(service_dir: str) -> str | None:
         return (Path(service_dir) / "hostname").read_text().strip() or None
     except OSError:
         return None
+
+
+def check_state_dir(state_dir: Path, *, create: bool) -> bool:
+    """Trust the state directory only if nobody but its owner (root) can change it.
+
+    The directory must be owned by the effective user (root) and not writable by group or others, and
+    so must each parent up to the first directory owned by root that others cannot write to; a
+    root-owned directory with the sticky bit (``/tmp``) counts as safe, as its entries cannot be
+    replaced by others. A symlink anywhere on the path is resolved first and the real path checked.
+
+    :param state_dir: setup's ``state_dir``.
+    :param create: create it (mode 0700, missing parents 0755) when it does not exist.
+    :returns: ``True`` if it exists (after creating it), ``False`` if it does not and *create* is off.
+    :raises SetupError: naming the first untrusted directory; nothing was changed.
+    """
+    from onion_gateway.errors import SetupError
+
+    euid = os.geteuid()
+    path = Path(os.path.realpath(state_dir))
+    if not path.exists():
+        _check_parents(path.parent, euid)
+        if not create:
+            return False
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if euid != 0 and st.st_uid == 0:
+        import errno
+
+        raise SetupError(f"the state directory {path} belongs to root") from PermissionError(
+            errno.EACCES, "the state directory belongs to root", str(path))
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or st.st_mode & 0o022:
+        raise SetupError(f"refusing the state directory {path}: it must be a directory owned by uid {euid} "
+                         f"and not writable by group or others (it is uid {st.st_uid}, mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); nothing was changed")
+    _check_parents(path.parent, euid)
+    return True
+
+
+def _check_parents(start: Path, euid: int) -> None:
+    from onion_gateway.errors import SetupError
+
+    current = start
+    while True:
+        if current.exists():
+            st = os.stat(current)
+            if st.st_uid not in (0, euid) or (st.st_mode & 0o022 and not (st.st_uid == 0 and st.st_mode & stat.S_ISVTX)):
+                raise SetupError(f"refusing the state directory: its parent {current} can be changed by "
+                                 f"others (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); nothing was changed")
+            if st.st_uid == 0 and not st.st_mode & 0o022:
+                return                                   # the first root-owned directory others cannot write
+            if st.st_uid == 0 and st.st_mode & stat.S_ISVTX:
+                return
+        if current.parent == current:
+            return
+        current = current.parent
+
+
+class StateLock:
+    """``flock(2)`` on ``STATE_DIR/lock`` for a whole run: a second setup waits for nothing, it refuses.
+
+    :raises SetupError: (on enter) when another setup holds the lock.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / "lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "StateLock":
+        import fcntl
+
+        from onion_gateway.errors import SetupError
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise SetupError(f"another onion-gateway setup is running ({self.path} is locked)") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -203,7 +203,7 @@ def test_our_tor_down_is_named_by_status_and_the_metrics(lab: MailLab, metrics: 
         code, lines, report = health_status(lab.tx_gw, "--deferred-warn", "0", "--deferred-fail", "1")
         assert code == 1, report
         assert verdict(lines, "tor_circuits") == {"fail"}, report
-        assert "Tor control port" in lines["tor_circuits"][0], report
+        assert "Tor's control port" in lines["tor_circuits"][0], report
         assert verdict(lines, "smtptor_queue") == {"fail"}, report
         assert lines["smtptor_queue"][0].split(" -- ")[-1].startswith(CHECK_TOR), report
         assert "partner_onion" not in lines, report             # cannot ask the HSDirs without our Tor

@@ -73,7 +73,9 @@ def test_mail_goes_over_the_onion_to_the_hardened_listener(lab: MailLab) -> None
                                 rf"status=sent \(250 2\.0\.0 Ok: queued as (\w+)\)",
                         10, "tx's status=sent line through smtptor")
     rx_queue_id = sent.group(1)
-    lab.wait_log(lab.rx, rf"{ONION_SYSLOG_NAME}/smtpd\[\d+\]: {rx_queue_id}: client=\S*\[127\.0\.0\.1\]",
+    # setup's listener reads Tor's PROXY header: the client is the circuit's address, not 127.0.0.1
+    lab.wait_log(lab.rx, rf"{ONION_SYSLOG_NAME}/smtpd\[\d+\]: {rx_queue_id}: "
+                         rf"client=\S*\[fc00:dead:beef:4dad::[0-9a-f:]+\]",
                  10, "rx's onion listener accepting the message")
     lab.wait_log(lab.rx, rf"postfix/virtual\[\d+\]: {rx_queue_id}: to=<alice@{RX_DOMAIN}>, relay=virtual, "
                          rf".*status=sent", 10, "rx's local delivery")

@@ -14,7 +14,6 @@ Run: python tests/fuzz/fuzz_lookup.py tests/fuzz/corpus -runs=1000000 -max_len=5
 
 from __future__ import annotations
 
-import random
 import sys
 
 import atheris
@@ -27,7 +26,7 @@ with atheris.instrument_imports():
     from onion_gateway.lookup.routing import Router, build_routing_table
 
 ROUTER = Router(SrvResolver([("127.0.0.1", 9)], 0.1),
-                build_routing_table(frozenset({"own.example"}), frozenset(), True, {}), rng=random.Random(0))
+                build_routing_table(frozenset({"own.example"}), frozenset(), True, {}))
 
 
 def decode(decoder, data: bytes, cut: int) -> list:

@@ -23,7 +23,7 @@ def gateway():
     require("postfix", "postconf", "tor", "torsocks")
     # setup switches transport_maps only to a daemon that answers; "*" is answered without DNS, and the
     # DNS server it names is a closed loopback port (no query ever leaves the box)
-    daemon = ServeProcess(["--dns-server", f"127.0.0.1:{free_port()}"]).start()
+    daemon = ServeProcess(["--dns-server", f"127.0.0.1:{free_port()}", "--dns-timeout", "1"]).start()
     gw = new_gateway(daemon.socketmap)
     gw.pf.start()
     result = gw.setup("--yes")

@@ -567,11 +567,18 @@ def test_tls_client_certificate_relay_is_flagged_and_proved(lab13, name):
     assert "permit_tls" in finding.title and "smtpd_tls_CAfile" in finding.value
     proved = lab13.audit(name, client_cert=_client_cert(lab13))
     assert proved.exit_code == 1, proved.reasons
+    assert proved.client_address == "127.0.0.1 (TLS client certificate)"
     assert "third_party_sender" in {p.spec.name for p in proved.accepted}
     assert not relayed(lab13.swaks(name, "--tls"))
     assert relayed(lab13.swaks(name, "--tls", "--tls-cert", str(lab13.ca.cert("client")),
                                "--tls-key", str(lab13.ca.key("client"))))
     assert_never_data_never_queued(lab13.pf)
+
+
+def test_client_certificate_on_a_listener_without_tls_is_not_presented(lab13):
+    report = lab13.audit("client_reject", client_cert=_client_cert(lab13))
+    assert report.exit_code == 0, report.reasons
+    assert report.client_address == "127.0.0.1"
 
 
 def test_cli_presents_the_client_certificate(lab13):
@@ -655,26 +662,19 @@ PROXY_SWAKS = ["--proxy-version", "1", "--proxy-family", "TCP6", "--proxy-source
                "--proxy-source-port", "12345", "--proxy-dest", "::1", "--proxy-dest-port", "25"]
 
 
-def test_proxy_protocol_listener_is_probed_as_tor_presents_clients(lab13):
-    report = lab13.audit("proxy", timeout_seconds=10)
+@pytest.mark.parametrize("name", ["proxy", "proxy_postscreen"])
+def test_proxy_protocol_listener_is_probed_as_tor_presents_clients(lab13, name):
+    report = lab13.audit(name, timeout_seconds=10)
     assert report.exit_code == 0, report.reasons
     assert report.client_address == "fc00:dead:beef:4dad::1 (PROXY header)"
     assert report.policy.client_address == "fc00:dead:beef:4dad::1"
     finding = next(f for f in report.findings if f.check is Check.PROXY_FORGEABLE)
     assert finding.severity is Severity.INFO and "mynetworks is empty" in finding.title
     assert "connect from unknown[fc00:dead:beef:4dad::1]" in lab13.pf.log_text()
-    done = lab13.swaks("proxy", *PROXY_SWAKS)
-    assert not relayed(done) and "Relay access denied" in done.stdout
-    assert_never_data_never_queued(lab13.pf)
-
-
-def test_postscreen_expecting_the_proxy_header_is_followed(lab13):
-    report = lab13.audit("proxy_postscreen", timeout_seconds=10)
-    assert report.exit_code == 0, report.reasons
-    assert report.listener["via"] == "postscreen -> smtpd13/pass"
-    assert report.policy.client_address == "fc00:dead:beef:4dad::1"
-    assert "postscreen_upstream_proxy_protocol" in report.policy.source("smtpd_upstream_proxy_protocol")
-    done = lab13.swaks("proxy_postscreen", *PROXY_SWAKS)
+    if name == "proxy_postscreen":           # postscreen takes the header and hands the client to smtpd13
+        assert report.listener["via"] == "postscreen -> smtpd13/pass"
+        assert "postscreen_upstream_proxy_protocol" in report.policy.source("smtpd_upstream_proxy_protocol")
+    done = lab13.swaks(name, *PROXY_SWAKS)
     assert not relayed(done) and "Relay access denied" in done.stdout
     assert_never_data_never_queued(lab13.pf)
 

@@ -191,14 +191,16 @@ def test_serve_stale_answers_an_expired_entry_while_dns_is_down(dns):
     asyncio.run(scenario())
 
 
-def test_size_bound_evicts_the_least_recently_used(dns):
+def test_size_bound_keeps_max_entries_and_evicts_one_not_used_recently(dns):
+    # max_entries 4: four generations of one domain each; a used entry moves to the newest
     async def scenario():
-        cache = make_cache(dns, max_entries=2, min_ttl_seconds=600.0)
-        await cache.lookup("a.example.test")
-        await cache.lookup("b.example.test")
-        assert cache.get("a.example.test") is not None         # a is now the most recently used
-        await cache.lookup("c.example.test")
-        assert len(cache) == 2
+        cache = make_cache(dns, max_entries=4, min_ttl_seconds=600.0)
+        for name in ("a", "b", "c", "d"):
+            await cache.lookup(f"{name}.example.test")
+        assert len(cache) == 4
+        assert cache.get("a.example.test") is not None         # a is used: now the newest
+        await cache.lookup("e.example.test")                   # 5 > 4: b, the oldest unused, goes
+        assert len(cache) == 4
         assert cache.remaining_seconds("b.example.test") is None
         assert cache.get("a.example.test") == found(ONION_A)
         assert cache.stats.cache_evictions == 1

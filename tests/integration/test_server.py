@@ -138,20 +138,26 @@ def test_idle_connections_are_closed_after_the_timeout(dns_server):
     assert run(dns_server, scenario, limits=Limits(idle_timeout_seconds=0.3)) == b""
 
 
-def test_connections_past_the_limit_are_refused_while_others_are_served(dns_server):
+def test_past_the_connection_limit_the_longest_idle_connection_makes_room(dns_server):
     async def scenario(server, tcp, sm):
-        held = [await asyncio.open_connection("127.0.0.1", tcp) for _ in range(2)]
-        await asyncio.sleep(0.1)
+        oldest = await asyncio.open_connection("127.0.0.1", tcp)
+        await asyncio.sleep(0.2)
+        recent = await asyncio.open_connection("127.0.0.1", tcp)
+        recent[1].write(b"get *\n")
+        await recent[0].readuntil(b"\n")
         reader, writer = await asyncio.open_connection("127.0.0.1", tcp)
-        refused = await asyncio.wait_for(reader.read(1), 5)
-        held[0][1].write(b"get *\n")
-        served = await held[0][0].readuntil(b"\n")
-        for _, w in held:
+        writer.write(b"get *\n")
+        served_new = await asyncio.wait_for(reader.readuntil(b"\n"), 5)
+        oldest_closed = await asyncio.wait_for(oldest[0].read(1), 5)
+        recent[1].write(b"get *\n")
+        served_recent = await asyncio.wait_for(recent[0].readuntil(b"\n"), 5)
+        for w in (oldest[1], recent[1], writer):
             w.close()
-        return refused, served
-    refused, served = run(dns_server, scenario, limits=Limits(max_connections=2))
-    assert refused == b""
-    assert served.startswith(b"500 ")
+        return served_new, oldest_closed, served_recent
+    served_new, oldest_closed, served_recent = run(dns_server, scenario, limits=Limits(max_connections=2))
+    assert served_new.startswith(b"500 ")
+    assert oldest_closed == b""
+    assert served_recent.startswith(b"500 ")
 
 
 def test_unix_socket_socketmap_with_postmap(dns_server):

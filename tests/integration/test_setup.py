@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from onion_gateway.address import ListenAddress
+from onion_gateway.audit.probe import ListenerSMTP, ProxyHeader
 from onion_gateway.cli import main
 from onion_gateway.onion import OnionCheck, check_onion
 from tests.conftest import require
-from tests.support.gateway import OWN_DOMAIN, Gateway, age_config, new_gateway, same_content
+from tests.support.gateway import OWN_DOMAIN, Gateway, age_config, changed_paths, new_gateway, same_content
 from tests.support.procs import free_port, tail
 
 pytestmark = pytest.mark.integration
@@ -108,7 +110,10 @@ def test_hardened_listener_refuses_relay_for_loopback_and_accepts_own_domain(gat
 
     wait_for(lambda: port_accepts(gateway.listener_port), 15, "the onion listener after reload",
              lambda: tail(gateway.pf.maillog))
-    with smtplib.SMTP("127.0.0.1", gateway.listener_port, local_hostname="client.lab.test", timeout=30) as smtp:
+    # the listener reads Tor's PROXY header (HiddenServiceExportCircuitID haproxy): speak it as Tor does
+    with ListenerSMTP(ListenAddress.parse(gateway.listener), ProxyHeader(), local_hostname="client.lab.test",
+                      timeout=30) as smtp:
+        assert smtp.connect("127.0.0.1", gateway.listener_port)[0] == 220
         smtp.ehlo()
         assert smtp.mail("a@sender.example.test")[0] == 250
         code, message = smtp.rcpt("someone@nosuch.example.test")
@@ -117,6 +122,7 @@ def test_hardened_listener_refuses_relay_for_loopback_and_accepts_own_domain(gat
         assert smtp.rcpt(f"user@{OWN_DOMAIN}")[0] == 250
         smtp.rset()
     assert "postfix/onion/smtpd" in gateway.pf.log_text()
+    assert "[fc00:dead:beef:4dad::1]" in gateway.pf.log_text()
 
 
 def test_declining_the_plan_changes_nothing(gateway):
@@ -198,8 +204,7 @@ def test_moving_the_listener_replaces_the_old_one(gateway):
     assert f"postconf -MX '{old_listener}/inet'" in out
     services = gateway.pf.postconf("-M").split()
     assert gateway.listener in services and old_listener not in services
-    assert (gateway.etc / "onion-gateway.torrc").read_text().splitlines()[-1] == \
-        f"HiddenServicePort 25 {gateway.listener}"
+    assert f"HiddenServicePort 25 {gateway.listener}" in (gateway.etc / "onion-gateway.torrc").read_text().splitlines()
     from onion_gateway.audit import read_setup_state
 
     assert str(read_setup_state(gateway.state_dir).listener) == gateway.listener     # the audit follows the move
@@ -257,8 +262,8 @@ def test_failure_midway_restores_everything(gateway, monkeypatch):
     result = gateway.setup("--yes", expect=1)
     assert "setup failed while setting up the onion service through Tor's control port" in result.output
     assert "Every change was undone" in result.output
-    assert same_content(gateway.snapshot(), before)
-    assert not (gateway.state_dir / "journal").exists()
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+    assert not (gateway.state_dir / "journal.json").exists()
     assert not (gateway.state_dir / "manifest.json").exists()
 
 
@@ -284,12 +289,14 @@ def test_refuses_an_open_relay_listener(gateway):
 
 
 def test_refuses_a_listener_the_old_own_check_let_through(gateway):
-    """No permit_mynetworks, no bare permit, ends in reject_unauth_destination: open all the same."""
+    """No permit_mynetworks, no bare permit, ends in reject_unauth_destination: open all the same (on the
+    PROXY listener to any local process that sends a header claiming 127.0.0.1)."""
     before = gateway.snapshot()
     result = gateway.setup("--yes", "--relay-restrictions", "permit_inet_interfaces,reject_unauth_destination",
                            expect=1)
     assert f"the listener {gateway.listener} would be an open relay" in result.output
-    assert "[permit_inet_interfaces: smtpd_relay_restrictions = permit_inet_interfaces," in result.output
+    assert f"PROXY header claiming 127.0.0.1, and then: permit_inet_interfaces" in result.output
+    assert "[proxy_header_forgeable: smtpd_relay_restrictions = permit_inet_interfaces," in result.output
     assert "nothing was changed" in result.output
     assert gateway.snapshot() == before
 
@@ -360,14 +367,14 @@ def test_interrupted_run_is_repaired_at_next_start(gateway):
     crashed = subprocess.run([sys.executable, "-c", CRASH, *(f"{k}={v}" for k, v in options.items())],
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == 9, crashed.stderr
-    assert (gateway.state_dir / "journal" / "journal.json").exists()
+    assert (gateway.state_dir / "journal.json").exists()
     assert not same_content(gateway.snapshot(), before)        # the run really changed files
     out = gateway.setup("--dry-run", expect=1).output           # a dry run refuses to plan over it
     assert "interrupted run" in out
     out = gateway.setup("--rollback", "--yes").output                    # any real start repairs it first
-    assert f"restored {gateway.pf.config_dir / 'master.cf'}" in out
-    assert same_content(gateway.snapshot(), before)
-    assert not (gateway.state_dir / "journal").exists()
+    assert "master.cf: removed the service smtptor/unix" in out
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+    assert not (gateway.state_dir / "journal.json").exists()
 
 
 def test_next_setup_after_an_interruption_repairs_then_completes(gateway):
@@ -376,6 +383,6 @@ def test_next_setup_after_an_interruption_repairs_then_completes(gateway):
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == 9, crashed.stderr
     out = gateway.setup("--yes").output
-    assert "repaired an interrupted run: restored" in out
+    assert "repaired an interrupted run: master.cf: removed the service" in out
     assert check_onion(gateway.address_line(out)) is OnionCheck.VALID
     gateway.pf.postfix("check")

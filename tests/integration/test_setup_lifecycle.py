@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 from onion_gateway.cli import main
 from tests.conftest import require
 from tests.support.daemon import ServeProcess
-from tests.support.gateway import OWN_DOMAIN, new_gateway, same_content
+from tests.support.gateway import OWN_DOMAIN, age_config, changed_paths, new_gateway, same_content
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,9 @@ def test_item3_rollback_dry_run_shows_and_changes_nothing(gateway):
     gateway.setup("--yes")
     after_setup = gateway.snapshot()
     out = gateway.setup("--rollback", "--dry-run").output
-    assert f"would restore {gateway.pf.config_dir / 'main.cf'}" in out
+    assert "would remove transport_maps from main.cf" in out
+    assert "would remove the service smtptor/unix from master.cf" in out
+    assert f"would remove {gateway.wrapper}" in out
     assert out.rstrip().endswith("dry run: nothing was changed")
     assert gateway.snapshot() == after_setup
     assert (gateway.state_dir / "manifest.json").exists()
@@ -216,3 +219,319 @@ def test_item7_a_nested_inline_transport_map_survives_setup_and_still_answers(ga
     gateway.pf.start()
     assert rcpt_reply(gateway.pf.smtp_port, f"postmaster@{OWN_DOMAIN}")[0] == 250
     assert rcpt_reply(gateway.pf.smtp_port, "x@b.example.test")[0] != 451
+
+
+# --- item 4: rollback reverses setup's changes and keeps every later edit ----------------------------------
+
+def test_item4_rollback_keeps_edits_made_after_setup(gateway):
+    gateway.setup("--yes")
+    extra_port = free_port()
+    gateway.pf.postconf("-e", "message_size_limit = 12345678")
+    gateway.pf.postconf("-M", f"127.0.0.1:{extra_port}/inet=127.0.0.1:{extra_port} inet n - n - - smtpd")
+    with open(gateway.tor.torrc, "a", encoding="utf-8") as fh:
+        fh.write("ConnectionPadding auto\n")
+    transport_maps = gateway.pf.postconf("-h", "transport_maps").strip()
+    gateway.pf.postconf("-e", f"transport_maps = {transport_maps}, hash:{gateway.pf.config_dir}/later")
+    gateway.wrapper.write_text(gateway.wrapper.read_text() + "# the postmaster's note\n")
+
+    out = gateway.setup("--rollback", "--yes").output
+
+    assert gateway.pf.postconf("-n", "message_size_limit").strip() == "message_size_limit = 12345678"
+    assert gateway.pf.postconf("-M", f"127.0.0.1:{extra_port}/inet").strip()
+    assert gateway.pf.postconf("-h", "transport_maps").strip() == f"hash:{gateway.pf.config_dir}/later"
+    assert not gateway.pf.postconf("-M", "smtptor/unix").strip()
+    assert not gateway.pf.postconf("-M", f"{gateway.listener}/inet").strip()
+    torrc = gateway.tor.torrc.read_text()
+    assert "ConnectionPadding auto" in torrc and "%include" not in torrc
+    kept = gateway.wrapper.with_name(gateway.wrapper.name + ".onion-gateway-kept")
+    assert not gateway.wrapper.exists() and "# the postmaster's note" in kept.read_text()
+    assert f"your version is kept as {kept}" in out
+
+
+# --- item 5: a kill at every journal step of apply and commit is repaired by the next run -------------------
+
+def _fork_with_fault(step: int, action) -> int:
+    """Run *action* in a child armed to SIGKILL itself at journal step *step*; return its wait status."""
+    from onion_gateway.setup import journal
+
+    pid = os.fork()
+    if pid == 0:                                             # child: never returns into pytest
+        code = 0
+        try:
+            os.environ[journal.FAULT_ENV] = str(step)
+            journal._fault_count = 0
+            action()
+        except BaseException:                                # noqa: BLE001 - report through the exit code
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def test_item5_a_kill_at_every_journal_step_is_repaired(gateway):
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup import journal
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
+
+    settings = setup_settings(None, gateway.options())
+    before = gateway.snapshot()
+    plan = plan_setup(settings)
+    steps_log = gateway.pf.root / "steps.log"                # outside what the snapshot covers
+    os.environ[journal.FAULT_LOG_ENV] = str(steps_log)
+    try:
+        assert _fork_with_fault(0, lambda: installer.apply_plan(plan)) == 0
+    finally:
+        del os.environ[journal.FAULT_LOG_ENV]
+    steps = steps_log.read_text().splitlines()
+    assert len(steps) > 20 and steps[-1].endswith("journal unlinked")
+    installer.rollback(settings)
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+
+    for step in range(1, len(steps) + 1):
+        status = _fork_with_fault(step, lambda: installer.apply_plan(plan))
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (step, status)
+        installer.rollback(settings)                         # the next start: repair (+ undo a finished run)
+        assert same_content(gateway.snapshot(), before), (steps[step - 1], changed_paths(gateway.snapshot(), before))
+        assert not settings.state_dir.exists(), steps[step - 1]
+
+
+def test_item5_a_kill_inside_recovery_is_repaired_by_the_next_run(gateway):
+    from onion_gateway.setup import apply as installer
+    from onion_gateway.setup.plan import plan_setup
+    from onion_gateway.setup.settings import setup_settings
+
+    settings = setup_settings(None, gateway.options())
+    before = gateway.snapshot()
+    plan = plan_setup(settings)
+    status = _fork_with_fault(24, lambda: installer.apply_plan(plan))   # mid-way through the postconf steps
+    assert os.WIFSIGNALED(status)
+    for step in (1, 2, 3, 5, 8):                             # recovery killed at its own steps, again and again
+        _fork_with_fault(step, lambda: installer.recover_interrupted(settings))
+    assert installer.recover_interrupted(settings)
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+
+
+# --- item 6: trust nothing setup did not create -------------------------------------------------------------
+
+def test_item6_a_state_dir_others_can_write_is_refused_changing_nothing(gateway):
+    shared = gateway.root / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)                                      # world-writable, no sticky bit
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", "--state-dir", str(shared / "state"), expect=1)
+    assert f"its parent {shared} can be changed by others" in result.output
+    assert gateway.snapshot() == before and not (shared / "state").exists()
+
+
+def test_item6_a_planted_manifest_symlink_is_never_followed(gateway):
+    gateway.setup("--yes")
+    victim = gateway.root / "victim"
+    victim.write_text("precious\n")
+    crafted = gateway.root / "crafted.json"
+    crafted.write_text(json.dumps({      # both the old manifest shape ("files") and the journal's ("changes")
+        "files": [{"path": str(victim), "backup": None}],
+        "changes": [{"type": "file", "path": str(victim), "before": None, "after": "0" * 64}]}))
+    manifest = gateway.state_dir / "manifest.json"
+    manifest.unlink()
+    manifest.symlink_to(crafted)
+    result = CliRunner().invoke(main, gateway.args("--rollback", "--yes"))
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert victim.read_text() == "precious\n"
+
+
+# --- item 8: a listener address a master.cf service already uses is refused --------------------------------
+
+@pytest.mark.parametrize("service_name", ["{host}:{port}", "{port}"])
+def test_item8_a_listener_port_already_in_master_cf_is_refused(gateway, service_name):
+    name = service_name.format(host="127.0.0.1", port=gateway.listener_port)
+    gateway.pf.postconf("-M", f"{name}/inet={name} inet n - y - - smtpd -o smtpd_tls_security_level=may")
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", expect=1)
+    assert f"would share its port with the master.cf service {name}/inet (smtpd)" in result.output
+    assert "nothing was changed" in result.output
+    assert gateway.snapshot() == before
+
+
+# --- item 9 / "setup verifies the real listener": the live relay audit after reload ------------------------
+
+def test_item9_relay_domains_as_a_regexp_table_matching_onion_is_caught_live_and_undone(gateway):
+    table = gateway.pf.config_dir / "relay_domains.regexp"
+    table.write_text("/\\.onion$/ OK\n")
+    gateway.pf.postconf("-e", f"relay_domains = regexp:{table}")
+    gateway.pf.start()
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", expect=1)
+    assert "the live relay audit of " + gateway.listener + " found an open relay" in result.output
+    assert "Every change was undone" in result.output
+    assert same_content(gateway.snapshot(), before), changed_paths(gateway.snapshot(), before)
+    assert gateway.pf.postconf("-n", "transport_maps") == ""
+
+
+# --- item 10: status with no flags checks what setup built (unix: control socket included) -------------------
+
+def test_item10_status_reads_setup_record_and_the_unix_control_socket(serve, dns_server):
+    require("postfix", "postconf", "tor", "torsocks")
+    gw = new_gateway(serve.socketmap, unix_control=True)
+    try:
+        gw.pf.start()
+        options = {"tor_control": f"unix:{gw.tor.control_socket}"}
+        out = CliRunner().invoke(main, [*gw.args("--yes"), "--tor-control", options["tor_control"]],
+                                 catch_exceptions=False).output
+        address = gw.address_line(out)
+        result = CliRunner().invoke(main, ["status", "--state-dir", str(gw.state_dir),
+                                           "--dns-server", dns_server.address, "--timeout", "3",
+                                           "--test-domain", "nosuch.example.test"])
+        lines = {tuple(line.split()[:3]) for line in result.output.splitlines()}
+        tor_line = next(line for line in result.output.splitlines() if " tor_control " in line)
+        assert f"unix:{gw.tor.control_socket}  tor 0." in tor_line, result.output     # DisableNetwork: 0 %
+        assert any(l[1] == "onion_service" and l[2] == address for l in lines), result.output
+        assert ("ok", "map_listener", "socketmap") in lines, result.output
+        assert any(l[:2] == ("ok", "transport_maps") for l in lines), result.output
+        audit = next(line for line in result.output.splitlines() if " relay_audit " in line)
+        assert audit.split()[2] == gw.listener and "open_relay" not in audit, result.output   # the recorded listener
+        assert any(l[1] == "srv_record" and l[2] == f"_onion-mx._tcp.{OWN_DOMAIN}." for l in lines), result.output
+    finally:
+        gw.close()
+
+
+# --- item 13: the gateway's own onion is excluded; lookup never writes daemon state ------------------------
+
+def test_item13_lookup_excludes_the_recorded_own_onion_and_writes_no_pins(dns_server, tmp_path):
+    from tests.support.onions import ONION_A
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    pins = tmp_path / "pins.json"
+    config = tmp_path / "og.toml"
+    config.write_text(f'[serve]\npins_file = "{pins}"\nexclude_postfix_domains = false\n'
+                      f'[setup]\nstate_dir = "{state}"\n')
+    args = ["lookup", "--config", str(config), "--dns-server", dns_server.address]
+    before = CliRunner().invoke(main, [*args, f"postmaster@{ONION_A}"])
+    assert before.exit_code == 0, before.output                       # not yet known as ours: routed
+    (state / "manifest.json").write_text(json.dumps({"listener": {"listener": "127.0.0.1:2525",
+                                                                  "onion_address": ONION_A}}))
+    after = CliRunner().invoke(main, [*args, f"postmaster@{ONION_A}"])
+    assert after.exit_code == 1, after.output                          # setup's record: never to ourselves
+    found = CliRunner().invoke(main, [*args, "single.example.test"])
+    assert found.exit_code == 0, found.output
+    assert not pins.exists() and not pins.with_name(pins.name + ".lock").exists()
+
+
+# --- item 12: symlinks stay links; onion services with unix:/IPv6 targets on the running Tor -----------------
+
+def test_item12_setup_works_beside_onions_with_unix_and_ipv6_targets_and_keeps_them(gateway):
+    from onion_gateway.config import parse_listen_address
+    from onion_gateway.tor import TorControl
+
+    unix_dir, v6_dir = gateway.tor.data_dir / "other-unix", gateway.tor.data_dir / "other-v6"
+    socket_path = gateway.root / "www.sock"
+    with TorControl(parse_listen_address(gateway.tor.control)) as tor:
+        tor.set_hidden_service(unix_dir, 80, f"unix:{socket_path}", 0)
+        tor.set_hidden_service(v6_dir, 26, "::1", 2526)
+    gateway.setup("--yes")
+    with TorControl(parse_listen_address(gateway.tor.control)) as tor:
+        assert tor.hidden_service_ports(unix_dir) == [(80, f"unix:{socket_path}", 0)]
+        assert tor.hidden_service_ports(v6_dir) == [(26, "::1", 2526)]
+        assert tor.hidden_service_ports(gateway.hs_dir) == [(25, "127.0.0.1", gateway.listener_port)]
+    gateway.setup("--rollback", "--yes")
+    with TorControl(parse_listen_address(gateway.tor.control)) as tor:
+        assert tor.hidden_service_ports(unix_dir) == [(80, f"unix:{socket_path}", 0)]
+        assert tor.hidden_service_ports(gateway.hs_dir) is None
+
+
+def test_item12_symlinked_main_cf_master_cf_and_torrc_stay_links_through_setup_and_rollback(gateway):
+    links = {}
+    for link in (gateway.tor.torrc, gateway.pf.config_dir / "main.cf", gateway.pf.config_dir / "master.cf"):
+        real = gateway.root / f"real-{link.name}"
+        real.write_bytes(link.read_bytes())
+        os.utime(real, (real.stat().st_mtime - 10,) * 2)
+        link.unlink()
+        link.symlink_to(real)
+        links[link] = real
+    gateway.setup("--yes")
+    assert all(link.is_symlink() for link in links), [str(link) for link in links if not link.is_symlink()]
+    assert "%include" in links[gateway.tor.torrc].read_text()
+    assert "transport_maps" in links[gateway.pf.config_dir / "main.cf"].read_text()
+    assert "smtptor" in links[gateway.pf.config_dir / "master.cf"].read_text()
+    gateway.setup("--rollback", "--yes")
+    assert all(link.is_symlink() for link in links)
+    assert "%include" not in links[gateway.tor.torrc].read_text()
+    assert "transport_maps" not in links[gateway.pf.config_dir / "main.cf"].read_text()
+
+
+def test_item12_a_torrc_piece_inside_an_included_directory_is_not_included_twice(gateway):
+    torrc_d = gateway.etc / "torrc.d"
+    torrc_d.mkdir()
+    (torrc_d / "00-other").write_text("ConnectionPadding auto\n")
+    with open(gateway.tor.torrc, "a", encoding="utf-8") as fh:
+        fh.write(f"%include {torrc_d}/\n")
+    result = gateway.setup("--yes", "--torrc-piece", str(torrc_d / "onion-gateway"))
+    assert "no %include line added" in result.output
+    assert gateway.tor.torrc.read_text().count("%include") == 1
+    assert (torrc_d / "onion-gateway").exists()
+
+
+# --- the first-day test: Debian's stock main.cf/master.cf ("Internet Site"), mail flow never interrupted --------
+
+def _stock_debian(gw, dead_port: int) -> None:
+    """Rewrite the gateway's private instance as Debian 12's "Internet Site" main.cf/master.cf.
+
+    main.cf: /usr/share/postfix/main.cf.debian plus what postfix's postinst writes for "Internet Site";
+    only what a private instance must change is changed (its directories, loopback, a private aliases
+    file, and a closed relayhost so nothing leaves the box). master.cf: /usr/share/postfix/master.cf.dist
+    as shipped (chroot y), with the smtp inet service moved to the instance's loopback port.
+    """
+    cfg, root = gw.pf.config_dir, gw.pf.root
+    (cfg / "aliases").write_text("postmaster: root\n")
+    subprocess.run(["postalias", "-c", str(cfg), f"hash:{cfg}/aliases"], check=True, timeout=30)
+    stock = Path("/usr/share/postfix/main.cf.debian").read_text()
+    internet_site = {   # postinst, main_mailer_type "Internet Site", mailname rx.lab.test
+        "myhostname": "rx.lab.test", "alias_maps": f"hash:{cfg}/aliases", "alias_database": f"hash:{cfg}/aliases",
+        "myorigin": "$myhostname", "mydestination": f"$myhostname, {OWN_DOMAIN}, localhost.localdomain, localhost",
+        "relayhost": f"[127.0.0.1]:{dead_port}", "mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
+        "mailbox_size_limit": "0", "recipient_delimiter": "+", "inet_interfaces": "127.0.0.1",
+        "inet_protocols": "ipv4",
+        "smtpd_relay_restrictions": "permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+        # a private instance: its own directories and log
+        "config_directory": str(cfg), "queue_directory": str(root / "queue"), "data_directory": str(root / "data"),
+        "maillog_file": str(gw.pf.maillog), "maillog_file_prefixes": "/tmp", "smtp_dns_support_level": "disabled",
+    }
+    (cfg / "main.cf").write_text(stock + "".join(f"{k} = {v}\n" for k, v in internet_site.items()))
+    master = Path("/usr/share/postfix/master.cf.dist").read_text()
+    master = master.replace("smtp      inet  n       -       y       -       -       smtpd",
+                            f"127.0.0.1:{gw.pf.smtp_port}      inet  n       -       y       -       -       smtpd", 1)
+    (cfg / "master.cf").write_text(master)
+    age_config(cfg)
+
+
+def test_first_day_on_stock_debian_no_4xx_for_own_mail_through_setup_daemon_and_rollback(dns_server):
+    require("postfix", "postconf", "postalias", "tor", "torsocks")
+    daemon = None
+    gw = new_gateway("")
+    try:
+        _stock_debian(gw, free_port())
+        daemon = _own_daemon(dns_server, gw.pf).start()
+        gw.transport_map = daemon.socketmap
+        gw.pf.start()
+        own = f"root@{OWN_DOMAIN}"
+        assert rcpt_reply(gw.pf.smtp_port, own)[0] == 250
+        with RcptProbe(gw.pf.smtp_port, own) as probe:
+            gw.setup("--yes")
+            daemon.stop()
+            time.sleep(0.5)
+            assert rcpt_reply(gw.pf.smtp_port, own)[0] == 250                  # own domain: local delivery
+            code, text = rcpt_reply(gw.pf.smtp_port, FOREIGN_ONION_RCPT)
+            assert 400 <= code < 500, (code, text)                            # onion SRV domain: deferred
+            daemon = ServeProcess(daemon.args, daemon.tcp_port, daemon.socketmap_port).start()
+            time.sleep(0.5)
+            gw.setup("--rollback", "--yes")
+            time.sleep(0.5)
+        assert len(probe.replies) > 20
+        assert [r for r in probe.replies if 400 <= r[1] < 500] == []
+        assert probe.failures() == [], probe.failures()[:5]
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        gw.close()

@@ -60,7 +60,8 @@ def add_smtptor(instance) -> Path:
     wrapper.chmod(0o755)
     command = os.path.relpath(wrapper, instance.postconf("-h", "daemon_directory").strip())
     instance.postconf("-M", f"smtptor/unix=smtptor unix - - n - - {command}")
-    for option in ("syslog_name=postfix/smtptor", "smtp_dns_support_level=disabled", "smtp_host_lookup=native"):
+    for option in ("syslog_name=postfix/smtptor", "smtp_dns_support_level=disabled", "smtp_host_lookup=native",
+                   "smtp_connection_cache_on_demand=no", "smtp_connection_cache_destinations="):
         instance.postconf("-P", f"smtptor/unix/{option}")
     return wrapper
 
@@ -153,12 +154,12 @@ def test_srv_missing_broken_or_unreadable_fails(serve_cfg, domain: str, reason: 
 
 
 def test_tor_control_unreachable_fails() -> None:
-    check = check_tor("127.0.0.1", free_port(), timeout_seconds=2)
+    check = check_tor(parse_listen_address(f"127.0.0.1:{free_port()}"), timeout_seconds=2)
     assert check.verdict is Verdict.FAIL and "cannot connect" in check.detail, check
 
 
 def test_tor_not_bootstrapped_fails(unbootstrapped_tor: int) -> None:
-    check = check_tor("127.0.0.1", unbootstrapped_tor)
+    check = check_tor(parse_listen_address(f"127.0.0.1:{unbootstrapped_tor}"))
     assert check.verdict is Verdict.FAIL, check
     assert "bootstrapped 0%" in check.detail
 
@@ -175,12 +176,12 @@ def test_onion_service_not_served_by_this_tor_fails(unbootstrapped_tor: int) -> 
         controller.authenticate()
         service = controller.create_ephemeral_hidden_service({25: 1}, await_publication=False)
         controller.remove_ephemeral_hidden_service(service.service_id)
-    check = check_onion_service("127.0.0.1", unbootstrapped_tor, f"{service.service_id}.onion")
+    check = check_onion_service(parse_listen_address(f"127.0.0.1:{unbootstrapped_tor}"), f"{service.service_id}.onion")
     assert check.verdict is Verdict.FAIL and "does not serve it" in check.detail, check
 
 
 def test_onion_service_tor_unreachable_fails() -> None:
-    check = check_onion_service("127.0.0.1", free_port(), ONION_A, timeout_seconds=2)
+    check = check_onion_service(parse_listen_address(f"127.0.0.1:{free_port()}"), ONION_A, timeout_seconds=2)
     assert check.verdict is Verdict.FAIL and "cannot connect" in check.detail, check
 
 
@@ -245,6 +246,29 @@ def test_smtptor_that_may_use_dns_fails(gateway_postfix) -> None:
     finally:
         gateway_postfix.postconf("-P", "smtptor/unix/smtp_host_lookup=native")
     assert check.verdict is Verdict.FAIL and "smtp_host_lookup=dns" in check.detail, check
+
+
+@pytest.mark.parametrize("remove, main_cf, shown", [
+    ("smtp_connection_cache_on_demand", None, "smtp_connection_cache_on_demand = yes"),
+    ("smtp_connection_cache_destinations", "smtp_connection_cache_destinations = [abc.onion]:25",
+     "smtp_connection_cache_destinations = [abc.onion]:25"),
+])
+def test_smtptor_with_the_connection_cache_warns(gateway_postfix, remove: str, main_cf: str | None,
+                                                 shown: str) -> None:
+    """Without its -o override the transport inherits main.cf's connection-cache settings (on demand by
+    default, or a destinations list): torsocks refuses to pass sockets to scache, so status warns."""
+    value = gateway_postfix.postconf("-P", "-h", f"smtptor/unix/{remove}").strip()
+    gateway_postfix.postconf("-PX", f"smtptor/unix/{remove}")
+    if main_cf:
+        gateway_postfix.postconf("-e", main_cf)
+    try:
+        check = check_smtptor_service(gateway_postfix.config_dir, "smtptor")
+    finally:
+        gateway_postfix.postconf("-P", f"smtptor/unix/{remove}={value}")
+        if main_cf:
+            gateway_postfix.postconf("-X", main_cf.split()[0])
+    assert check.verdict is Verdict.WARN and shown in check.detail and "scache" in check.detail, check
+    assert check_smtptor_service(gateway_postfix.config_dir, "smtptor").verdict is Verdict.OK
 
 
 def _config(tmp_path: Path, serve, dns_server) -> Path:

@@ -91,3 +91,20 @@ def test_bash_completion_completes_the_commands():
                          env={**os.environ, "_ONION_GATEWAY_COMPLETE": "bash_complete",
                               "COMP_WORDS": "onion-gateway se", "COMP_CWORD": "1"})
     assert {"plain,serve", "plain,setup"} <= set(out.stdout.split()), out.stdout
+
+
+@pytest.mark.parametrize("unit", ["onion-gateway.service", "onion-gateway.socket"])
+def test_units_are_installed_valid_and_not_enabled(unit):
+    path = Path("/lib/systemd/system") / unit
+    assert path.is_file(), f"{path} is not installed"
+    text = path.read_text()
+    if unit.endswith(".service"):
+        assert f"ExecStart={PROGRAM} serve --config {CONFFILE}" in text
+        assert "Type=notify" in text and "RestartPreventExitStatus=78" in text
+    else:
+        assert "ListenStream=127.0.0.1:6013" in text and "ListenStream=127.0.0.1:6014" in text
+    # postinst enables nothing: the postmaster runs `onion-gateway setup` first
+    assert not list(Path("/etc/systemd/system").rglob(unit))
+    if shutil.which("systemd-analyze"):
+        out = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr

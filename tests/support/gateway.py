@@ -117,6 +117,11 @@ def new_gateway(transport_map: str, **tor_options) -> Gateway:
     return Gateway(pf=pf, tor=tor, root=root, transport_map=transport_map)
 
 
+def changed_paths(a: dict, b: dict) -> list[str]:
+    """The paths whose bytes or mode differ between two snapshots (added and removed files included)."""
+    return sorted(k for k in set(a) | set(b) if (a.get(k) or (None, None))[:2] != (b.get(k) or (None, None))[:2])
+
+
 def same_content(a: dict, b: dict) -> bool:
     """Two snapshots hold the same bytes and modes (mtimes may differ)."""
     return {k: v[:2] for k, v in a.items()} == {k: v[:2] for k, v in b.items()}

@@ -22,12 +22,15 @@ class TestCA:
 
     @property
     def ca_cert(self) -> Path:
+        """The CA certificate (``smtpd_tls_CAfile``)."""
         return self.directory / "ca.pem"
 
     def cert(self, name: str) -> Path:
+        """The certificate of ``"server"`` or ``"client"`` (PEM)."""
         return self.directory / f"{name}.pem"
 
     def key(self, name: str) -> Path:
+        """The private key of ``"server"``, ``"client"`` or ``"ca"`` (PEM, unencrypted)."""
         return self.directory / f"{name}.key"
 
     def fingerprint(self, name: str) -> str:

@@ -246,3 +246,23 @@ def test_onion_ports_fall_back_to_the_parser_when_tor_refuses(tmp_path):
     ports = onion_ports(_tor_torrc(tmp_path, 0o755))       # tor: "Permissions on directory ... too permissive"
     assert [p.discovered_by for p in ports] == ["torrc parser"] * 2
     assert str(ports[1].target) == "unix:/run/a b/s"
+
+
+@pytest.mark.parametrize("name, target, found", [
+    ("0.0.0.0:2530", "127.0.0.1:2530", True), ("[::]:2530", "[::1]:2530", True),
+    ("[::]:2530", "127.0.0.1:2530", False),                 # Postfix's IPv6 sockets are IPV6_V6ONLY
+])
+def test_service_on_the_wildcard_address_receives_loopback_connections(name, target, found):
+    services = [MasterService(name, "inet", "n", "smtpd")]
+    match = find_listener(services, ListenAddress.parse(target), inet_interfaces="127.0.0.1",
+                          queue_directory="/var/spool/postfix")
+    assert (match is not None and match.all_interfaces) is found
+
+
+def test_two_services_on_one_address_are_both_found():
+    from onion_gateway.audit.discover import find_listeners
+
+    services = [MasterService("127.0.0.1:2531", "inet", "n", "smtpd"), MasterService("2531", "inet", "n", "smtpd")]
+    matches = find_listeners(services, ListenAddress.parse("127.0.0.1:2531"), inet_interfaces="127.0.0.1",
+                             queue_directory="/var/spool/postfix")
+    assert [m.service.name for m in matches] == ["127.0.0.1:2531", "2531"]

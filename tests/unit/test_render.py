@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from onion_gateway.errors import ConfigError
-from onion_gateway.render import (MANAGED_BY, MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece,
+from onion_gateway.render import (MANAGED_BY, MainCf, MasterCf, OwnDomains, SystemdSocket, SystemdUnit, TorrcInclude,
+                                  TorrcPiece,
                                   TorsocksConf, Wrapper, render)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -34,9 +36,21 @@ CASES = {
     "torsocks.conf": TorsocksConf(host="127.0.0.1", port=9150),
     "onion-gateway.torrc": TorrcPiece(hidden_service_dir="/var/lib/tor/onion-gateway", onion_port=25,
                                       target="127.0.0.1:2525"),
+    "onion-gateway.torrc-defences": TorrcPiece(
+        hidden_service_dir="/var/lib/tor/onion-gateway", onion_port=25, target="127.0.0.1:2525",
+        options=(("HiddenServiceExportCircuitID", "haproxy"), ("HiddenServiceMaxStreams", "64"),
+                 ("HiddenServiceMaxStreamsCloseCircuit", "1"), ("HiddenServiceEnableIntroDoSDefense", "1"),
+                 ("HiddenServicePoWDefensesEnabled", "1")), metrics_port="127.0.0.1:9035"),
+    "master.cf-proxy-inspection": MasterCf(
+        transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525", proxy_protocol=True,
+        connection_count_limit=30, connection_rate_limit=3600, inspection_source="smtp/inet",
+        inspection=(("smtpd_milters", "inet:127.0.0.1:8891, inet:127.0.0.1:8892"),
+                    ("content_filter", "amavis:[127.0.0.1]:10024"))),
     "torrc-include": TorrcInclude(piece="/etc/tor/onion-gateway.torrc"),
     "onion-gateway.service": SystemdUnit(exec_start="/usr/local/bin/onion-gateway serve --config "
                                                     "/etc/onion-gateway/onion-gateway.toml"),
+    "onion-gateway.socket": SystemdSocket(listen_streams=("127.0.0.1:10025", "/run/onion-gateway/map.sock"),
+                                          socket_group="postfix"),
 }
 
 
@@ -108,12 +122,13 @@ def test_wrapper_execs_smtp_under_torsocks_with_its_arguments(tmp_path):
                                 "arg=-n", "arg=smtp", "arg=-t unix"]
 
 
-def test_torrc_piece_is_accepted_by_tor(tmp_path):
+@pytest.mark.parametrize("case", ["onion-gateway.torrc", "onion-gateway.torrc-defences"])
+def test_torrc_piece_is_accepted_by_tor(tmp_path, case):
+    """The installed tor accepts every line of the piece (the DoS defences and MetricsPort included)."""
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     piece = tmp_path / "piece"
-    piece.write_text(render(TorrcPiece(hidden_service_dir=str(data / "hs"), onion_port=25,
-                                       target="127.0.0.1:2525")))
+    piece.write_text(render(replace(CASES[case], hidden_service_dir=str(data / "hs"))))
     torrc = tmp_path / "torrc"
     torrc.write_text(f"DataDirectory {data}\nDisableNetwork 1\nSocksPort 0\n"
                      + render(TorrcInclude(piece=str(piece))))
@@ -141,3 +156,15 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path):
     problems = [line for line in done.stderr.splitlines() if "onion-gateway.service" in line]
     assert problems == [], done.stderr
     assert "DynamicUser=yes" in text and "NoNewPrivileges=yes" in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_socket_unit_passes_systemd_analyze(tmp_path):
+    (tmp_path / "onion-gateway.service").write_text(render(SystemdUnit(exec_start="/bin/true serve")))
+    unit = tmp_path / "onion-gateway.socket"
+    unit.write_text(render(CASES["onion-gateway.socket"]))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in done.stderr.splitlines() if "onion-gateway.socket" in line]
+    assert problems == [], done.stderr
+    text = unit.read_text()
+    assert "ListenStream=127.0.0.1:10025" in text and "ListenStream=/run/onion-gateway/map.sock" in text

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 
 import pytest
 
 from onion_gateway.lookup.dns import DnsStatus, SrvAnswer, SrvRecord, SrvResolver
-from onion_gateway.lookup.result import Outcome
+from onion_gateway.lookup.result import LookupResult, Outcome
 from onion_gateway.lookup.routing import (Router, RoutingTable, build_routing_table, domain_of_key,
                                           normalize_domain, order_targets)
 from tests.support.onions import ONION_A, ONION_B, ONION_C, V2_ONION, bad_checksum
@@ -18,7 +17,7 @@ from tests.support.onions import ONION_A, ONION_B, ONION_C, V2_ONION, bad_checks
 def make_router(table: RoutingTable | None = None, **kwargs) -> Router:
     # A resolver pointed at the discard port on loopback: these tests never reach DNS.
     resolver = SrvResolver([("127.0.0.1", 9)], timeout_seconds=0.5)
-    return Router(resolver, table or RoutingTable(), rng=random.Random(7), **kwargs)
+    return Router(resolver, table or RoutingTable(), **kwargs)
 
 
 @pytest.mark.parametrize("key, domain", [
@@ -100,6 +99,29 @@ def test_invalid_onion_recipient_domain_bounces_instead_of_leaking_to_dns(onion,
     assert onion in caplog.text
 
 
+@pytest.mark.parametrize("key", ["u@onion", "u@ONION.", "onion"])
+def test_the_bare_onion_tld_is_never_sent_to_dns(key):
+    # RFC 7686 §2: names in .onion -- the TLD itself included -- must not reach DNS
+    result = make_router().route_without_dns(key)
+    assert isinstance(result, LookupResult)
+    assert result.outcome is Outcome.FOUND and result.value.startswith("error:5.1.2 ")
+
+
+def test_srv_port_zero_is_refused_and_logged_with_the_domain(caplog):
+    router = make_router()
+    with caplog.at_level(logging.WARNING):
+        result = router.route_from_answer("d.example", answer(SrvRecord(10, 5, 0, ONION_A)))
+    assert result.outcome is Outcome.NOT_FOUND
+    assert f"refusing SRV target {ONION_A}:0 for d.example: port 0" in caplog.text
+    assert router.refusals["port_zero"] == 1
+
+
+def test_srv_port_zero_next_to_a_usable_record_leaves_the_usable_one():
+    result = make_router().route_from_answer("d.example", answer(
+        SrvRecord(10, 5, 0, ONION_A), SrvRecord(20, 5, 25, ONION_B)))
+    assert result.value == f"smtptor:[{ONION_B}]:25"
+
+
 def test_srv_name_is_absolute_and_uses_the_service_label():
     router = make_router(service="onion-mx")
     assert router.srv_name("xn--bcher-kva.example").to_text() == "_onion-mx._tcp.xn--bcher-kva.example."
@@ -152,21 +174,19 @@ def test_dns_failures_are_temporary_never_not_found(status):
 def test_rfc2782_weighted_order_within_a_priority():
     # weight 3 vs 1 in one priority: the heavier record comes first about 3 times in 4 (RFC 2782)
     heavy, light = SrvRecord(10, 3, 25, ONION_A), SrvRecord(10, 1, 25, ONION_B)
-    rng = random.Random(2782)
-    firsts = collections.Counter(order_targets([light, heavy], rng)[0].target for _ in range(4000))
+    firsts = collections.Counter(order_targets([light, heavy])[0].target for _ in range(4000))
     share = firsts[ONION_A] / 4000
     assert 0.70 < share < 0.80
 
 
 def test_rfc2782_zero_weight_records_are_rarely_first():
     zero, weighted = SrvRecord(10, 0, 25, ONION_A), SrvRecord(10, 10, 25, ONION_B)
-    rng = random.Random(1)
-    firsts = collections.Counter(order_targets([zero, weighted], rng)[0].target for _ in range(2000))
+    firsts = collections.Counter(order_targets([zero, weighted])[0].target for _ in range(2000))
     assert firsts[ONION_B] > 1800
 
 
 def test_rfc2782_priorities_are_strict():
     records = [SrvRecord(p, w, 25, t) for p, w, t in [(30, 100, ONION_A), (10, 0, ONION_B), (20, 50, ONION_C)]]
-    for seed in range(20):
-        ordered = order_targets(records, random.Random(seed))
+    for _ in range(20):
+        ordered = order_targets(records)
         assert [r.priority for r in ordered] == [10, 20, 30]

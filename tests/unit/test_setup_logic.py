@@ -225,3 +225,62 @@ def test_example_config_documents_every_setup_key_with_valid_values():
     assert "static_routes" not in document["setup"] and "setup" not in document["serve"]["static_routes"]
     for f in fields(SetupSettings):
         assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f"setup.{f.name} is not documented"
+
+
+def test_item10_an_ipv6_daemon_table_is_named_once_and_recognised_by_status():
+    from dataclasses import replace
+
+    from onion_gateway.setup.settings import parse_daemon_table
+    from onion_gateway.status import uses_daemon
+
+    serve = replace(ServeSettings(), socketmap=(parse_listen_address("[::1]:6014"),), tcp_table=())
+    table = default_transport_map(serve)
+    assert table == "socketmap:inet:[::1]:6014:onion"
+    assert uses_daemon(f"regexp:/etc/postfix/own.regexp, {table}", serve) == table
+    assert parse_daemon_table(table) == ("socketmap", parse_listen_address("[::1]:6014"), "onion")
+
+
+def test_item7_master_entries_keep_brace_groups_whole():
+    from onion_gateway.postfix_syntax import split_fields
+
+    text = "127.0.0.1:2525 inet n - n - - smtpd\n  -o { smtpd_tls_ciphers = high } -o a=b,c\n"
+    assert master_entries(text) == [("127.0.0.1:2525/inet",
+                                     "127.0.0.1:2525 inet n - n - - smtpd -o { smtpd_tls_ciphers = high } -o a=b,c")]
+    assert split_fields("-o { x = y z } -o a=b,c") == ["-o", "{ x = y z }", "-o", "a=b,c"]
+
+
+def test_item7_prepend_keeps_a_nested_inline_table_whole():
+    nested = "inline:{ b.example=error:gone, { a.example = smtp:[192.0.2.1] } }"
+    ours = ["regexp:/etc/postfix/own.regexp", "socketmap:inet:127.0.0.1:6014:onion"]
+    assert prepend_transport_map(ours, nested) == f"{ours[0]}, {ours[1]}, {nested}"
+    assert prepend_transport_map(ours, f"{ours[0]}, {ours[1]}, {nested}") == f"{ours[0]}, {ours[1]}, {nested}"
+
+
+def _packaged(tmp_path, monkeypatch, *, vendor_unit=True, etc_unit=False):
+    from onion_gateway.setup import plan
+    vendor = tmp_path / "lib-systemd-system"
+    vendor.mkdir()
+    if vendor_unit:
+        (vendor / "onion-gateway.service").write_text("[Service]\n")
+    etc = tmp_path / "etc-systemd-system" / "onion-gateway.service"
+    etc.parent.mkdir()
+    if etc_unit:
+        etc.write_text("[Service]\n")
+    monkeypatch.setattr(plan, "PACKAGED_UNIT_DIRS", (vendor,))
+    monkeypatch.setattr(plan, "DEFAULT_UNIT", etc)
+    return plan, vendor / "onion-gateway.service", etc
+
+
+def test_setup_uses_the_packaged_unit_instead_of_writing_one(tmp_path, monkeypatch):
+    plan, vendor_unit, etc = _packaged(tmp_path, monkeypatch)
+    assert plan.packaged_unit(setup_settings({"systemd_unit": str(etc)})) == vendor_unit
+
+
+@pytest.mark.parametrize("case", ["own unit in /etc", "other unit path", "other serve config", "no package"])
+def test_setup_writes_its_own_unit_when_the_packaged_one_does_not_fit(tmp_path, monkeypatch, case):
+    plan, _, etc = _packaged(tmp_path, monkeypatch, vendor_unit=case != "no package",
+                             etc_unit=case == "own unit in /etc")
+    table = {"systemd_unit": str(tmp_path / "elsewhere.service") if case == "other unit path" else str(etc)}
+    if case == "other serve config":
+        table["serve_config"] = str(tmp_path / "mine.toml")
+    assert plan.packaged_unit(setup_settings(table)) is None

@@ -1,0 +1,86 @@
+"""The onion path setup writes: the torrc options of the onion service and what the listener copies.
+
+- :func:`service_options`: the ``HiddenService*`` lines after ``HiddenServicePort`` (per-circuit identity,
+  stream cap, DoS defences), limited to what the installed tor accepts (``tor --list-torrc-options``).
+- :func:`torrc_piece`: the :class:`~onion_gateway.render.TorrcPiece` context, the one place it is built.
+- :func:`listener_inspection`: the content inspection the port-25 smtpd sets in its own master.cf entry,
+  repeated on the onion listener so that onion mail is filtered like the rest.
+
+Why each value, and how the limits fit together: docs/onion-path.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onion_gateway import postfix
+from onion_gateway.audit.discover import read_master
+from onion_gateway.audit.policy import INSPECTION_PARAMETERS, port25_smtpd
+from onion_gateway.render import TorrcPiece
+from onion_gateway.setup.settings import SetupSettings
+from onion_gateway.tor import supported_options
+
+#: Every option :func:`service_options` may write, in the order it writes them (tor(1), "HIDDEN SERVICE OPTIONS").
+SERVICE_OPTION_NAMES = ("HiddenServiceExportCircuitID", "HiddenServiceMaxStreams", "HiddenServiceMaxStreamsCloseCircuit",
+                        "HiddenServiceEnableIntroDoSDefense", "HiddenServicePoWDefensesEnabled")
+
+
+def service_options(settings: SetupSettings, supported: set[str]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+    """The onion service's options beyond its port, as setup writes them (torrc piece and ``SETCONF``).
+
+    :param settings: ``export_circuit_id``, ``onion_max_streams``, ``onion_max_streams_close_circuit``,
+        ``onion_intro_dos_defense``, ``onion_pow_defenses``.
+    :param supported: the option names the installed tor accepts (:func:`onion_gateway.tor.supported_options`).
+    :returns: ``(((option, value), ...), notes)``; a note names each wanted option this tor lacks.
+    """
+    wanted: list[tuple[str, str]] = []
+    if settings.export_circuit_id:
+        wanted.append(("HiddenServiceExportCircuitID", "haproxy"))
+    if settings.onion_max_streams:
+        wanted.append(("HiddenServiceMaxStreams", str(settings.onion_max_streams)))
+        if settings.onion_max_streams_close_circuit:
+            wanted.append(("HiddenServiceMaxStreamsCloseCircuit", "1"))
+    if settings.onion_intro_dos_defense:
+        wanted.append(("HiddenServiceEnableIntroDoSDefense", "1"))
+    if settings.onion_pow_defenses:
+        wanted.append(("HiddenServicePoWDefensesEnabled", "1"))
+    notes = [f"the installed tor does not support {name} (tor --list-torrc-options, or no pow module): "
+             "not written" for name, _ in wanted if name not in supported]
+    return tuple((name, value) for name, value in wanted if name in supported), notes
+
+
+def torrc_piece(settings: SetupSettings, notes: list[str] | None = None, tor_program: str = "tor") -> TorrcPiece:
+    """The torrc piece's context for *settings*, with only the options the installed tor supports.
+
+    :param settings: the setup settings.
+    :param notes: where to append a note for each option left out (or ``None``).
+    :param tor_program: the tor binary asked.
+    :returns: the :class:`TorrcPiece`.
+    :raises SetupError: never; :raises TorError: if tor is missing or ``--list-torrc-options`` fails.
+    """
+    options, missing = service_options(settings, supported_options(SERVICE_OPTION_NAMES, tor_program))
+    if notes is not None:
+        notes.extend(missing)
+    metrics = settings.tor_metrics_port
+    return TorrcPiece(hidden_service_dir=str(settings.hidden_service_dir), onion_port=settings.onion_port,
+                      target=str(settings.listener), options=options,
+                      metrics_port=str(metrics) if metrics is not None else "")
+
+
+def listener_inspection(config_dir: Path | None) -> tuple[tuple[tuple[str, str], ...], str]:
+    """Content inspection the port-25 smtpd sets in its own master.cf entry (``-o smtpd_milters=...``),
+    to repeat on the onion listener. What it inherits from main.cf the listener inherits too.
+
+    :param config_dir: the Postfix configuration directory (``None``: the default instance).
+    :returns: ``(((parameter, raw value), ...), "smtp/inet")``; ``((), "")`` without a port-25 smtpd.
+    :raises PostfixError: if postconf fails.
+    """
+    def pass_name(service) -> str:
+        overrides = [f"{k}={v}" for k, v in service.overrides.items()]
+        return postfix.get_parameter(config_dir, "smtpd_service_name", overrides=overrides).strip()
+
+    port25 = port25_smtpd(read_master(config_dir), pass_name)
+    if port25 is None:
+        return (), ""
+    pairs = tuple((name, port25.overrides[name]) for name in INSPECTION_PARAMETERS if name in port25.overrides)
+    return pairs, port25.label if pairs else ""

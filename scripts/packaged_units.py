@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Render the systemd units the Debian package ships, from the same templates `onion-gateway setup` uses.
+
+The packaged service runs ``/usr/bin/onion-gateway serve --config /etc/onion-gateway/onion-gateway.toml``;
+the packaged socket listens where that conffile's listeners are (the defaults, since every key in it is
+commented out). One template per unit, so the package and setup never drift apart.
+
+Usage: ``python3 scripts/packaged_units.py TARGET_DIR`` (debian/rules runs it against the built package).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PROGRAM = "/usr/bin/onion-gateway"
+CONFFILE = "/etc/onion-gateway/onion-gateway.toml"
+
+
+def write_units(target: Path) -> list[Path]:
+    """Write ``onion-gateway.service`` and ``onion-gateway.socket`` into *target*; returns their paths."""
+    from onion_gateway.config import ServeSettings
+    from onion_gateway.render import SystemdSocket, SystemdUnit, render
+
+    defaults = ServeSettings()
+    listeners = [*defaults.tcp_table, *defaults.socketmap]
+    units = {
+        "onion-gateway.service": render(SystemdUnit(exec_start=f"{PROGRAM} serve --config {CONFFILE}")),
+        "onion-gateway.socket": render(SystemdSocket(listen_streams=tuple(
+            a.path if a.is_unix else str(a) for a in listeners))),
+    }
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        (target / name).write_text(text)
+    return [target / name for name in units]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python3 scripts/packaged_units.py TARGET_DIR")
+    for path in write_units(Path(sys.argv[1])):
+        print(path)
