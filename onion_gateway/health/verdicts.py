@@ -113,9 +113,12 @@ def format_seconds(seconds: float) -> str:
     return f"{whole} s ({human})"
 
 
-def _check(name: str, target: str, verdict: Verdict, detail: str, suggestion: Suggestion) -> Check:
-    """A :class:`Check` whose suggestion is set only when the verdict is not OK."""
-    return Check(name, target, verdict, detail, "" if verdict is Verdict.OK else suggestion.value)
+def _check(name: str, target: str, verdict: Verdict, detail: str, suggestion: Suggestion,
+           domain: str | None = None) -> Check:
+    """A :class:`Check` whose suggestion is set only when the verdict is not OK (``<domain>`` filled in
+    when the check is about one partner *domain*)."""
+    text = suggestion.value.replace("<domain>", domain) if domain else suggestion.value
+    return Check(name, target, verdict, detail, "" if verdict is Verdict.OK else text)
 
 
 def check_queue(view: QueueView, thresholds: HealthThresholds, tor: TorSendingState | None = None,
@@ -153,7 +156,7 @@ def check_partner_queue(partner: PartnerQueue, thresholds: HealthThresholds, tor
     verdict = age_verdict(partner.oldest_seconds, thresholds)
     detail = (f"{partner.messages} message(s), {partner.recipients} recipient(s) deferred, oldest "
               f"{format_seconds(partner.oldest_seconds)}: {partner.top_reason or '-'}")
-    return _check("partner_queue", partner.domain, verdict, detail, suggest(tor, fetches, onions))
+    return _check("partner_queue", partner.domain, verdict, detail, suggest(tor, fetches, onions), partner.domain)
 
 
 def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSendingState | None = None,
@@ -212,10 +215,10 @@ def check_partner_onion(domain: str, fetch: DescriptorFetch, tor: TorSendingStat
     if fetch.fetched:
         return Check("partner_onion", target, Verdict.OK, fetch.detail)
     if fetch.outcome is FetchOutcome.REFUSED:
-        return _check("partner_onion", target, Verdict.FAIL, fetch.detail, Suggestion.CHECK_PARTNER)
+        return _check("partner_onion", target, Verdict.FAIL, fetch.detail, Suggestion.CHECK_PARTNER, domain)
     if tor is None or not tor.can_send:
         suggestion = Suggestion.CHECK_TOR if tor is None else Suggestion.RESTART_TOR
         return _check("partner_onion", target, Verdict.WARN, f"cannot tell: our Tor cannot send ({fetch.detail})",
                       suggestion)
     return _check("partner_onion", target, Verdict.FAIL, f"their onion service is unreachable: {fetch.detail}",
-                  Suggestion.CHECK_PARTNER)
+                  Suggestion.CHECK_PARTNER, domain)

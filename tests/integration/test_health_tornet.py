@@ -76,7 +76,7 @@ def test_unpublished_descriptor_is_their_problem_while_our_circuits_are_fine(net
     check = check_partner_onion("partner.test", gone, sending_state(client))
     assert check.verdict is Verdict.FAIL
     assert "their onion service is unreachable" in check.detail
-    assert check.suggestion == Suggestion.CHECK_PARTNER.value
+    assert check.suggestion == Suggestion.CHECK_PARTNER.value.replace("<domain>", "partner.test")
 
 
 def test_a_fetched_descriptor_is_probed_through_our_socksport(net):
@@ -100,4 +100,5 @@ def test_a_fetched_descriptor_is_probed_through_our_socksport(net):
     assert closed.outcome is FetchOutcome.UNREACHABLE and not closed.fetched, closed.detail
     assert "no connection to port 25: SOCKS reply" in closed.detail
     check = check_partner_onion("partner.test", closed, sending_state(client))
-    assert (check.verdict, check.suggestion) == (Verdict.FAIL, Suggestion.CHECK_PARTNER.value)
+    assert (check.verdict, check.suggestion) == (Verdict.FAIL,
+                                                 Suggestion.CHECK_PARTNER.value.replace("<domain>", "partner.test"))

@@ -101,7 +101,8 @@ def test_partner_suggestion_looks_only_at_that_partners_onions():
     partner = PartnerQueue("p.test", 1, 1, 15000, "refused")
     check = check_partner_queue(partner, DEFAULT, TOR_OK, fetches, [other])
     assert (check.name, check.target, check.verdict) == ("partner_queue", "p.test", Verdict.FAIL)
-    assert check.suggestion == Suggestion.CHECK_PARTNER.value
+    assert check.suggestion == Suggestion.CHECK_PARTNER.value.replace("<domain>", "p.test")
+    assert "(_onion-mx._tcp.p.test)" in check.suggestion
 
 
 def delivery_view(failing_since: float | None, sent: bool = True, now: float = 100_000.0) -> DeliveryView:
@@ -150,7 +151,7 @@ def test_partner_onion_verdict(outcome, tor, verdict, suggestion):
     if suggestion is None:
         assert check.suggestion == "" and " -- " not in check.detail
     else:
-        assert check.suggestion == suggestion.value
+        assert check.suggestion == suggestion.value.replace("<domain>", "p.test")
 
 
 @pytest.mark.parametrize("seconds,text", [(0, "0 s"), (59.9, "59 s"), (60, "60 s (1 min)"),
