@@ -23,8 +23,9 @@ What differs from a postmaster's host, and why (this machine is also the CI mach
 - The resolver is that dnsmasq: it answers for the test domain and for example.com (the foreign domain
   the relay audit's probes use), and nothing else.
 - Tor has no network, so the onion service is created but no descriptor is built or published:
-  ``status`` fails ``tor_control`` (bootstrapped 0 %) and ``onion_service`` ("this Tor does not serve
-  it, or has no descriptor for it yet") and exits 1; every other check must be ``ok``.
+  ``status`` fails ``tor_control`` (bootstrapped 0 %), ``onion_service`` ("this Tor does not serve
+  it, or has no descriptor for it yet") and ``tor_circuits`` (network down) and exits 1; every other
+  check must be ``ok`` (the onion delivery health of an empty queue and log included).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ MACHINE_PATHS = [CONFFILE, Path("/etc/postfix/main.cf"), Path("/etc/postfix/mast
 #: Without a consensus Tor builds no descriptor, so status cannot tell "served here, not published" from
 #: "not served here" and says both.
 OFFLINE_TOR = {"tor_control": ("fail", "bootstrapped 0%"),
-               "onion_service": ("fail", "this Tor does not serve it, or has no descriptor for it yet")}
+               "onion_service": ("fail", "this Tor does not serve it, or has no descriptor for it yet"),
+               "tor_circuits": ("fail", "circuit-established=0, network down")}
 
 
 def quick_start() -> str:
@@ -238,7 +240,8 @@ def test_the_quick_start_from_top_to_bottom():
         not_ok = {c: v for c, v in checks.items() if c not in OFFLINE_TOR and any(x[0] != "ok" for x in v)}
         assert not_ok == {}, shown(result)
         assert {c: len(v) for c, v in checks.items() if c not in OFFLINE_TOR} == {
-            "map_listener": 2, "srv_record": 1, "transport_maps": 1, "smtptor_service": 1, "relay_audit": 1}, \
+            "map_listener": 2, "srv_record": 1, "transport_maps": 1, "smtptor_service": 1, "relay_audit": 1,
+            "smtptor_queue": 1, "smtptor_delivery": 1}, \
             shown(result)
         assert checks["onion_service"][0][1] == address and checks["srv_record"][0][1] == name, shown(result)
         assert checks["relay_audit"][0][1] == gw.listener, shown(result)
