@@ -80,7 +80,7 @@ deb_job() {
         cat "$work/install.log" >&2; exit 1; }
     echo "installed $deb"
     # Run the tests from a tree without the source package, so `import onion_gateway` is the installed one.
-    cp -r "$work/src/tests" "$work/src/examples" "$work/src/scripts" "$work/src/pyproject.toml" "$work/run/"
+    cp -r "$work/src/tests" "$work/src/examples" "$work/src/scripts" "$work/src/pyproject.toml" "$work/src/README.md" "$work/run/"
     cd "$work/run"
     status=0
     env PATH="$DEB_PATH" ONION_GATEWAY_TEST_INSTALLED=1 /usr/bin/python3 -m pytest -p no:cacheprovider \

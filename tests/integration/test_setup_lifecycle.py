@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from onion_gateway.cli import main
 from tests.conftest import require
 from tests.support.daemon import ServeProcess
-from tests.support.gateway import OWN_DOMAIN, age_config, changed_paths, new_gateway, same_content
+from tests.support.gateway import OWN_DOMAIN, changed_paths, new_gateway, same_content, stock_debian
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.integration
@@ -475,43 +475,12 @@ def test_item12_a_torrc_piece_inside_an_included_directory_is_not_included_twice
 
 # --- the first-day test: Debian's stock main.cf/master.cf ("Internet Site"), mail flow never interrupted --------
 
-def _stock_debian(gw, dead_port: int) -> None:
-    """Rewrite the gateway's private instance as Debian 12's "Internet Site" main.cf/master.cf.
-
-    main.cf: /usr/share/postfix/main.cf.debian plus what postfix's postinst writes for "Internet Site";
-    only what a private instance must change is changed (its directories, loopback, a private aliases
-    file, and a closed relayhost so nothing leaves the box). master.cf: /usr/share/postfix/master.cf.dist
-    as shipped (chroot y), with the smtp inet service moved to the instance's loopback port.
-    """
-    cfg, root = gw.pf.config_dir, gw.pf.root
-    (cfg / "aliases").write_text("postmaster: root\n")
-    subprocess.run(["postalias", "-c", str(cfg), f"hash:{cfg}/aliases"], check=True, timeout=30)
-    stock = Path("/usr/share/postfix/main.cf.debian").read_text()
-    internet_site = {   # postinst, main_mailer_type "Internet Site", mailname rx.lab.test
-        "myhostname": "rx.lab.test", "alias_maps": f"hash:{cfg}/aliases", "alias_database": f"hash:{cfg}/aliases",
-        "myorigin": "$myhostname", "mydestination": f"$myhostname, {OWN_DOMAIN}, localhost.localdomain, localhost",
-        "relayhost": f"[127.0.0.1]:{dead_port}", "mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
-        "mailbox_size_limit": "0", "recipient_delimiter": "+", "inet_interfaces": "127.0.0.1",
-        "inet_protocols": "ipv4",
-        "smtpd_relay_restrictions": "permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
-        # a private instance: its own directories and log
-        "config_directory": str(cfg), "queue_directory": str(root / "queue"), "data_directory": str(root / "data"),
-        "maillog_file": str(gw.pf.maillog), "maillog_file_prefixes": "/tmp", "smtp_dns_support_level": "disabled",
-    }
-    (cfg / "main.cf").write_text(stock + "".join(f"{k} = {v}\n" for k, v in internet_site.items()))
-    master = Path("/usr/share/postfix/master.cf.dist").read_text()
-    master = master.replace("smtp      inet  n       -       y       -       -       smtpd",
-                            f"127.0.0.1:{gw.pf.smtp_port}      inet  n       -       y       -       -       smtpd", 1)
-    (cfg / "master.cf").write_text(master)
-    age_config(cfg)
-
-
 def test_first_day_on_stock_debian_no_4xx_for_own_mail_through_setup_daemon_and_rollback(dns_server):
     require("postfix", "postconf", "postalias", "tor", "torsocks")
     daemon = None
     gw = new_gateway("")
     try:
-        _stock_debian(gw, free_port())
+        stock_debian(gw, free_port())
         daemon = _own_daemon(dns_server, gw.pf).start()
         gw.transport_map = daemon.socketmap
         gw.pf.start()

@@ -19,6 +19,9 @@ class ServeProcess:
     """An ``onion-gateway serve`` process with a tcp_table and a socketmap listener.
 
     :param args: extra command-line arguments (``--dns-server`` etc.).
+    :param command: the whole command line to run instead of this checkout's ``python -m onion_gateway
+        serve`` on free ports, e.g. ``["/usr/bin/onion-gateway", "serve", "--config", F]``; its listeners
+        come from that command (give ``tcp_port``/``socketmap_port`` to match them).
     """
 
     args: list[str] = field(default_factory=list)
@@ -27,6 +30,7 @@ class ServeProcess:
     proc: subprocess.Popen | None = None
     lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    command: list[str] = field(default_factory=list)
 
     @property
     def tcp_map(self) -> str:
@@ -37,11 +41,14 @@ class ServeProcess:
         return f"socketmap:inet:127.0.0.1:{self.socketmap_port}:onion"
 
     def start(self, timeout_seconds: float = 15.0) -> "ServeProcess":
-        self.tcp_port = self.tcp_port or free_port()
-        self.socketmap_port = self.socketmap_port or free_port()
-        cmd = [sys.executable, "-m", "onion_gateway", "serve",
-               "--tcp-table", f"127.0.0.1:{self.tcp_port}", "--socketmap", f"127.0.0.1:{self.socketmap_port}",
-               *self.args]
+        if self.command:
+            cmd = self.command
+        else:
+            self.tcp_port = self.tcp_port or free_port()
+            self.socketmap_port = self.socketmap_port or free_port()
+            cmd = [sys.executable, "-m", "onion_gateway", "serve",
+                   "--tcp-table", f"127.0.0.1:{self.tcp_port}", "--socketmap", f"127.0.0.1:{self.socketmap_port}",
+                   *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                      cwd=Path(__file__).resolve().parents[2])

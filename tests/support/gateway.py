@@ -1,6 +1,7 @@
 """A gateway under test: a private Postfix instance, a tor, and every path setup may write.
 
-Used by tests/integration/test_setup.py and tests/infra/test_host_state.py.
+Used by tests/integration/test_setup*.py, tests/infra/test_host_state.py and
+tests/package/test_quick_start.py.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,3 +134,39 @@ def age_config(config_dir: Path) -> None:
     for name in ("main.cf", "master.cf"):
         path = config_dir / name
         os.utime(path, (path.stat().st_mtime - 10,) * 2)
+
+
+def stock_debian(gw: Gateway, dead_port: int) -> None:
+    """Rewrite the gateway's private instance as Debian 12's "Internet Site" main.cf/master.cf.
+
+    main.cf: /usr/share/postfix/main.cf.debian plus what postfix's postinst writes for "Internet Site";
+    only what a private instance must change is changed (its directories, loopback, a private aliases
+    file, and a closed relayhost so nothing leaves the box). master.cf: /usr/share/postfix/master.cf.dist
+    as shipped (chroot y), with the smtp inet service moved to the instance's loopback port.
+
+    :param gw: the gateway whose instance (written, not started) is rewritten; OWN_DOMAIN goes into
+        mydestination.
+    :param dead_port: a loopback port nobody listens on: the relayhost, so no mail leaves the box.
+    :raises subprocess.CalledProcessError: if postalias fails.
+    """
+    cfg, root = gw.pf.config_dir, gw.pf.root
+    (cfg / "aliases").write_text("postmaster: root\n")
+    subprocess.run(["postalias", "-c", str(cfg), f"hash:{cfg}/aliases"], check=True, timeout=30)
+    stock = Path("/usr/share/postfix/main.cf.debian").read_text()
+    internet_site = {   # postinst, main_mailer_type "Internet Site", mailname rx.lab.test
+        "myhostname": "rx.lab.test", "alias_maps": f"hash:{cfg}/aliases", "alias_database": f"hash:{cfg}/aliases",
+        "myorigin": "$myhostname", "mydestination": f"$myhostname, {OWN_DOMAIN}, localhost.localdomain, localhost",
+        "relayhost": f"[127.0.0.1]:{dead_port}", "mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
+        "mailbox_size_limit": "0", "recipient_delimiter": "+", "inet_interfaces": "127.0.0.1",
+        "inet_protocols": "ipv4",
+        "smtpd_relay_restrictions": "permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+        # a private instance: its own directories and log
+        "config_directory": str(cfg), "queue_directory": str(root / "queue"), "data_directory": str(root / "data"),
+        "maillog_file": str(gw.pf.maillog), "maillog_file_prefixes": "/tmp", "smtp_dns_support_level": "disabled",
+    }
+    (cfg / "main.cf").write_text(stock + "".join(f"{k} = {v}\n" for k, v in internet_site.items()))
+    master = Path("/usr/share/postfix/master.cf.dist").read_text()
+    master = master.replace("smtp      inet  n       -       y       -       -       smtpd",
+                            f"127.0.0.1:{gw.pf.smtp_port}      inet  n       -       y       -       -       smtpd", 1)
+    (cfg / "master.cf").write_text(master)
+    age_config(cfg)
