@@ -331,20 +331,10 @@ def verify_config(torrc: Path, defaults_torrc: Path | None = None, tor_program: 
         ``/usr/share/tor/tor-service-defaults-torrc``); ``None`` lets tor use its built-in default.
     :raises TorError: if tor is missing or rejects the configuration (with tor's own warnings).
     """
-    if shutil.which(tor_program) is None:
-        raise TorError(f"{tor_program} not found: is Tor installed?")
-    argv = [tor_program, "--verify-config", "-f", str(torrc), "--hush"]
+    args = ["--verify-config", "-f", str(torrc), "--hush"]
     if defaults_torrc is not None:
-        argv += ["--defaults-torrc", str(defaults_torrc)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS,
-                              env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired as exc:
-        raise TorError(f"{' '.join(argv)} did not finish in {VERIFY_TIMEOUT_SECONDS} s") from exc
-    if done.returncode != 0:
-        complaints = [line for line in (done.stdout + done.stderr).splitlines()
-                      if "[warn]" in line or "[err]" in line]
-        raise TorError(f"tor --verify-config rejected {torrc}: " + (" | ".join(complaints) or done.stdout.strip()))
+        args += ["--defaults-torrc", str(defaults_torrc)]
+    run_tor_checked(tor_program, args, f"tor --verify-config rejected {torrc}")
 
 
 def supported_options(names: Iterable[str], tor_program: str = "tor") -> set[str]:
