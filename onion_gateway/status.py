@@ -506,7 +506,8 @@ def check_setup_listener(record, config_dir: Path | None, test_domain: str = "ex
 
 def settings_for_host(serve: ServeSettings | None, setup_table: dict | None, base_dir: Path | None,
                       state_dir: Path | None, flags: dict) -> StatusSettings:
-    """What ``status`` checks on a host: the command-line *flags* first, then setup's state record, then
+    """What ``status`` checks on a host: the command-line *flags* first, then setup's state record (and,
+    without ``--config``, the daemon's config file the record names: its resolvers and listeners), then
     the config file's ``[setup]``/``[serve]`` tables, then the defaults (Debian's ``unix:/run/tor/control``).
 
     :param serve: the ``[serve]`` settings of ``--config`` (``None``: no config file).
@@ -528,6 +529,13 @@ def settings_for_host(serve: ServeSettings | None, setup_table: dict | None, bas
     setup = setup_settings(setup_table or {}, None, base_dir) if setup_table is not None else None
     state = state_dir or (setup.state_dir if setup else None) or Path("/var/lib/onion-gateway/setup")
     record = read_setup_state(state) if (Path(state) / MANIFEST).exists() else None
+    if serve is None and record is not None and record.serve_config is not None \
+            and Path(record.serve_config).is_file():
+        # the daemon's own config file, as setup recorded it: its resolvers, listeners and transport
+        from onion_gateway.config import load_config_file, serve_settings
+
+        path = Path(record.serve_config)
+        serve = serve_settings(load_config_file(path).get("serve", {}), None, path.resolve().parent)
     if serve is None:
         serve = ServeSettings()
         if record is not None and record.transport_map:

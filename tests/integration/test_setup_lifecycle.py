@@ -396,6 +396,24 @@ def test_item10_status_reads_setup_record_and_the_unix_control_socket(serve, dns
         gw.close()
 
 
+def test_item10_status_without_config_uses_the_daemon_config_setup_recorded(dns_server, tmp_path):
+    """Bare ``status`` on a set-up host asks the resolver of the daemon's own config file (the record's
+    serve_config), not the system resolver: the SRV check finds the record on the loopback dnsmasq."""
+    from tests.support.onions import ONION_A
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    config = tmp_path / "og.toml"
+    config.write_text(f'[serve]\ndns_servers = ["{dns_server.address}"]\n')
+    (state / "manifest.json").write_text(json.dumps({"listener": {
+        "listener": "127.0.0.1:2525", "onion_address": ONION_A, "domains": ["single.example.test"],
+        "serve_config": str(config)}}))
+    result = CliRunner().invoke(main, ["status", "--state-dir", str(state), "--no-tor", "--no-postfix",
+                                       "--timeout", "3"])
+    srv = [line for line in result.output.splitlines() if " srv_record " in line]
+    assert len(srv) == 1 and srv[0].startswith("ok ") and ONION_A in srv[0], result.output
+
+
 # --- item 13: the gateway's own onion is excluded; lookup never writes daemon state ------------------------
 
 def test_item13_lookup_excludes_the_recorded_own_onion_and_writes_no_pins(dns_server, tmp_path):
