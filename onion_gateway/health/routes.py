@@ -47,7 +47,9 @@ class RouterRoutes:
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self._loop = asyncio.new_event_loop()
+        # asyncio.Runner: at close it cancels and finishes what is left (a DNS retry cancelled when the
+        # first answer won) before the loop closes, as asyncio.run does
+        self._runner = asyncio.Runner()
         self._answers: dict[str, bool | None] = {}
         self._onions: dict[str, tuple[str, ...]] = {}
         self._ports: dict[str, int] = {}
@@ -83,7 +85,7 @@ class RouterRoutes:
         """
         todo = sorted({d.lower() for d in domains} - set(self._answers))
         if todo:
-            self._loop.run_until_complete(self._route_all(todo))
+            self._runner.run(self._route_all(todo))
 
     async def _route_all(self, domains: list[str]) -> None:
         gate = asyncio.Semaphore(CONCURRENT_LOOKUPS)
@@ -115,8 +117,8 @@ class RouterRoutes:
         return self._ports.get(onion.lower(), 25)
 
     def close(self) -> None:
-        """Close the private event loop."""
-        self._loop.close()
+        """Finish what is left on the private event loop and close it."""
+        self._runner.close()
 
     def __enter__(self) -> "RouterRoutes":
         return self
