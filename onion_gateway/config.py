@@ -183,13 +183,7 @@ def serve_settings(file_table: Mapping[str, Any] | None = None,
     :returns: validated, frozen settings.
     :raises ConfigError: on an unknown key or a bad value, naming it as ``serve.<key>``.
     """
-    merged: dict[str, Any] = {}
-    for source in (file_table or {}), (overrides or {}):
-        for key, value in source.items():
-            if key not in _SERVE_KEYS:
-                raise ConfigError(f"serve.{key}: unknown setting")
-            if value is not None:
-                merged[key] = value
+    merged = layered("serve", _SERVE_KEYS, file_table, overrides)
     kwargs: dict[str, Any] = {}
     for key, value in merged.items():
         kwargs[key] = _convert(key, value, base_dir)
@@ -198,6 +192,30 @@ def serve_settings(file_table: Mapping[str, Any] | None = None,
         raise ConfigError("serve.cache_min_ttl_seconds: must not exceed cache_max_ttl_seconds or "
                           "cache_negative_max_ttl_seconds")
     return settings
+
+
+def layered(table: str, keys: Iterable[str], file_table: Mapping[str, Any] | None,
+            overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One config table: the file's values, then the command line's over them (``None`` = not given).
+
+    :param table: the table's name, for errors (``serve``, ``health``).
+    :param keys: the keys the table may have.
+    :param file_table: the table as read from the TOML file (or ``None``).
+    :param overrides: command-line values with the same keys (or ``None``).
+    :returns: ``{key: value}`` of every key given, unconverted.
+    :raises ConfigError: on an unknown key (``table.key: unknown setting``) or a table that is no table.
+    """
+    allowed = frozenset(keys)
+    merged: dict[str, Any] = {}
+    for source in (file_table or {}), (overrides or {}):
+        if not isinstance(source, Mapping):
+            raise ConfigError(f"{table}: expected a table")
+        for key, value in source.items():
+            if key not in allowed:
+                raise ConfigError(f"{table}.{key}: unknown setting")
+            if value is not None:
+                merged[key] = value
+    return merged
 
 
 def _as_list(key: str, value: Any) -> list[Any]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onion_gateway.config import layered
 from onion_gateway.errors import ConfigError, HealthSourceError, TorError
 from onion_gateway.health.maillog import DeliveryView, log_source, read_deliveries
 from onion_gateway.health.queue import OnionRoutePredicate, QueueView, read_queue
@@ -173,15 +174,7 @@ def health_settings(file_table: Mapping[str, Any] | None = None, overrides: Mapp
     :returns: the settings (Postfix directory and transport are filled in by the caller).
     :raises ConfigError: for an unknown key or a bad value, named ``health.<key>``.
     """
-    merged: dict[str, Any] = {}
-    for source in (file_table or {}), (overrides or {}):
-        if not isinstance(source, Mapping):
-            raise ConfigError("health: expected a table")
-        for key, value in source.items():
-            if key not in HEALTH_KEYS:
-                raise ConfigError(f"health.{key}: unknown setting")
-            if value is not None:
-                merged[key] = value
+    merged = layered("health", HEALTH_KEYS, file_table, overrides)
     numbers: dict[str, float] = {}
     for key in ("deferred_warn_seconds", "deferred_fail_seconds", "log_window_seconds", "fetch_timeout_seconds"):
         if key in merged:
