@@ -93,7 +93,13 @@ def test_a_fetched_descriptor_is_probed_through_our_socksport(net):
                                                        key_content="ED25519-V3", await_publication=True, timeout=90)
         onion = answering.service_id + ".onion"
         fetches = fetch_descriptors(client, [onion, published], FETCH_TIMEOUT_SECONDS)
-        probed = probe_onions(client, fetches, None, FETCH_TIMEOUT_SECONDS)
+        probed = probe_onions(client, fetches, None, FETCH_TIMEOUT_SECONDS / 3)
+        for _ in range(2):
+            # on this small network a rendezvous now and then never completes (seen: no SOCKS reply
+            # in 60 s); "no answer" is then the library's right answer, and the probe is asked again
+            if all(probed[o].outcome is not FetchOutcome.NO_ANSWER for o in (onion, published)):
+                break
+            probed = probe_onions(client, fetches, None, FETCH_TIMEOUT_SECONDS / 3)
     assert probed[onion].outcome is FetchOutcome.RECEIVED, probed[onion].detail
     assert probed[onion].detail.endswith("port 25 answers")
     closed = probed[published]
