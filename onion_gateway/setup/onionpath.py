@@ -56,7 +56,7 @@ def torrc_piece(settings: SetupSettings, notes: list[str] | None = None, tor_pro
     :param notes: where to append a note for each option left out (or ``None``).
     :param tor_program: the tor binary asked.
     :returns: the :class:`TorrcPiece`.
-    :raises SetupError: never; :raises TorError: if tor is missing or ``--list-torrc-options`` fails.
+    :raises TorError: if tor is missing or ``--list-torrc-options`` fails.
     """
     options, missing = service_options(settings, supported_options(SERVICE_OPTION_NAMES, tor_program))
     if notes is not None:
