@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import require
 from tests.support.daemon import ServeProcess
 from tests.support.dnsserver import Dnsmasq, SrvEntry
+from tests.support.gateway import new_gateway
 from tests.support.onions import ONION_A, ONION_B, ONION_C, V2_ONION, bad_checksum
 from tests.support.procs import public_tempdir
 
@@ -47,3 +48,12 @@ def serve(dns_server):
                          "--log-level", "debug"]).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def gateway(serve):
+    """A lab gateway (tests/support/gateway.py) whose daemon table is the session's socketmap listener."""
+    require("postfix", "postconf", "tor", "torsocks")
+    gw = new_gateway(serve.socketmap)
+    yield gw
+    gw.close()

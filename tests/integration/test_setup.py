@@ -8,7 +8,6 @@ The transport map is the real ``onion-gateway serve`` daemon of the session (DNS
 
 from __future__ import annotations
 
-import smtplib
 import stat
 import subprocess
 import sys
@@ -22,19 +21,10 @@ from onion_gateway.address import ListenAddress
 from onion_gateway.audit.probe import ListenerSMTP, ProxyHeader
 from onion_gateway.cli import main
 from onion_gateway.onion import OnionCheck, check_onion
-from tests.conftest import require
 from tests.support.gateway import OWN_DOMAIN, Gateway, age_config, changed_paths, new_gateway, same_content
 from tests.support.procs import free_port, tail
 
 pytestmark = pytest.mark.integration
-
-@pytest.fixture
-def gateway(serve):
-    require("postfix", "postconf", "tor", "torsocks")
-    gw = new_gateway(serve.socketmap)
-    yield gw
-    gw.close()
-
 
 def test_dry_run_shows_every_change_and_changes_nothing(gateway):
     before = gateway.snapshot()

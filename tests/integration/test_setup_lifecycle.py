@@ -31,14 +31,6 @@ pytestmark = pytest.mark.integration
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
-@pytest.fixture
-def gateway(serve):
-    require("postfix", "postconf", "tor", "torsocks")
-    gw = new_gateway(serve.socketmap)
-    yield gw
-    gw.close()
-
-
 def _as_nobody(*args: str, cwd: Path = Path("/")) -> subprocess.CompletedProcess:
     return subprocess.run([*NOBODY, sys.executable, "-m", "onion_gateway", *args], capture_output=True,
                           text=True, timeout=120, cwd=cwd,

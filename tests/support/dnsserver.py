@@ -175,25 +175,30 @@ while True:
 '''
 
 
-class SlowDns:
-    """A DNS server on 127.0.0.1 that answers every query with one SRV record after *delay_seconds*.
+class ScriptDns:
+    """A fault-injecting DNS server: a small Python script (real sockets, real dnspython messages) run
+    as its own process on 127.0.0.1, which prints ``ready`` once it listens.
 
-    Real UDP and real DNS messages; the delay is the fault no stock server produces on demand.
+    :param script: the script's source; it gets the port and :meth:`script_args` as argv.
+    :param port: the port it listens on.
     """
 
-    def __init__(self, delay_seconds: float, target: str) -> None:
-        self.delay_seconds = delay_seconds
-        self.target = target
-        self.port = free_port(socket.SOCK_DGRAM)
+    def __init__(self, script: str, port: int) -> None:
+        self.script = script
+        self.port = port
         self._proc: subprocess.Popen | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "SlowDns":
-        self._proc = subprocess.Popen([sys.executable, "-c", SLOW_DNS, str(self.port), str(self.delay_seconds),
-                                       self.target], stdout=subprocess.PIPE, text=True)
+    def script_args(self) -> list[str]:
+        """The script's arguments after the port."""
+        return []
+
+    def start(self):
+        self._proc = subprocess.Popen([sys.executable, "-c", self.script, str(self.port), *self.script_args()],
+                                      stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None and self._proc.stdout.readline().strip() == "ready"
         return self
 
@@ -201,3 +206,18 @@ class SlowDns:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait(5)
+
+
+class SlowDns(ScriptDns):
+    """A DNS server on 127.0.0.1 that answers every query with one SRV record after *delay_seconds*.
+
+    Real UDP and real DNS messages; the delay is the fault no stock server produces on demand.
+    """
+
+    def __init__(self, delay_seconds: float, target: str) -> None:
+        super().__init__(SLOW_DNS, free_port(socket.SOCK_DGRAM))
+        self.delay_seconds = delay_seconds
+        self.target = target
+
+    def script_args(self) -> list[str]:
+        return [str(self.delay_seconds), self.target]

@@ -7,10 +7,7 @@ DNS messages with dnspython and serves them on real sockets.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-
+from tests.support.dnsserver import ScriptDns
 from tests.support.procs import free_tcp_udp_port
 
 TRUNCATING_DNS = r'''
@@ -60,24 +57,8 @@ serve_tcp()
 '''
 
 
-class TruncatingDns:
+class TruncatingDns(ScriptDns):
     """Answer every query with TC set and no records, over UDP and over TCP (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.port = free_tcp_udp_port()
-        self._proc: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> "TruncatingDns":
-        self._proc = subprocess.Popen([sys.executable, "-c", TRUNCATING_DNS, str(self.port)],
-                                      stdout=subprocess.PIPE, text=True)
-        assert self._proc.stdout is not None and self._proc.stdout.readline().strip() == "ready"
-        return self
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            self._proc.wait(5)
+        super().__init__(TRUNCATING_DNS, free_tcp_udp_port())
