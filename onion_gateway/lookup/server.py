@@ -213,6 +213,9 @@ class MapConnection(asyncio.Protocol):
         if self._pause_reasons or self._transport is None or self._final_reply is not None:
             return
         self._transport.resume_reading()
+        # the bytes buffered meanwhile waited on us, not on the client: an incomplete request left after
+        # this turn is timed (and the connection's idleness too) from now, not from the read before the pause
+        self.last_activity = max(self.last_activity, self._server.loop.time())
         self._process()                 # requests already buffered are not waiting for new bytes
 
     def fail_framing(self, reason: str) -> None:
