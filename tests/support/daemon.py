@@ -77,12 +77,17 @@ class ServeProcess:
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._terminated = True
+
+    _terminated = False     # a test already asked the daemon to stop: stop() must not ask again
 
     def stop(self) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not self._terminated:    # a second SIGTERM means "exit now" to the daemon
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
