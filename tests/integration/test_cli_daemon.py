@@ -112,7 +112,7 @@ def test_sigterm_stops_gracefully_with_exit_0(dns_server):
     assert postmap("a@single.example.test", daemon.socketmap) == f"smtptor:[{ONION_A}]:25"
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(15) == 0
-    assert "stopped: 0 connections had lookups cut off" in daemon.log()
+    daemon.wait_log("stopped: 0 connections had lookups cut off")
 
 
 def test_privileges_are_dropped_after_binding_and_the_unix_socket_gets_mode_and_group(dns_server):

@@ -197,7 +197,7 @@ def test_sigterm_answers_in_flight_lookups_then_exits_0():
             buf += chunk
         assert buf.splitlines() == [f"200 smtptor:[{ONION_A}]:25".encode()] * 2
         assert daemon.proc.wait(10) == 0
-        assert "stopped: 0 connections had lookups cut off" in daemon.log()
+        daemon.wait_log("stopped: 0 connections had lookups cut off")
         client.close()
     finally:
         daemon.stop()
@@ -218,7 +218,7 @@ def test_second_sigterm_stops_without_waiting_for_the_drain():
         daemon.signal(signal.SIGTERM)
         daemon.proc.wait(5)
         assert time.monotonic() - start < 3
-        assert "second termination signal" in daemon.log()
+        daemon.wait_log("second termination signal")
         client.close()
     finally:
         daemon.stop()

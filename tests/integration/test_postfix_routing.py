@@ -107,7 +107,7 @@ def test_with_dns_down_rcpt_gets_a_temporary_failure_not_a_clearnet_route(routin
         assert code == 451, (code, text)
         assert b"4.3.0" in text and b"Temporary lookup failure" in text
         assert "dave@rx2.test" not in record.read_text()
-        assert "SRV lookup for rx2.test failed" in daemon.log()
+        daemon.wait_log("SRV lookup for rx2.test failed")
     finally:
         dns.start()
         pf.reload()

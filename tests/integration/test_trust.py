@@ -50,7 +50,7 @@ def test_dnssec_signed_unsigned_and_bogus_answers_through_postmap(dnssec_lab, re
             bogus = postmap("a@bogus.test", table)
             assert bogus.returncode == 1 and "query error" in bogus.stderr       # temporary failure
         if require_dnssec:
-            assert "ignoring SRV for insecure.test: not authenticated by DNSSEC" in daemon.log()
+            daemon.wait_log("ignoring SRV for insecure.test: not authenticated by DNSSEC")
     finally:
         daemon.stop()
 
@@ -113,7 +113,7 @@ def test_changed_srv_target_warns_and_strict_mode_holds_it_until_accepted(mode):
         assert postmap("a@moved.test", daemon.socketmap).stdout.strip() == f"smtptor:[{ONION_A}]:25"
         dns.restart([SrvEntry("moved.test", ONION_B)])
         second = postmap("a@moved.test", daemon.socketmap)
-        assert f"onion set of moved.test changed: SRV now says {ONION_B}" in daemon.log()
+        daemon.wait_log(f"onion set of moved.test changed: SRV now says {ONION_B}")
         # the pins file is written in batches, within about a second
         expected = f"moved.test  {ONION_B}" if mode == "warn" else f"moved.test  {ONION_A}  PENDING {ONION_B}"
         wait_for(lambda: expected in cli("pins", "list", "--config", str(config)).stdout, 10,

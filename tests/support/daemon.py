@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import free_port
+from tests.support.procs import free_port, wait_for
 
 
 @dataclass
@@ -73,6 +73,14 @@ class ServeProcess:
 
     def log(self) -> str:
         return "\n".join(self.lines)
+
+    def wait_log(self, text: str, timeout_seconds: float = 10.0) -> None:
+        """Wait until *text* appears in the daemon's output; fail with the log after *timeout_seconds*.
+
+        The output is read by a thread, so a line the daemon wrote before answering (or before exiting)
+        may reach :attr:`lines` a moment after the test saw the answer: assert on the log with this.
+        """
+        wait_for(lambda: text in self.log(), timeout_seconds, f"{text!r} in the daemon's log", self.log)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
