@@ -138,3 +138,27 @@ def test_privileges_are_dropped_after_binding_and_the_unix_socket_gets_mode_and_
         assert result.stdout.strip() == f"smtptor:[{ONION_A}]:25"
     finally:
         daemon.stop()
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no 'Max open files' line in /proc/PID/limits")
+
+
+@pytest.mark.parametrize("hard, expected_soft, warns", [
+    (8192, 1000 + 1024 + 64, False),   # max_connections + DNS sockets in flight + spare: raised to what is needed
+    (512, 512, True),                  # the hard limit is too low: raised as far as allowed, and said so
+])
+def test_daemon_raises_its_open_files_limit_to_what_max_connections_needs(dns_server, hard, expected_soft, warns):
+    from tests.support.procs import free_port
+    tcp = free_port()
+    daemon = ServeProcess(tcp_port=tcp, socketmap_port=free_port(), command=[
+        "prlimit", f"--nofile=256:{hard}", "--", sys.executable, "-m", "onion_gateway", "serve",
+        "--tcp-table", f"127.0.0.1:{tcp}", "--dns-server", dns_server.address]).start()
+    try:
+        assert _soft_nofile(daemon.proc.pid) == expected_soft      # prlimit execs the daemon: same pid
+        assert ("open files limit 512 is below the 2088 that max_connections = 1000 needs" in daemon.log()) is warns
+    finally:
+        daemon.stop()
