@@ -321,7 +321,6 @@ def read_maillog(path: Path, syslog_names: Sequence[str], window_seconds: float,
                     more, first = _read_log_file(older, syslog_names, now, start, tz)
             except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
                 problems.append(f"cannot read the rotated mail log {older}: {_why(exc)}")
-                log.warning("%s", problems[-1])
                 continue
             events.extend(more)
             files.append(str(older))
