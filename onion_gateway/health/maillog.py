@@ -39,8 +39,8 @@ import dataclasses
 import datetime as dt
 import gzip
 import json
-import lzma
 import logging
+import lzma
 import re
 import shutil
 import subprocess
@@ -361,14 +361,16 @@ def rotated_logs(path: Path, rotate_suffix: str = DEFAULT_ROTATE_SUFFIX) -> list
         stem = next((rest[:-len(ext)] for ext in _OPENERS if rest.endswith(ext)), rest)
         if stem != rest and stem in stems:
             continue        # caught between the rename and the compressor: the plain file is the whole one
+        try:
+            when = dt.datetime.strptime(stem, rotate_suffix)
+        except ValueError:
+            when = None
+        if when is not None and when.year >= 1970:     # an all-digit suffix (%Y%m%d) is a date, not a number
+            dated.append((when, path.parent / name))
+            continue
         match = _NUMBERED.fullmatch(rest)
         if match is not None:
             numbered.append((int(match.group(1)), path.parent / name))
-            continue
-        try:
-            dated.append((dt.datetime.strptime(stem, rotate_suffix), path.parent / name))
-        except ValueError:
-            continue
     return [p for _, p in sorted(dated, key=lambda d: d[0], reverse=True)] + [p for _, p in sorted(numbered)]
 
 

@@ -300,6 +300,14 @@ def test_rotated_logs_order(tmp_path, names, expected):
     assert [p.name for p in rotated_logs(tmp_path / "mail.log")] == expected
 
 
+def test_an_all_digit_suffix_is_a_date_not_a_number(tmp_path):
+    # maillog_file_rotate_suffix = %Y%m%d: the newer day has the larger "number"
+    for name in ("maillog.20261130.gz", "maillog.20261201.gz", "maillog.1"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in rotated_logs(tmp_path / "maillog", "%Y%m%d")] == [
+        "maillog.20261201.gz", "maillog.20261130.gz", "maillog.1"]
+
+
 def test_an_unreadable_rotated_file_is_reported_and_the_next_one_read(tmp_path):
     log = write_log(tmp_path / "mail.log", CURRENT)
     (tmp_path / "mail.log.1.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")      # corrupt gzip
