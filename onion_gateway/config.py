@@ -97,7 +97,12 @@ class ServeSettings:
         (deferred onion mail, last delivery, Tor's circuits; docs/health.md) at most this often (seconds);
         0 = no health gauges.
     :param health_tor_control: Tor's control address (``HOST:PORT`` or ``unix:PATH``) for the
-        circuit-established gauge; ``None`` = no Tor gauge.
+        circuit-established gauge; ``None`` = the one setup recorded, if any (docs/health.md).
+    :param health_tor_control_password_file: a file holding that control port's password
+        (HashedControlPassword), read at each computation; ``None`` = cookie or no authentication.
+    :param health_setup_state_dir: setup's state directory, whose record names Tor's control address
+        when ``health_tor_control`` is not set; ``None`` = ``[setup] state_dir`` of the same config file,
+        else setup's default (/var/lib/onion-gateway/setup).
     """
 
     tcp_table: tuple[ListenAddress, ...] = (parse_listen_address(DEFAULT_TCP_TABLE),)
@@ -141,6 +146,8 @@ class ServeSettings:
     metrics_address: ListenAddress | None = None
     health_metrics_interval_seconds: float = 60.0
     health_tor_control: ListenAddress | None = None
+    health_tor_control_password_file: Path | None = None
+    health_setup_state_dir: Path | None = None
 
 
 _SERVE_KEYS = frozenset(f.name for f in fields(ServeSettings))
@@ -273,7 +280,8 @@ def _convert(key: str, value: Any, base_dir: Path | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000_000:
             raise ConfigError(f"{where}: expected a whole number from 0 (off) to 10000000, got {value!r}")
         return value
-    if key in ("exclude_domains_file", "static_map", "postfix_config_dir", "pins_file", "cache_file"):
+    if key in ("exclude_domains_file", "static_map", "postfix_config_dir", "pins_file", "cache_file",
+               "health_tor_control_password_file", "health_setup_state_dir"):
         path = Path(str(value))
         return path if path.is_absolute() or base_dir is None else base_dir / path
     if key == "static_routes":

@@ -72,13 +72,7 @@ class TorControl:
         self._controller: stem.control.Controller | None = None
 
     def __enter__(self) -> "TorControl":
-        password = None
-        if self.password_file is not None:
-            try:
-                password = self.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise TorError(f"cannot read the control password file {self.password_file}: "
-                               f"{exc.strerror}") from exc
+        password = read_password_file(self.password_file) if self.password_file is not None else None
         controller = connect(self.address, password)
         self._controller = controller
         log.debug("connected to tor %s on %s", controller.get_version(), self.address)
@@ -389,6 +383,17 @@ class OnionServiceState:
     hosted: bool
     published: bool
     detail: str
+
+
+def read_password_file(path: Path) -> str:
+    """The control password in *path* (its text without surrounding whitespace).
+
+    :raises TorError: if the file cannot be read.
+    """
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TorError(f"cannot read the control password file {path}: {exc.strerror}") from exc
 
 
 def connect(address: ListenAddress, password: str | None = None,

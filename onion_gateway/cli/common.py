@@ -172,6 +172,9 @@ def serve_settings_from(config_file: Path | None, overrides: dict[str, Any]):
         table = document.get("serve", {})
         setup_table = document.get("setup", {})
         base_dir = config_file.resolve().parent
+    if isinstance(table, dict) and setup_table.get("state_dir") and "health_setup_state_dir" not in table:
+        # the Tor health gauge finds setup's record where setup keeps it (onion_gateway.health.metrics)
+        table = {**table, "health_setup_state_dir": setup_table["state_dir"]}
     settings = serve_settings(table, cli_overrides(overrides), base_dir)
     return with_own_onions_from_setup(settings, setup_table, base_dir)
 

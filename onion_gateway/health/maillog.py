@@ -22,18 +22,30 @@ text in ``MESSAGE``, the tag in ``SYSLOG_IDENTIFIER`` and the time in ``__REALTI
 File timestamps are either the traditional ``Mmm dd hh:mm:ss`` (postlogd, classic syslog: no year, local
 time; the year is the one that puts the line no more than a day after *now*) or RFC 3339
 (``2026-12-01T01:02:58.123456+00:00``, rsyslog's default on Debian 12).
+
+Rotated logs: when the window starts before the first line of the current file, its rotated
+predecessors are read too, newest first, until one starts at or before the window (:func:`rotated_logs`).
+Two namings are known: logrotate's numbered files, as Debian rotates rsyslog's /var/log/mail.log
+(``mail.log.1``, then ``mail.log.2.gz`` ...: ``delaycompress``), and ``postfix logrotate``'s
+(postconf(5) ``maillog_file_rotate_suffix``, default ``%Y%m%d-%H%M%S``, compressed by
+``maillog_file_compressor``, default gzip: ``maillog.20261130-101500.gz``). gzip, bzip2 and xz files are
+read with the standard library; a rotated file that cannot be read is named in the view's ``problems``.
 """
 
 from __future__ import annotations
 
+import bz2
+import dataclasses
 import datetime as dt
+import gzip
 import json
 import logging
+import lzma
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +57,11 @@ log = logging.getLogger(__name__)
 JOURNAL_UNITS = ("postfix.service", "postfix@*.service")   # Debian runs the instance as postfix@-.service
 JOURNAL_TIMEOUT_SECONDS = 60
 FAILED_STATUSES = frozenset({"deferred", "bounced"})
+#: postconf(5) ``maillog_file_rotate_suffix``'s default: ``postfix logrotate`` names ``maillog.20261130-101500``.
+DEFAULT_ROTATE_SUFFIX = "%Y%m%d-%H%M%S"
+#: compressed rotated logs the standard library reads, by file name ending.
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_NUMBERED = re.compile(r"(\d+)(\.(?:gz|bz2|xz))?")
 
 _TRADITIONAL = re.compile(
     r"(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))? "
@@ -93,6 +110,10 @@ class DeliveryView:
     :param failing_since: the first deferral after the last success (or the first in the window when
         nothing was sent), if no success followed it; ``None`` when the last attempt went through.
     :param source: where it was read: the log file path, or ``journal``.
+    :param files: the log files read, newest first (the current one and the rotated ones the window
+        needed); empty for the journal.
+    :param problems: one line per rotated file the window needed that could not be read (the view
+        misses its events).
     """
 
     window_seconds: float
@@ -104,6 +125,8 @@ class DeliveryView:
     last_failed: DeliveryEvent | None
     failing_since: float | None
     source: str
+    files: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 # --- parsing ---------------------------------------------------------------------------------------------
@@ -255,29 +278,131 @@ def _events(records: Iterable[tuple[float, str, str] | None], syslog_names: Sequ
 
 
 def read_maillog(path: Path, syslog_names: Sequence[str], window_seconds: float, now: float | None = None,
-                 tz: dt.tzinfo | None = None) -> DeliveryView:
-    """Read the onion transport's deliveries of the last *window_seconds* from a maillog file.
+                 tz: dt.tzinfo | None = None, rotate_suffix: str = DEFAULT_ROTATE_SUFFIX) -> DeliveryView:
+    """Read the onion transport's deliveries of the last *window_seconds* from a maillog file and, when
+    the window starts before its first line, from its rotated predecessors (:func:`rotated_logs`).
 
-    Only *path* itself is read, not its rotated predecessors (``maillog_file_rotate_suffix``,
-    logrotate): right after a rotation the window holds fewer events.
+    Rotated files are read newest first and only until one whose first line is at or before the
+    window's start (or none is left); the current file is read whole.
 
     :param path: the file (``postconf -h maillog_file``, or a syslog file such as /var/log/mail.log).
     :param syslog_names: the transport's syslog names (:func:`transport_syslog_names`).
     :param window_seconds: how far back to look (seconds).
     :param now: the window's end (Unix time, seconds), default now.
     :param tz: zone of traditional stamps (``None``: local).
-    :returns: the :class:`DeliveryView`.
-    :raises HealthSourceError: if the file cannot be opened (missing, or no permission: readable by
-        root, and by the groups the file's mode allows, e.g. ``adm`` for /var/log/mail.log on Debian).
+    :param rotate_suffix: ``maillog_file_rotate_suffix`` (a strftime(3) format) that names the rotated
+        files ``postfix logrotate`` made; numbered files (logrotate) are found whatever it is.
+    :returns: the :class:`DeliveryView`; rotated files that could not be read (no permission, vanished,
+        corrupt) are in its ``problems`` and do not stop the reading.
+    :raises HealthSourceError: if the current file cannot be opened (missing, or no permission: readable
+        by root, and by the groups the file's mode allows, e.g. ``adm`` for /var/log/mail.log on Debian).
     """
     now = time.time() if now is None else now
+    start = now - window_seconds
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            events = maillog_events(handle, syslog_names, now, now - window_seconds, tz)
-    except OSError as exc:
-        raise HealthSourceError(f"cannot read the mail log {path}: {exc.strerror or exc} (readable by root "
+        events, first = _read_log_file(path, syslog_names, now, start, tz)
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        raise HealthSourceError(f"cannot read the mail log {path}: {_why(exc)} (readable by root "
                                 "and by the groups its mode allows, such as adm)") from exc
-    return summarize(events, window_seconds, now, str(path))
+    files, problems = [str(path)], []
+    if first is None or first > start:
+        for older in rotated_logs(path, rotate_suffix):
+            try:
+                try:
+                    more, first = _read_log_file(older, syslog_names, now, start, tz)
+                except FileNotFoundError:
+                    # compressed since it was listed (postfix logrotate runs its compressor a second after
+                    # the rename): read what the compressor wrote
+                    compressed = next((older.with_name(older.name + ext) for ext in _OPENERS
+                                       if older.with_name(older.name + ext).exists()), None)
+                    if compressed is None:
+                        raise
+                    older = compressed
+                    more, first = _read_log_file(older, syslog_names, now, start, tz)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+                problems.append(f"cannot read the rotated mail log {older}: {_why(exc)}")
+                continue
+            events.extend(more)
+            files.append(str(older))
+            if first is not None and first <= start:
+                break
+    view = summarize(events, window_seconds, now, str(path))
+    return dataclasses.replace(view, files=tuple(files), problems=tuple(problems))
+
+
+def rotated_logs(path: Path, rotate_suffix: str = DEFAULT_ROTATE_SUFFIX) -> list[Path]:
+    """The rotated predecessors of the log file *path* that exist, newest first.
+
+    Recognized names, in *path*'s directory (each possibly ending in ``.gz``, ``.bz2`` or ``.xz``)::
+
+        mail.log.1  mail.log.2.gz  mail.log.3.gz            logrotate (Debian's rsyslog rotation):
+                                                            the lower the number, the newer
+        maillog.20261201-101500.gz  maillog.20261130-101500  postfix logrotate: the suffix is
+                                                            maillog_file_rotate_suffix (strftime(3))
+
+    Files named by *rotate_suffix* come first, latest time first, then the numbered ones; other names
+    (``mail.log.bak``) are not logs of this file and are left alone.
+
+    :param path: the current log file.
+    :param rotate_suffix: ``maillog_file_rotate_suffix``.
+    :returns: the paths; empty when the directory cannot be listed.
+    """
+    prefix = path.name + "."
+    dated: list[tuple[dt.datetime, Path]] = []
+    numbered: list[tuple[int, Path]] = []
+    try:
+        names = [entry.name for entry in path.parent.iterdir() if entry.name.startswith(prefix)]
+    except OSError as exc:
+        log.warning("cannot list %s for rotated mail logs: %s", path.parent, _why(exc))
+        return []
+    stems = {name[len(prefix):] for name in names}
+    for name in names:
+        rest = name[len(prefix):]
+        stem = next((rest[:-len(ext)] for ext in _OPENERS if rest.endswith(ext)), rest)
+        if stem != rest and stem in stems:
+            continue        # caught between the rename and the compressor: the plain file is the whole one
+        try:
+            when = dt.datetime.strptime(stem, rotate_suffix)
+        except ValueError:
+            when = None
+        if when is not None and when.year >= 1970:     # an all-digit suffix (%Y%m%d) is a date, not a number
+            dated.append((when, path.parent / name))
+            continue
+        match = _NUMBERED.fullmatch(rest)
+        if match is not None:
+            numbered.append((int(match.group(1)), path.parent / name))
+    return [p for _, p in sorted(dated, key=lambda d: d[0], reverse=True)] + [p for _, p in sorted(numbered)]
+
+
+def _read_log_file(path: Path, syslog_names: Sequence[str], now: float, since: float,
+                   tz: dt.tzinfo | None) -> tuple[list[DeliveryEvent], float | None]:
+    """The delivery events of one (possibly compressed) log file and the time of its first line.
+
+    :raises OSError, EOFError, ValueError, lzma.LZMAError: when it cannot be opened or decompressed.
+    """
+    opener = _OPENERS.get(path.suffix)
+    first: list[float] = []
+    if opener is None:
+        handle = path.open(encoding="utf-8", errors="replace")
+    else:
+        handle = opener(path, "rt", encoding="utf-8", errors="replace")
+    with handle:
+        events = maillog_events(_noting_first(handle, first, now, tz), syslog_names, now, since, tz)
+    return events, (first[0] if first else None)
+
+
+def _noting_first(lines: Iterable[str], first: list[float], now: float, tz: dt.tzinfo | None) -> Iterator[str]:
+    """Pass *lines* through, appending the time of the first one with a timestamp to *first*."""
+    for line in lines:
+        if not first:
+            parts = parse_syslog_line(line, now, tz)
+            if parts is not None:
+                first.append(parts[0])
+        yield line
+
+
+def _why(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
 
 
 def journal_events(lines: Iterable[str], syslog_names: Sequence[str], since: float = 0.0) -> list[DeliveryEvent]:
@@ -364,10 +489,12 @@ class LogSource:
 
     :param path: the ``maillog_file``, or ``None`` for the journal.
     :param syslog_names: the onion transport's syslog names.
+    :param rotate_suffix: ``maillog_file_rotate_suffix``, which names the rotated files of ``maillog_file``.
     """
 
     path: Path | None
     syslog_names: tuple[str, ...]
+    rotate_suffix: str = DEFAULT_ROTATE_SUFFIX
 
 
 def log_source(config_dir: Path | None, transport: str = "smtptor", log_file: Path | None = None) -> LogSource:
@@ -376,17 +503,20 @@ def log_source(config_dir: Path | None, transport: str = "smtptor", log_file: Pa
     :param config_dir: the Postfix configuration directory, ``None`` for the default.
     :param transport: the onion transport's master.cf service name.
     :param log_file: a log file to read instead (e.g. /var/log/mail.log written by rsyslog).
-    :returns: *log_file*, else ``maillog_file`` when Postfix writes one (postlogd(8)), else the journal.
+    :returns: *log_file*, else ``maillog_file`` when Postfix writes one (postlogd(8)) with its
+        ``maillog_file_rotate_suffix``, else the journal.
     :raises HealthSourceError: see :func:`transport_syslog_names`.
     """
     names = transport_syslog_names(config_dir, transport)
     if log_file is not None:
         return LogSource(log_file, names)
     try:
-        maillog_file = postfix.get_parameter(config_dir, "maillog_file").strip()
+        values = postfix.get_parameters(config_dir, ["maillog_file", "maillog_file_rotate_suffix"])
     except PostfixError as exc:
         raise HealthSourceError(f"cannot read maillog_file: {exc}") from exc
-    return LogSource(Path(maillog_file) if maillog_file else None, names)
+    maillog_file = values["maillog_file"].strip()
+    return LogSource(Path(maillog_file) if maillog_file else None, names,
+                     values["maillog_file_rotate_suffix"].strip() or DEFAULT_ROTATE_SUFFIX)
 
 
 def read_deliveries(source: LogSource, window_seconds: float, now: float | None = None) -> DeliveryView:
@@ -395,6 +525,7 @@ def read_deliveries(source: LogSource, window_seconds: float, now: float | None 
     :raises HealthSourceError: if the file or journal cannot be read.
     """
     if source.path is not None:
-        return read_maillog(source.path, source.syslog_names, window_seconds, now)
+        return read_maillog(source.path, source.syslog_names, window_seconds, now,
+                            rotate_suffix=source.rotate_suffix)
     return read_journal(source.syslog_names, window_seconds, now)
 

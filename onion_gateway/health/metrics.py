@@ -13,7 +13,8 @@ What a scrape shows (all gauges; docs/health.md, "Metrics")::
                                                             computation, 0 when not; source = queue | log | tor
 
 A gauge whose source could not be read is left out (its ``health_source_up`` is 0); the Tor gauge is
-there only when a control address is configured. The figures come from the same readers as ``status``
+there only when a control address is configured (``health_tor_control``) or setup recorded one
+(:class:`TorTargetFinder`). The figures come from the same readers as ``status``
 (:mod:`.queue`, :mod:`.maillog`, :mod:`.tor_health`), never from HSFETCH: descriptor fetches cost up to
 8 HSDir requests per onion and are left to ``status``.
 
@@ -35,14 +36,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from onion_gateway.address import ListenAddress
 from onion_gateway.config import ServeSettings
 from onion_gateway.errors import OnionGatewayError
 from onion_gateway.health.maillog import DeliveryView, log_source, read_deliveries
 from onion_gateway.health.queue import QueueView, read_queue
 from onion_gateway.health.tor_health import TorSendingState, sending_state
 from onion_gateway.health.verdicts import DEFAULT_LOG_WINDOW_SECONDS
+from onion_gateway.setup.state import DEFAULT_STATE_DIR, read_setup_state
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +75,15 @@ class HealthSample:
 
 
 def compute_sample(serve: ServeSettings, tor_control: Any = None,
-                   log_window_seconds: float = DEFAULT_LOG_WINDOW_SECONDS) -> HealthSample:
+                   log_window_seconds: float = DEFAULT_LOG_WINDOW_SECONDS,
+                   tor_password_file: Path | None = None) -> HealthSample:
     """Read the queue, the log and (if configured) Tor once. Blocking: call it off the event loop.
 
     :param serve: the daemon's settings: ``postfix_config_dir`` (``None``: the default instance),
         ``transport`` and the routing that decides which deferred recipients are onion mail (pinning off).
     :param tor_control: Tor's control address (a ListenAddress or ``(host, port)``), or ``None``.
     :param log_window_seconds: how far back the log is read (seconds).
+    :param tor_password_file: the control password file (read now), or ``None`` for cookie/no auth.
     :returns: the :class:`HealthSample`; never raises for what it reads (errors are in ``errors``).
     """
     from onion_gateway.health.report import one_line, open_control
@@ -96,13 +102,86 @@ def compute_sample(serve: ServeSettings, tor_control: Any = None,
         errors["log"] = one_line(exc)
     if tor_control is not None:
         try:
-            with open_control(tor_control, None, DEFAULT_WAIT_SECONDS * 2) as control:
+            with open_control(tor_control, None, DEFAULT_WAIT_SECONDS * 2, tor_password_file) as control:
                 tor = sending_state(control)
         except OnionGatewayError as exc:
             errors["tor"] = one_line(exc)
     for source, text in errors.items():
         log.info("health metrics: cannot read the %s: %s", source, text)
+    for problem in delivery.problems if delivery is not None else ():
+        log.info("health metrics: %s", problem)
     return HealthSample(time.time(), queue, delivery, tor, errors, tor_control is not None)
+
+
+@dataclass(frozen=True)
+class TorTarget:
+    """The control port the Tor gauge asks.
+
+    :param address: Tor's control address.
+    :param password_file: the control password file, ``None`` for cookie or no authentication.
+    :param origin: where the address came from, for the log (``health_tor_control`` or setup's record).
+    """
+
+    address: ListenAddress
+    password_file: Path | None
+    origin: str
+
+
+class TorTargetFinder:
+    """Where the Tor gauge asks: ``[serve] health_tor_control``, else the control address setup recorded.
+
+    Setup's record (:func:`onion_gateway.setup.state.read_setup_state`, the record ``status`` reads when
+    run with no flags) names Tor's control address but no password file: with a password-protected
+    control port, ``health_tor_control_password_file`` supplies it. The record is read until it is found
+    and then kept: the daemon finds it at start while still root, and a setup that writes it after the
+    daemon started (setup starts the daemon before it records) is picked up at a later computation.
+    Each change of outcome is logged once (``no Tor gauge: ...``), not at every computation.
+
+    :param serve: the daemon's settings.
+    :param state_dir: setup's state directory.
+    """
+
+    def __init__(self, serve: ServeSettings, state_dir: Path = DEFAULT_STATE_DIR) -> None:
+        self.serve = serve
+        self.state_dir = Path(state_dir)
+        self._found: TorTarget | None = None
+        self._said: str | None = None
+
+    def find(self) -> TorTarget | None:
+        """The control port to ask now, or ``None`` (no Tor gauge). Never raises."""
+        serve = self.serve
+        if serve.health_tor_control is not None:
+            return TorTarget(serve.health_tor_control, serve.health_tor_control_password_file, "health_tor_control")
+        if self._found is not None:
+            return self._found
+        from onion_gateway.health.report import one_line
+
+        try:
+            record = read_setup_state(self.state_dir)
+        except OnionGatewayError as exc:
+            self._say(f"health metrics: no Tor gauge: health_tor_control is not set and setup's record cannot be "
+                      f"read: {one_line(exc)}")
+            return None
+        if record.tor_control is None:
+            self._say(f"health metrics: no Tor gauge: health_tor_control is not set and {record.source} names "
+                      "no Tor control address")
+            return None
+        self._found = TorTarget(record.tor_control, serve.health_tor_control_password_file, record.source)
+        self._say(f"health metrics: Tor gauge asks {record.tor_control}, from {record.source}")
+        return self._found
+
+    def _say(self, text: str) -> None:
+        if text != self._said:
+            log.info("%s", text)
+            self._said = text
+
+
+def compute_with(serve: ServeSettings, finder: TorTargetFinder) -> HealthSample:
+    """One computation of the daemon's gauges: :func:`compute_sample` with the control port *finder* names."""
+    target = finder.find()
+    if target is None:
+        return compute_sample(serve)
+    return compute_sample(serve, target.address, tor_password_file=target.password_file)
 
 
 class HealthCollector:
@@ -223,8 +302,9 @@ def register_health_metrics(registry: Any, serve: ServeSettings) -> HealthCollec
     """The daemon's hook: add the health gauges to its metrics *registry* and start the first computation.
 
     Configured by ``[serve]`` keys: ``health_metrics_interval_seconds`` (0 turns the gauges off),
-    ``health_tor_control`` (Tor's control address; none: no Tor gauge), and ``postfix_config_dir`` /
-    ``transport`` / the routing settings, as the daemon uses them.
+    ``health_tor_control`` (Tor's control address; none: the one in the record in
+    ``health_setup_state_dir``, if any, see :class:`TorTargetFinder`), ``health_tor_control_password_file``,
+    and ``postfix_config_dir`` / ``transport`` / the routing settings, as the daemon uses them.
 
     :param registry: a ``prometheus_client.CollectorRegistry``.
     :param serve: the daemon's settings.
@@ -233,7 +313,9 @@ def register_health_metrics(registry: Any, serve: ServeSettings) -> HealthCollec
     interval = serve.health_metrics_interval_seconds
     if interval <= 0:
         return None
-    collector = HealthCollector(lambda: compute_sample(serve, serve.health_tor_control), interval)
+    finder = TorTargetFinder(serve, serve.health_setup_state_dir or DEFAULT_STATE_DIR)
+    finder.find()                        # now, while the daemon may still be root (the record is root's)
+    collector = HealthCollector(lambda: compute_with(serve, finder), interval)
     registry.register(collector)
     collector.start()
     log.info("health metrics: computed at most every %g s from %s%s", interval,

@@ -240,20 +240,25 @@ def status_checks(status: Any) -> list[Check]:
 
 
 @contextlib.contextmanager
-def open_control(address: Any, password: str | None, timeout_seconds: float) -> Iterator[Any]:
+def open_control(address: Any, password: str | None, timeout_seconds: float,
+                 password_file: Path | None = None) -> Iterator[Any]:
     """An authenticated control connection to *address*, closed after the ``with`` block.
 
     :param address: ``(host, port)``, a :class:`~onion_gateway.address.ListenAddress` or its text
         (``HOST:PORT`` or ``unix:PATH``).
-    :param password: the control password, or ``None`` for cookie/no authentication.
+    :param password: the control password, or ``None`` for cookie/no authentication (or *password_file*).
     :param timeout_seconds: connect budget on TCP (seconds).
+    :param password_file: a file holding the control password, read now; used when *password* is ``None``.
     :returns: (yields) a stem Controller or an entered TorControl, as :mod:`.tor_health` takes them.
-    :raises TorError: when Tor cannot be reached or refuses authentication.
+    :raises TorError: when the password file cannot be read, Tor cannot be reached or refuses
+        authentication.
     :raises ConfigError: for address text that is no listen address.
     """
     from onion_gateway import tor
     from onion_gateway.address import ListenAddress, parse_listen_address
 
+    if password is None and password_file is not None:
+        password = tor.read_password_file(password_file)
     if isinstance(address, str):
         address = parse_listen_address(address, "tor_control")
     elif isinstance(address, tuple):

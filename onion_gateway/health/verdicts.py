@@ -167,7 +167,8 @@ def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSen
     :param thresholds: the age thresholds (applied to how long deliveries have been failing).
     :param tor: our Tor's state, ``None`` if unknown.
     :param fetches: partner descriptor fetches, ``None`` if none.
-    :returns: the :class:`Check`, target the log source.
+    :returns: the :class:`Check`, target the log source; rotated log files the window needed but that could
+        not be read are named in the detail, and turn "no onion delivery attempted" into a warning.
     """
     counts = (f"{view.sent} sent, {view.deferred} deferred, {view.bounced} bounced in the last "
               f"{format_seconds(view.window_seconds)}")
@@ -177,14 +178,16 @@ def check_delivery(view: DeliveryView, thresholds: HealthThresholds, tor: TorSen
     if last is not None:
         counts += (f"; last failure {format_seconds(max(0.0, view.taken_at - last.timestamp))} ago: "
                    f"{last.reason or last.status}")
+    unread = "".join(f"; {problem}" for problem in view.problems)   # rotated logs the window needed
     if view.failing_since is None:
         if view.last_sent is None and view.last_failed is None:
-            return Check("smtptor_delivery", view.source, Verdict.OK, "no onion delivery attempted in the last "
-                         + format_seconds(view.window_seconds))
-        return Check("smtptor_delivery", view.source, Verdict.OK, counts)
+            # nothing seen: with a rotated log unread, that is not known to be nothing
+            return Check("smtptor_delivery", view.source, Verdict.WARN if unread else Verdict.OK,
+                         "no onion delivery attempted in the last " + format_seconds(view.window_seconds) + unread)
+        return Check("smtptor_delivery", view.source, Verdict.OK, counts + unread)
     failing = max(0.0, view.taken_at - view.failing_since)
     verdict = age_verdict(failing, thresholds)
-    detail = f"deliveries failing for {format_seconds(failing)}; {counts}"
+    detail = f"deliveries failing for {format_seconds(failing)}; {counts}{unread}"
     return _check("smtptor_delivery", view.source, verdict, detail, suggest(tor, fetches))
 
 

@@ -8,15 +8,23 @@ whose torsocks finds no Tor), plain ``postfix/smtp`` deferrals for clear.example
 
 from __future__ import annotations
 
+import bz2
+import dataclasses
 import datetime as dt
+import gzip
 import json
+import lzma
 from pathlib import Path
 
 import pytest
 
 from onion_gateway.errors import HealthSourceError
+from onion_gateway.health import maillog
 from onion_gateway.health.maillog import (DeliveryEvent, journal_events, maillog_events, parse_delivery,
-                                          parse_journal_record, parse_syslog_line, read_maillog, summarize)
+                                          parse_journal_record, parse_syslog_line, read_maillog, rotated_logs,
+                                          summarize)
+from onion_gateway.health.verdicts import HealthThresholds, check_delivery
+from onion_gateway.status import Verdict
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "health"
 RECORDED = json.loads((DATA / "recorded.json").read_text())
@@ -195,3 +203,138 @@ def test_read_maillog_reads_the_file(tmp_path):
     path.write_text("\n".join(MAILLOG) + "\n")
     view = read_maillog(path, NAMES, 3600, NOW, tz=UTC)
     assert (view.sent, view.bounced, view.source) == (2, 2, str(path))
+
+
+# --- rotated logs ---------------------------------------------------------------------------------------------
+# The recorded log cut in three: OLDEST holds the first success (bob) and a bounce, MIDDLE the last success
+# (ivan), CURRENT only failures -- so the last delivery is in a rotated file.
+
+OLDEST, MIDDLE, CURRENT = MAILLOG[:20], MAILLOG[20:35], MAILLOG[35:]
+
+
+def first_stamp(lines: list[str]) -> float:
+    return next(p[0] for p in (parse_syslog_line(l, NOW, UTC) for l in lines) if p is not None)
+
+
+def write_log(path: Path, lines: list[str]) -> Path:
+    data = ("\n".join(lines) + "\n").encode()
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix)
+    if opener is None:
+        path.write_bytes(data)
+    else:
+        with opener(path, "wb") as fh:
+            fh.write(data)
+    return path
+
+
+def test_current_file_alone_has_no_success():
+    assert not any("status=sent" in l and "smtptor" in l for l in CURRENT)
+    assert any("ivan@sent" in l and "status=sent" in l for l in MIDDLE)
+
+
+def test_debian_logrotate_files_are_read_newest_first(tmp_path):
+    # /etc/logrotate.d/rsyslog on Debian: compress + delaycompress -> mail.log.1 plain, older ones gzipped
+    log = write_log(tmp_path / "mail.log", CURRENT)
+    write_log(tmp_path / "mail.log.1", MIDDLE)
+    write_log(tmp_path / "mail.log.2.gz", OLDEST)
+    view = read_maillog(log, NAMES, 3600, NOW, tz=UTC)
+    assert view.files == (str(log), str(tmp_path / "mail.log.1"), str(tmp_path / "mail.log.2.gz"))
+    whole = summarize(maillog_events(MAILLOG, NAMES, NOW, tz=UTC), 3600, NOW, str(log))
+    assert (view.sent, view.deferred, view.bounced) == (whole.sent, whole.deferred, whole.bounced)
+    assert (view.sent, view.bounced) == (2, 2)
+    assert view.last_sent.recipient == "ivan@sent.partner.test"       # only in mail.log.1
+    assert view.problems == () and view.source == str(log)
+
+
+def test_rotated_files_are_read_only_as_far_back_as_the_window(tmp_path):
+    log = write_log(tmp_path / "mail.log", CURRENT)
+    write_log(tmp_path / "mail.log.1", MIDDLE)
+    (tmp_path / "mail.log.2.gz").write_bytes(b"not gzip at all")       # would be a problem if it were read
+    start = first_stamp(MIDDLE) + 0.5                                  # inside mail.log.1, after its first line
+    assert start < first_stamp(CURRENT)
+    view = read_maillog(log, NAMES, NOW - start, NOW, tz=UTC)
+    assert view.files == (str(log), str(tmp_path / "mail.log.1"))
+    assert view.problems == ()
+    assert view.last_sent.recipient == "ivan@sent.partner.test"
+
+
+def test_window_inside_the_current_file_reads_no_rotated_file(tmp_path):
+    log = write_log(tmp_path / "mail.log", CURRENT)
+    write_log(tmp_path / "mail.log.1", MIDDLE)
+    view = read_maillog(log, NAMES, NOW - first_stamp(CURRENT), NOW, tz=UTC)
+    assert view.files == (str(log),) and view.last_sent is None
+
+
+def test_postfix_logrotate_files_are_read_newest_first(tmp_path):
+    # postfix logrotate: maillog_file + "." + `date +%Y%m%d-%H%M%S`, then gzip (postconf(5) defaults)
+    log = write_log(tmp_path / "maillog", CURRENT)
+    newer = write_log(tmp_path / "maillog.20261201-011151.gz", MIDDLE)
+    older = write_log(tmp_path / "maillog.20261201-011150.gz", OLDEST)
+    view = read_maillog(log, NAMES, 3600, NOW, tz=UTC)
+    assert view.files == (str(log), str(newer), str(older))
+    assert (view.sent, view.bounced) == (2, 2)
+    assert view.last_sent.recipient == "ivan@sent.partner.test"
+
+
+def test_a_custom_rotate_suffix_orders_by_the_time_it_names(tmp_path):
+    # maillog_file_rotate_suffix = %d.%m.%Y-%H%M: name order (30.11 after 01.12) is not time order
+    log = write_log(tmp_path / "maillog", CURRENT)
+    newer = write_log(tmp_path / "maillog.01.12.2026-0111.xz", MIDDLE)
+    older = write_log(tmp_path / "maillog.30.11.2026-2359.bz2", OLDEST)
+    assert read_maillog(log, NAMES, 3600, NOW, tz=UTC).files == (str(log),)    # not the default suffix's shape
+    view = read_maillog(log, NAMES, 3600, NOW, tz=UTC, rotate_suffix="%d.%m.%Y-%H%M")
+    assert view.files == (str(log), str(newer), str(older)) and view.sent == 2
+
+
+@pytest.mark.parametrize("names,expected", [
+    (["mail.log.1", "mail.log.10.gz", "mail.log.2.gz", "mail.log.bak", "mail.logx.1", "other.1"],
+     ["mail.log.1", "mail.log.2.gz", "mail.log.10.gz"]),
+    # caught between postfix logrotate's rename and its gzip: the plain file is the complete one
+    (["mail.log.20261201-010000", "mail.log.20261201-010000.gz", "mail.log.20261130-010000.gz"],
+     ["mail.log.20261201-010000", "mail.log.20261130-010000.gz"]),
+    (["mail.log.20261130-010000.bz2", "mail.log.1"], ["mail.log.20261130-010000.bz2", "mail.log.1"]),
+])
+def test_rotated_logs_order(tmp_path, names, expected):
+    for name in names:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in rotated_logs(tmp_path / "mail.log")] == expected
+
+
+def test_an_all_digit_suffix_is_a_date_not_a_number(tmp_path):
+    # maillog_file_rotate_suffix = %Y%m%d: the newer day has the larger "number"
+    for name in ("maillog.20261130.gz", "maillog.20261201.gz", "maillog.1"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in rotated_logs(tmp_path / "maillog", "%Y%m%d")] == [
+        "maillog.20261201.gz", "maillog.20261130.gz", "maillog.1"]
+
+
+def test_an_unreadable_rotated_file_is_reported_and_the_next_one_read(tmp_path):
+    log = write_log(tmp_path / "mail.log", CURRENT)
+    (tmp_path / "mail.log.1.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")      # corrupt gzip
+    (tmp_path / "mail.log.2").symlink_to(tmp_path / "gone")                     # vanished
+    write_log(tmp_path / "mail.log.3.gz", MIDDLE + OLDEST)
+    view = read_maillog(log, NAMES, 3600, NOW, tz=UTC)
+    assert view.files == (str(log), str(tmp_path / "mail.log.3.gz"))
+    assert len(view.problems) == 2
+    assert "mail.log.1.gz" in view.problems[0] and "mail.log.2: No such file" in view.problems[1]
+    assert view.last_sent.recipient == "ivan@sent.partner.test"
+
+
+def test_a_rotated_file_compressed_after_listing_is_read_compressed(tmp_path, monkeypatch):
+    # the race a real postfix logrotate leaves open for a second: listed plain, gzipped before it is opened
+    log = write_log(tmp_path / "maillog", CURRENT)
+    gone = tmp_path / "maillog.20261201-011151"
+    write_log(tmp_path / "maillog.20261201-011151.gz", MIDDLE)
+    monkeypatch.setattr(maillog, "rotated_logs", lambda path, suffix: [gone])
+    view = read_maillog(log, NAMES, 3600, NOW, tz=UTC)
+    assert view.files == (str(log), str(gone) + ".gz") and view.problems == ()
+
+
+def test_delivery_check_names_unread_rotated_files():
+    view = dataclasses.replace(summarize([], 3600, NOW, "/var/log/mail.log"),
+                               problems=("cannot read the rotated mail log /var/log/mail.log.1: Permission denied",))
+    check = check_delivery(view, HealthThresholds())
+    assert check.verdict is Verdict.WARN and "mail.log.1: Permission denied" in check.detail
+    sent = dataclasses.replace(summarize([_event(NOW - 5, "sent")], 3600, NOW, "m"), problems=view.problems)
+    assert check_delivery(sent, HealthThresholds()).verdict is Verdict.OK
+    assert "Permission denied" in check_delivery(sent, HealthThresholds()).detail

@@ -8,20 +8,25 @@ tests/integration/test_health_postfix.py.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 
-from onion_gateway.config import ServeSettings, serve_settings
+from onion_gateway.config import ServeSettings, parse_listen_address, serve_settings
 from onion_gateway.errors import ConfigError
 from onion_gateway.health.maillog import DeliveryEvent, DeliveryView
-from onion_gateway.health.metrics import HealthCollector, HealthSample, register_health_metrics
+from onion_gateway.health.metrics import (HealthCollector, HealthSample, TorTargetFinder, compute_with,
+                                          register_health_metrics)
 from onion_gateway.health.queue import QueueView
 from onion_gateway.health.tor_health import TorSendingState
+from onion_gateway.setup.state import SetupRecord
 
 SENT_AT = 1_796_086_978.0
 
@@ -226,3 +231,83 @@ def test_health_metric_settings_defaults_and_values():
     settings = serve_settings({"health_metrics_interval_seconds": 15, "health_tor_control": "unix:/run/tor/control"})
     assert settings.health_metrics_interval_seconds == 15.0
     assert str(settings.health_tor_control) == "unix:/run/tor/control"
+
+
+# --- where the Tor gauge asks: health_tor_control, else setup's record ---------------------------------------
+
+
+def test_tor_gauge_settings_take_files_relative_to_the_config_file(tmp_path):
+    settings = serve_settings({"health_tor_control": "127.0.0.1:9051", "health_tor_control_password_file": "pw",
+                               "health_setup_state_dir": "state"}, base_dir=tmp_path)
+    assert settings.health_tor_control_password_file == tmp_path / "pw"
+    assert settings.health_setup_state_dir == tmp_path / "state"
+    assert ServeSettings().health_tor_control_password_file is None and ServeSettings().health_setup_state_dir is None
+
+
+def test_the_daemon_looks_for_setups_record_where_the_setup_table_keeps_it(tmp_path):
+    from onion_gateway.cli.common import serve_settings_from
+
+    config = tmp_path / "og.toml"
+    config.write_text('[serve]\n[setup]\nstate_dir = "setup-state"\n')
+    assert serve_settings_from(config, {}).health_setup_state_dir == tmp_path / "setup-state"
+    config.write_text('[serve]\nhealth_setup_state_dir = "/elsewhere"\n[setup]\nstate_dir = "setup-state"\n')
+    assert serve_settings_from(config, {}).health_setup_state_dir == Path("/elsewhere")
+    config.write_text('[serve]\n')
+    assert serve_settings_from(config, {}).health_setup_state_dir is None       # setup's default
+
+
+def write_record(state_dir: Path, tor_control: str | None) -> None:
+    """A state record as setup writes it (SetupRecord.to_json under the manifest's ``listener`` key)."""
+    record = SetupRecord(parse_listen_address("127.0.0.1:2525"), 25, None, None, "test",
+                         tor_control=parse_listen_address(tor_control) if tor_control else None)
+    state_dir.mkdir(exist_ok=True)
+    (state_dir / "manifest.json").write_text(json.dumps({"listener": record.to_json()}))
+
+
+def test_health_tor_control_wins_over_the_record(tmp_path):
+    write_record(tmp_path, "unix:/run/tor/control")
+    serve = ServeSettings(health_tor_control=parse_listen_address("127.0.0.1:9051"),
+                          health_tor_control_password_file=tmp_path / "pw")
+    target = TorTargetFinder(serve, tmp_path).find()
+    assert (str(target.address), target.password_file, target.origin) == ("127.0.0.1:9051", tmp_path / "pw",
+                                                                         "health_tor_control")
+
+
+def test_the_record_names_the_control_port_and_the_password_file_is_the_setting(tmp_path):
+    write_record(tmp_path, "unix:/run/tor/control")
+    serve = ServeSettings(health_tor_control_password_file=tmp_path / "pw")
+    target = TorTargetFinder(serve, tmp_path).find()
+    assert (str(target.address), target.password_file) == ("unix:/run/tor/control", tmp_path / "pw")
+    assert "manifest.json" in target.origin
+
+
+@pytest.mark.parametrize("state", ["absent", "garbage", "no tor_control"])
+def test_no_usable_record_is_no_tor_gauge_and_one_log_line(tmp_path, caplog, state):
+    if state == "garbage":
+        (tmp_path / "manifest.json").write_text("{not json")
+    elif state == "no tor_control":
+        write_record(tmp_path, None)
+    finder = TorTargetFinder(ServeSettings(), tmp_path)
+    with caplog.at_level(logging.INFO, logger="onion_gateway.health.metrics"):
+        assert [finder.find() for _ in range(3)] == [None, None, None]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("health metrics: no Tor gauge: health_tor_control is not set")
+
+
+def test_a_record_written_after_the_start_is_picked_up_and_kept(tmp_path, caplog):
+    # setup starts the daemon before it writes the record; later the daemon may no longer be root
+    finder = TorTargetFinder(ServeSettings(), tmp_path)
+    assert finder.find() is None
+    write_record(tmp_path, "127.0.0.1:9051")
+    with caplog.at_level(logging.INFO, logger="onion_gateway.health.metrics"):
+        assert str(finder.find().address) == "127.0.0.1:9051"
+        (tmp_path / "manifest.json").unlink()
+        assert str(finder.find().address) == "127.0.0.1:9051"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"health metrics: Tor gauge asks 127.0.0.1:9051, from {tmp_path / 'manifest.json'} (setup record)"]
+
+
+def test_without_a_tor_target_the_sample_has_no_tor_gauge(tmp_path):
+    serve = ServeSettings(postfix_config_dir=tmp_path / "no-postfix", dns_servers=(("127.0.0.1", 9),))
+    sample = compute_with(serve, TorTargetFinder(serve, tmp_path))
+    assert sample.tor_configured is False and "tor" not in sample.errors
