@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import subprocess
 import time
 
 import pytest
 
 from onion_gateway.health.maillog import DEFAULT_ROTATE_SUFFIX, log_source, parse_syslog_line, read_deliveries
 from tests.conftest import require
-from tests.support.postfix import new_instance
-from tests.support.procs import free_port, port_accepts, wait_for
+from tests.support.postfix import new_instance, route_over_smtptor, smtp_sink
+from tests.support.procs import free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-SMTPTOR = ("smtptor unix - - n - - smtp\n"
-           "  -o syslog_name=postfix/smtptor\n"
-           "  -o smtp_dns_support_level=disabled\n"
-           "  -o smtp_host_lookup=native\n")
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +29,22 @@ def rotated():
     require("postfix", "postconf", "smtp-sink", "gzip")
     sink_port, dead_port = free_port(), free_port()
     pf = new_instance("og-health-rot-", hostname="gw.lab.test", domains=["lab.test"])
-    (pf.root / "transport").write_text(f"sent.example.test smtptor:[127.0.0.1]:{sink_port}\n"
-                                       f"dead.example.test smtptor:[127.0.0.1]:{dead_port}\n")
-    pf.main_extra["transport_maps"] = f"texthash:{pf.root}/transport"
-    pf.master_extra = SMTPTOR
+    route_over_smtptor(pf, {"sent.example.test": sink_port, "dead.example.test": dead_port})
     pf.write()
-    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "10"])
     try:
-        wait_for(lambda: port_accepts(sink_port), 10, "smtp-sink")
-        pf.start()
-        with pf.smtp() as client:
-            client.sendmail("alice@lab.test", ["bob@sent.example.test"], "Subject: out\r\n\r\nout\r\n")
-        wait_for(lambda: "postfix/smtptor/smtp" in pf.log_text() and "status=sent" in pf.log_text(), 60,
-                 "the delivery to the sink", pf.log_text)
-        pf.postfix("logrotate")
-        with pf.smtp() as client:
-            client.sendmail("alice@lab.test", ["carol@dead.example.test"], "Subject: stuck\r\n\r\nstuck\r\n")
-        wait_for(lambda: "status=deferred" in pf.log_text(), 60, "the deferral after the rotation", pf.log_text)
-        yield pf
+        with smtp_sink(sink_port):
+            pf.start()
+            with pf.smtp() as client:
+                client.sendmail("alice@lab.test", ["bob@sent.example.test"], "Subject: out\r\n\r\nout\r\n")
+            wait_for(lambda: "postfix/smtptor/smtp" in pf.log_text() and "status=sent" in pf.log_text(), 60,
+                     "the delivery to the sink", pf.log_text)
+            pf.postfix("logrotate")
+            with pf.smtp() as client:
+                client.sendmail("alice@lab.test", ["carol@dead.example.test"], "Subject: stuck\r\n\r\nstuck\r\n")
+            wait_for(lambda: "status=deferred" in pf.log_text(), 60, "the deferral after the rotation", pf.log_text)
+            yield pf
     finally:
         pf.stop()
-        sink.terminate()
-        sink.wait(10)
         shutil.rmtree(pf.root, ignore_errors=True)
 
 

@@ -32,16 +32,11 @@ from onion_gateway.status import Verdict
 from onion_gateway.tor import TorControl
 from tests.conftest import require
 from tests.support.onions import ONION_A
-from tests.support.postfix import new_instance
-from tests.support.procs import free_port, port_accepts, public_tempdir, wait_for
+from tests.support.postfix import new_instance, route_over_smtptor, smtp_sink
+from tests.support.procs import free_port, public_tempdir, wait_for
 from tests.support.tor import TorProcess
 
 pytestmark = pytest.mark.integration
-
-SMTPTOR = ("smtptor unix - - n - - smtp\n"
-           "  -o syslog_name=postfix/smtptor\n"
-           "  -o smtp_dns_support_level=disabled\n"
-           "  -o smtp_host_lookup=native\n")
 
 
 @pytest.fixture(scope="module")
@@ -49,30 +44,24 @@ def lab(dns_server):
     require("postfix", "postqueue", "smtp-sink", "setpriv")
     sink_port, dead_port = free_port(), free_port()
     pf = new_instance("og-health-pf-", hostname="gw.lab.test", domains=["lab.test"])
-    (pf.root / "transport").write_text(f"single.example.test smtptor:[127.0.0.1]:{dead_port}\n"
-                                       f"sent.example.test smtptor:[127.0.0.1]:{sink_port}\n")
-    pf.main_extra["transport_maps"] = f"texthash:{pf.root}/transport"
-    pf.master_extra = SMTPTOR
+    route_over_smtptor(pf, {"single.example.test": dead_port, "sent.example.test": sink_port})
     pf.write()
-    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "10"])
     try:
-        wait_for(lambda: port_accepts(sink_port), 10, "smtp-sink")
-        pf.start()
-        with pf.smtp() as client:
-            client.sendmail("alice@lab.test", ["bob@sent.example.test"], "Subject: ok\r\n\r\nout\r\n")
-            client.sendmail("alice@lab.test", ["carol@single.example.test", "dave@single.example.test",
-                                               "erin@nx.example.test", "frank@x.servfail.test"],
-                            "Subject: multi\r\n\r\nstuck\r\n")
-        wait_for(lambda: pf.log_text().count("status=deferred") >= 4 and "status=sent" in pf.log_text(), 60,
-                 "first delivery attempts", pf.log_text)
-        wait_for(lambda: len(pf.queue_ids()) == 1, 30, "the deferred message in postqueue -j")
-        settings = ServeSettings(dns_servers=(parse_dns_server(dns_server.address),), dns_timeout_seconds=2.0,
-                                 postfix_config_dir=pf.config_dir)
-        yield pf, settings
+        with smtp_sink(sink_port):
+            pf.start()
+            with pf.smtp() as client:
+                client.sendmail("alice@lab.test", ["bob@sent.example.test"], "Subject: ok\r\n\r\nout\r\n")
+                client.sendmail("alice@lab.test", ["carol@single.example.test", "dave@single.example.test",
+                                                   "erin@nx.example.test", "frank@x.servfail.test"],
+                                "Subject: multi\r\n\r\nstuck\r\n")
+            wait_for(lambda: pf.log_text().count("status=deferred") >= 4 and "status=sent" in pf.log_text(), 60,
+                     "first delivery attempts", pf.log_text)
+            wait_for(lambda: len(pf.queue_ids()) == 1, 30, "the deferred message in postqueue -j")
+            settings = ServeSettings(dns_servers=(parse_dns_server(dns_server.address),), dns_timeout_seconds=2.0,
+                                     postfix_config_dir=pf.config_dir)
+            yield pf, settings
     finally:
         pf.stop()
-        sink.terminate()
-        sink.wait(10)
         shutil.rmtree(pf.root, ignore_errors=True)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 import smtplib
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,3 +177,31 @@ class PostfixInstance:
 def new_instance(prefix: str = "og-pf-", **kwargs) -> PostfixInstance:
     """Make and write a :class:`PostfixInstance` in a fresh public temp dir."""
     return PostfixInstance(root=public_tempdir(prefix), **kwargs).write()
+
+
+SMTPTOR_SERVICE = ("smtptor unix - - n - - smtp\n"
+                   "  -o syslog_name=postfix/smtptor\n"
+                   "  -o smtp_dns_support_level=disabled\n"
+                   "  -o smtp_host_lookup=native\n")
+"""An ``smtptor`` transport named in the log as setup's is (``postfix/smtptor/smtp``), without torsocks."""
+
+
+def route_over_smtptor(pf: PostfixInstance, ports: dict[str, int]) -> None:
+    """Give *pf* the :data:`SMTPTOR_SERVICE` and a transport table sending each domain to
+    ``smtptor:[127.0.0.1]:<port>`` (*ports*: domain -> loopback port); call before ``pf.write()``."""
+    (pf.root / "transport").write_text("".join(f"{domain} smtptor:[127.0.0.1]:{port}\n"
+                                               for domain, port in ports.items()))
+    pf.main_extra["transport_maps"] = f"texthash:{pf.root}/transport"
+    pf.master_extra = SMTPTOR_SERVICE
+
+
+@contextmanager
+def smtp_sink(port: int, *options: str) -> Iterator[subprocess.Popen]:
+    """Postfix's ``smtp-sink`` on 127.0.0.1:*port* (extra *options*, e.g. ``"-f", "rcpt"``), stopped after."""
+    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", *options, f"127.0.0.1:{port}", "10"])
+    try:
+        wait_for(lambda: port_accepts(port), 10, "smtp-sink")
+        yield sink
+    finally:
+        sink.terminate()
+        sink.wait(10)
