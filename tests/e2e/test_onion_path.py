@@ -13,7 +13,6 @@ import contextlib
 import json
 import re
 import socket
-import struct
 import time
 
 import pytest
@@ -25,6 +24,7 @@ from onion_gateway.setup.onionpath import SERVICE_OPTION_NAMES
 from onion_gateway.setup.settings import SetupSettings
 from onion_gateway.tor import TorControl, supported_options
 from tests.e2e.conftest import FOREIGN_DOMAIN, ONION_SYSLOG_NAME, RX_DOMAIN, MailLab, og_command
+from tests.support.tornet import socks_connect
 
 pytestmark = pytest.mark.e2e
 
@@ -33,35 +33,6 @@ LOG_TIMEOUT_SECONDS = 15
 BURST = 10
 TOR_CIRCUIT_PREFIX = "fc00:dead:beef:4dad::"
 CONNECT = re.compile(rf"{ONION_SYSLOG_NAME}/smtpd\[\d+\]: connect from \S*\[([0-9a-f:.]+)\]")
-
-
-def socks_open(socks_port: int, onion: str, circuit: str, port: int = 25, timeout_seconds: float = 30) -> socket.socket:
-    """A stream to *onion*:*port* through tx's SocksPort, on the Tor circuit named *circuit*.
-
-    SOCKS5 with username/password authentication (RFC 1928, RFC 1929): Tor puts streams with different
-    credentials on different circuits and streams with the same credentials on one.
-
-    :returns: the connected socket (the server's greeting is still unread).
-    :raises ConnectionError: when the proxy refuses (its reply code in the message).
-    """
-    sock = socket.create_connection(("127.0.0.1", socks_port), timeout=timeout_seconds)
-    try:
-        sock.sendall(b"\x05\x01\x02")
-        if sock.recv(2) != b"\x05\x02":
-            raise ConnectionError("SOCKS5 proxy refused username/password authentication")
-        user = circuit.encode()
-        sock.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(user)]) + user)
-        if sock.recv(2) != b"\x01\x00":
-            raise ConnectionError("SOCKS5 proxy refused the credentials")
-        name = onion.encode("ascii")
-        sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
-        reply = sock.recv(10)
-        if len(reply) < 2 or reply[1] != 0:
-            raise ConnectionError(f"SOCKS5 reply {reply[1:2].hex() or 'none'} for {onion}:{port}")
-        return sock
-    except BaseException:
-        sock.close()
-        raise
 
 
 def read_reply(sock: socket.socket) -> str:
@@ -99,7 +70,7 @@ def new_connects(lab: MailLab, offset: int, count: int) -> list[str]:
 def circuit_address(lab: MailLab, circuit: str) -> str:
     """Open one SMTP session on *circuit*, quit, and return the client address rx's listener logged."""
     offset = len(lab.rx.log_text())
-    sock = socks_open(lab.tor.client_socks_port, lab.onion, circuit)
+    sock = socks_connect(lab.tor.client_socks_port, lab.onion, isolation=circuit)
     try:
         assert read_reply(sock).startswith("220 "), f"no greeting on circuit {circuit}"
     finally:
@@ -153,15 +124,15 @@ def test_connection_count_limit_acts_per_circuit(lab: MailLab) -> None:
     held: list[socket.socket] = []
     try:
         for _ in range(limit):
-            held.append(socks_open(lab.tor.client_socks_port, lab.onion, "circuit-flood"))
+            held.append(socks_connect(lab.tor.client_socks_port, lab.onion, isolation="circuit-flood"))
             assert read_reply(held[-1]).startswith("220 "), f"connection {len(held)} of {limit} not greeted"
-        extra = socks_open(lab.tor.client_socks_port, lab.onion, "circuit-flood")
+        extra = socks_connect(lab.tor.client_socks_port, lab.onion, isolation="circuit-flood")
         try:
             reply = read_reply(extra)
         finally:
             extra.close()
         assert reply.startswith("421 ") and "too many connections" in reply.lower(), reply
-        other = socks_open(lab.tor.client_socks_port, lab.onion, "circuit-other")
+        other = socks_connect(lab.tor.client_socks_port, lab.onion, isolation="circuit-other")
         try:
             assert read_reply(other).startswith("220 ")
         finally:

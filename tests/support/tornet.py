@@ -460,23 +460,48 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return done.stdout
 
 
-def smtp_banner_via_socks(socks_port: int, host: str, port: int = 25, timeout_seconds: float = 30.0) -> str:
-    """Connect to *host*:*port* through a SOCKS5 proxy on 127.0.0.1 (RFC 1928, no auth) and read the banner.
+def socks_connect(socks_port: int, host: str, port: int = 25, isolation: str | None = None,
+                  timeout_seconds: float = 30.0) -> socket.socket:
+    """A stream to *host*:*port* through a SOCKS5 proxy on 127.0.0.1 (RFC 1928); the caller closes it.
 
-    :returns: the first line the server sends (``"220 ..."``).
+    :param isolation: ``None``: no authentication; else sent as SOCKS username and password (RFC 1929),
+        which Tor uses to isolate streams (``IsolateSOCKSAuth``, on by default): different credentials
+        get different circuits, the same credentials share one.
+    :returns: the connected socket (the server's greeting is still unread).
     :raises ConnectionError: with the SOCKS reply code (tor ExtendedErrors: 0xf0 descriptor not found,
         0xf6 bad onion address, ...) when the proxy refuses.
     :raises OSError: when the proxy cannot be reached or the connection fails.
     """
-    with socket.create_connection(("127.0.0.1", socks_port), timeout=timeout_seconds) as sock:
-        sock.sendall(b"\x05\x01\x00")
-        if sock.recv(2) != b"\x05\x00":
-            raise ConnectionError("SOCKS5 proxy refused the no-auth method")
+    sock = socket.create_connection(("127.0.0.1", socks_port), timeout=timeout_seconds)
+    try:
+        method = b"\x00" if isolation is None else b"\x02"
+        sock.sendall(b"\x05\x01" + method)
+        if sock.recv(2) != b"\x05" + method:
+            raise ConnectionError(f"SOCKS5 proxy refused method {method.hex()}")
+        if isolation is not None:
+            user = isolation.encode()
+            sock.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(user)]) + user)
+            if sock.recv(2) != b"\x01\x00":
+                raise ConnectionError("SOCKS5 proxy refused the credentials")
         name = host.encode("ascii")
         sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
         reply = sock.recv(10)
         if len(reply) < 2 or reply[1] != 0:
             raise ConnectionError(f"SOCKS5 reply {reply[1:2].hex() or 'none'} for {host}:{port}")
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def smtp_banner_via_socks(socks_port: int, host: str, port: int = 25, timeout_seconds: float = 30.0) -> str:
+    """Connect to *host*:*port* through a SOCKS5 proxy on 127.0.0.1 (:func:`socks_connect`) and read the banner.
+
+    :returns: the first line the server sends (``"220 ..."``).
+    :raises ConnectionError: when the proxy refuses (its reply code in the message).
+    :raises OSError: when the proxy cannot be reached or the connection fails.
+    """
+    with socks_connect(socks_port, host, port, timeout_seconds=timeout_seconds) as sock:
         banner = sock.makefile("rb").readline().decode(errors="replace").strip()
         with contextlib.suppress(OSError):
             sock.sendall(b"QUIT\r\n")
