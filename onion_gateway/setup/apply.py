@@ -24,11 +24,12 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from onion_gateway import postfix
-from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError
+from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError, TorError
 from onion_gateway.setup.journal import (FileWrite, Journal, LineAppend, OnionChange, ParamChange, ServiceChange,
                                          UnitStart, systemctl,
                                          change_from_json, change_to_json, current_parameter, current_service,
@@ -38,7 +39,7 @@ from onion_gateway.setup.plan import (FileChange, OnionAction, Plan, SetupResult
                                       srv_records)
 from onion_gateway.setup.settings import SetupSettings
 from onion_gateway.setup.state import MANIFEST, StateLock, check_state_dir, load_manifest
-from onion_gateway.tor import TorControl, read_onion_address, verify_config
+from onion_gateway.tor import TorControl, dump_config, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ def _apply_locked(plan: Plan) -> SetupResult:
         address = plan.onion.address
         if plan.onion.action is not OnionAction.REUSE:
             journal.record(OnionChange(str(s.hidden_service_dir), s.hidden_service_dir.exists(),
-                                       plan.onion.current_ports))
+                                       plan.onion.current_ports, plan.onion.current_options))
             with TorControl(s.tor_control, s.tor_control_password_file) as tor:
                 address = tor.set_hidden_service(s.hidden_service_dir, s.onion_port, s.listener.host or "",
                                                  s.listener.port or 0, options=plan.onion.options)
@@ -416,26 +417,51 @@ def rollback_preview(settings: SetupSettings) -> list[str]:
     manifest = _load_manifest(state_dir)
     if journal is not None and journal.get("run") not in manifest.get("runs", []):
         lines += [f"repair an interrupted run: {describe(c)}" for c in reversed(journal["changes"])]
-    lines += [describe(change_from_json(c)) for c in reversed(manifest.get("changes", []))]
+    changes = [change_from_json(c) for c in manifest.get("changes", [])]
+    lines += [describe(c) for c in reversed(changes)]
+    if changes:
+        owned = tor_owned(manifest, changes)
+        things = [f"the onion service of {d}" for d in owned.hidden_service_dirs]
+        things += [f"MetricsPort {owned.metrics_port}"] if owned.metrics_port else []
+        if things:
+            lines.append(f"take {' and '.join(things)} out of the running Tor where its reverted torrc no "
+                         "longer declares them (other onion services are kept)")
     return lines
 
 
-def rollback(settings: SetupSettings) -> list[str]:
+@dataclass(frozen=True)
+class RollbackResult:
+    """What ``setup --rollback`` did.
+
+    :param done: one line per item undone (empty: nothing to roll back).
+    :param tor_pending: when the running Tor could not be brought in line with its reverted torrc (its
+        control port unreachable, or its torrc unreadable), one line saying what it still serves and that
+        it must be reloaded; ``None`` when the running Tor was settled.
+    """
+
+    done: list[str]
+    tor_pending: str | None = None
+
+
+def rollback(settings: SetupSettings) -> RollbackResult:
     """Undo what setup did, newest first, keeping every later edit of the postmaster.
 
     A parameter or service is set back only if it still holds what setup set; a file setup wrote and
     that was edited since is moved aside (``PATH.onion-gateway-kept``), never overwritten; an edited
-    ``transport_maps`` loses only setup's tables. The onion service is dropped from the running Tor;
-    its key directory stays (the address may be published). Postfix is checked and reloaded if running.
+    ``transport_maps`` loses only setup's tables. Postfix is checked and reloaded if running. Then the
+    running Tor is brought in line with its reverted torrc for what setup put there
+    (:func:`settle_tor`); other onion services are never touched. The onion key directory stays (the
+    address may be published). If Tor cannot be reached the file changes are still all undone and
+    :attr:`RollbackResult.tor_pending` says that Tor must be reloaded.
 
     :param settings: the settings (state directory, Postfix directory, Tor control port).
-    :returns: what was done, one line per item; empty if there was nothing to roll back.
+    :returns: a :class:`RollbackResult`.
     :raises SetupError: if the state directory is not trusted, a change cannot be undone, or Postfix
         rejects the result.
     """
     state_dir = settings.state_dir
     if not check_state_dir(state_dir, create=False):
-        return []
+        return RollbackResult([])
     try:
         with StateLock(state_dir):
             return _rollback_locked(settings)
@@ -443,7 +469,7 @@ def rollback(settings: SetupSettings) -> list[str]:
         _tidy(state_dir)
 
 
-def _rollback_locked(settings: SetupSettings) -> list[str]:
+def _rollback_locked(settings: SetupSettings) -> RollbackResult:
     state_dir = settings.state_dir
     recovered = _recover_locked(settings)
     manifest = _load_manifest(state_dir)
@@ -451,18 +477,38 @@ def _rollback_locked(settings: SetupSettings) -> list[str]:
     if not changes:
         if (state_dir / MANIFEST).exists():
             (state_dir / MANIFEST).unlink()
-        return recovered
+        return RollbackResult(recovered)
+    owned = tor_owned(manifest, changes)
+    tor_problem: str | None = None
+    try:
+        with _tor(settings)():
+            pass
+    except TorError as exc:
+        tor_problem = f"Tor's control port {settings.tor_control} could not be reached ({exc})"
 
     def forget(index: int) -> None:
         manifest["changes"] = manifest["changes"][:index]
         _write_manifest(state_dir, manifest)
 
     try:
-        done = _undo_all(changes, state_dir, settings, remove_new_key=False, forget=forget)
+        done = _undo_all(changes, state_dir, settings if tor_problem is None else None, remove_new_key=False,
+                         forget=forget)
         postfix.check(settings.postfix_config_dir)
         _reload_if_running(settings.postfix_config_dir, settings.reload)
     except (OnionGatewayError, OSError) as exc:
         raise SetupError(f"rollback failed: {exc}; run it again to continue (what is undone stays undone)") from exc
+    if tor_problem is None:
+        try:
+            done += settle_tor(settings, owned)
+        except TorError as exc:
+            tor_problem = str(exc)
+    pending = None
+    if tor_problem is not None:
+        things = [f"the onion service of {d}" for d in owned.hidden_service_dirs]
+        things += [f"MetricsPort {owned.metrics_port}"] if owned.metrics_port else []
+        pending = (f"{tor_problem}: the running Tor may still serve {' and '.join(things) or 'what setup set'} "
+                   "until it re-reads its torrc, which no longer has them: reload Tor (systemctl reload tor, "
+                   "or kill -HUP tor's pid)")
     onion = [c for c in changes if isinstance(c, OnionChange)]
     if onion:
         done.append(f"kept the onion key directory {onion[0].hidden_service_dir} (delete it to forget "
@@ -470,4 +516,71 @@ def _rollback_locked(settings: SetupSettings) -> list[str]:
     fault_point("manifest unlink")
     (state_dir / MANIFEST).unlink()
     _sweep(state_dir, set())
-    return recovered + done
+    return RollbackResult(recovered + done, pending)
+
+
+@dataclass(frozen=True)
+class TorOwned:
+    """What setup put into the running Tor, as its manifest says.
+
+    :param hidden_service_dirs: the onion services setup created (Tor did not serve them before setup).
+    :param metrics_port: the ``MetricsPort`` its torrc piece set (``IP:PORT``), or ``None``.
+    """
+
+    hidden_service_dirs: tuple[str, ...]
+    metrics_port: str | None
+
+
+def tor_owned(manifest: dict[str, Any], changes: list) -> TorOwned:
+    """Setup's part of the running Tor, from the manifest: each HiddenServiceDir whose first
+    :class:`~.journal.OnionChange` found Tor not serving it (or, with no such record because the run
+    found Tor already serving it, the recorded ``hidden_service_dir``), and the piece's MetricsPort.
+
+    :param manifest: the manifest (``managed.tor`` and, from older setups, ``listener.hidden_service_dir``).
+    :param changes: its records.
+    :returns: a :class:`TorOwned`.
+    """
+    managed_tor = (manifest.get("managed") or {}).get("tor") or {}
+    first: dict[str, OnionChange] = {}
+    for change in changes:
+        if isinstance(change, OnionChange):
+            first.setdefault(change.hidden_service_dir, change)
+    dirs = [d for d, c in first.items() if not c.ports_before]
+    recorded = managed_tor.get("hidden_service_dir") or (manifest.get("listener") or {}).get("hidden_service_dir")
+    if recorded and recorded not in first:
+        dirs.append(recorded)
+    return TorOwned(tuple(dirs), managed_tor.get("metrics_port") or None)
+
+
+def settle_tor(settings: SetupSettings, owned: TorOwned) -> list[str]:
+    """Make the running Tor drop what setup put there and its reverted torrc no longer declares.
+
+    Tor keeps a ``SETCONF`` (and what it read from the torrc piece at its last start) until it re-reads
+    its torrc. A ``SIGNAL RELOAD`` would do that, but it also drops every service other controllers set
+    with ``SETCONF`` alone (control-spec §3.1: such changes live in memory only) and acts on a torrc we
+    have not checked; so setup changes only its own options, on one control connection: each onion
+    service in *owned* that the torrc Tor reads (``GETINFO config-file``, expanded by
+    ``tor --dump-config``) no longer declares is removed from ``HiddenServiceOptions`` (the other
+    services are written back unchanged), and ``MetricsPort``/``MetricsPortPolicy`` are set to what the
+    torrc declares when setup's MetricsPort is running and no longer declared.
+
+    :param settings: the settings (control address, torrc and defaults file as fallbacks).
+    :param owned: from :func:`tor_owned`.
+    :returns: one line per option taken out.
+    :raises TorError: if Tor cannot be reached or refuses, or its torrc cannot be read.
+    """
+    done = []
+    with _tor(settings)() as tor:
+        torrc = tor.config_file() or settings.torrc
+        declared = dump_config(torrc, settings.tor_defaults_torrc) if torrc is not None else []
+        declared_dirs = {os.path.realpath(v) for k, v in declared if k == "HiddenServiceDir"}
+        for hs_dir in owned.hidden_service_dirs:
+            if os.path.realpath(hs_dir) not in declared_dirs and tor.remove_hidden_service(Path(hs_dir)):
+                done.append(f"tor no longer serves {hs_dir}")
+        if owned.metrics_port and owned.metrics_port in tor.conf_values("MetricsPort"):
+            wanted = [v for k, v in declared if k == "MetricsPort"]
+            if owned.metrics_port not in wanted:
+                tor.set_conf_values("MetricsPortPolicy", [v for k, v in declared if k == "MetricsPortPolicy"])
+                tor.set_conf_values("MetricsPort", wanted)
+                done.append(f"tor no longer has MetricsPort {owned.metrics_port}")
+    return done

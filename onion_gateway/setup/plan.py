@@ -111,6 +111,7 @@ class OnionStep:
     :param address: the address if the key already exists, else ``None`` (Tor makes a new one).
     :param current_ports: what Tor serves from that directory now (``None``: nothing).
     :param options: the service's other options setup sets (:func:`.onionpath.service_options`).
+    :param current_options: the other options Tor has for it now (``None``: Tor does not serve it).
     """
 
     action: OnionAction
@@ -118,6 +119,7 @@ class OnionStep:
     address: str | None
     current_ports: list[tuple[int, str, int]] | None
     options: tuple[tuple[str, str], ...] = ()
+    current_options: dict[str, str] | None = None
 
 
 @dataclass
@@ -139,8 +141,10 @@ class Plan:
     :param start_unit: the systemd unit setup must enable and start (and wait for) before it switches
         transport_maps, when the daemon does not answer yet and systemd runs; ``None``: nothing to start.
     :param daemon_table: the daemon's table (``socketmap:inet:127.0.0.1:6014:onion``).
-    :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
-        ...], "transport_map": table}``; a later run removes what it no longer wants.
+    :param managed: what setup owns in main.cf/master.cf and the running Tor after this plan:
+        ``{"services": ["name/type", ...], "transport_map": table, "own_table": table,
+        "tor": {"hidden_service_dir": dir, "metrics_port": "IP:PORT" | None}}``; a later run removes what
+        it no longer wants, rollback takes the Tor part out of the running Tor.
     """
 
     settings: SetupSettings
@@ -476,6 +480,9 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         notes.append(f"the unit {settings.systemd_unit} is new or changed: systemctl daemon-reload && systemctl "
                      f"enable {settings.systemd_unit.name} (the daemon must already answer before setup switches "
                      "transport_maps)")
+    # what setup puts into the running Tor beyond the control-port SETCONF: rollback takes it out again
+    managed["tor"] = {"hidden_service_dir": str(settings.hidden_service_dir),
+                      "metrics_port": piece.metrics_port or None}
     record = {"listener": listener, "onion_port": settings.onion_port,
               "hidden_service_dir": str(settings.hidden_service_dir),
               "postfix_config_dir": str(cdir) if cdir is not None else None,
@@ -688,8 +695,9 @@ def _plan_onion(settings: SetupSettings, notes: list[str], options: tuple[tuple[
         address = read_onion_address(hs_dir)
     wanted = [(settings.onion_port, settings.listener.host, settings.listener.port)]
     if ports == wanted and address is not None and current_options == dict(options):
-        return OnionStep(OnionAction.REUSE, hs_dir, address, ports, options)
-    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports, options)
+        return OnionStep(OnionAction.REUSE, hs_dir, address, ports, options, current_options)
+    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports, options,
+                     current_options)
 
 
 def _manifest_or_error(state_dir: Path) -> dict[str, Any]:
