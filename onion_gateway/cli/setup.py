@@ -26,7 +26,7 @@ _PATH_OPTIONS = {
     "tor_defaults_torrc": "--defaults-torrc for tor --verify-config (\"\" = tor's built-in default).",
     "tor_control_password_file": "File with Tor's control password (default: cookie auth).",
     "hidden_service_dir": "The onion service directory. Default: /var/lib/tor/onion-gateway.",
-    "systemd_unit": "Where to write the unit for 'onion-gateway serve' (\"\" = none).",
+    "systemd_unit": "Where to write the unit for 'onion-gateway serve'; its .socket goes beside it (\"\" = none).",
     "serve_config": "Config file the systemd unit passes to 'onion-gateway serve'.",
 }
 

@@ -279,12 +279,13 @@ def _apply_locked(plan: Plan) -> SetupResult:
                 _append_lines(journal, change)
             else:
                 _write_file(s.state_dir, journal, change)
-        if plan.start_unit is not None:
-            step = f"starting {plan.start_unit} (systemctl enable --now) and waiting for it to answer"
-            journal.record(UnitStart(plan.start_unit))
+        if plan.start_units:
+            step = f"starting {' and '.join(plan.start_units)} (systemctl enable --now) and waiting for it to answer"
             systemctl("daemon-reload")
-            systemctl("enable", "--now", plan.start_unit)
-            fault_point("unit started")
+            for unit in plan.start_units:               # the socket first: it holds the daemon's listeners
+                journal.record(UnitStart(unit))
+                systemctl("enable", "--now", unit)
+                fault_point(f"unit {unit} started")
             _wait_for_daemon(plan.daemon_table, cdir, DAEMON_READY_SECONDS)
         for pc in plan.postconf:
             step = f"changing {pc.path} with postconf"
