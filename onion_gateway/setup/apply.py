@@ -205,8 +205,44 @@ def recover_interrupted(settings: SetupSettings) -> list[str]:
     return done
 
 
+def migrate_legacy(state_dir: Path) -> list[str]:
+    """Replace a manifest of onion-gateway 0.1 (whole-file copies) by the records it stands for
+    (:func:`onion_gateway.setup.legacy.legacy_changes`), so that rollback keeps later edits.
+
+    Crash-safe: the blobs are stored first, then the manifest is replaced in one atomic write, then 0.1's
+    copies are removed (a kill before that only leaves them to the next run, which removes them).
+    Call with the state lock held.
+
+    :param state_dir: the (checked) state directory.
+    :returns: one line saying what was converted; empty when the manifest is not 0.1's.
+    :raises SetupError: when a 0.1 run was killed and left its journal (one line: what to do; nothing
+        was changed), or a copy the manifest names is missing.
+    """
+    from onion_gateway.setup.legacy import (LEGACY_BACKUPS, LEGACY_RUN, check_no_legacy_journal, is_legacy,
+                                            legacy_changes, remove_legacy_backups)
+
+    check_no_legacy_journal(state_dir)
+    manifest = _load_manifest(state_dir)
+    if not is_legacy(manifest):
+        if manifest.get("changes") is not None and (state_dir / LEGACY_BACKUPS).is_dir():
+            remove_legacy_backups(state_dir)
+        return []
+    changes, blobs = legacy_changes(manifest, state_dir)
+    for data in blobs.values():
+        store_blob(state_dir, data)
+    _write_manifest(state_dir, {"runs": [LEGACY_RUN], "changes": [change_to_json(c) for c in changes],
+                                "managed": manifest.get("managed") or {}, "listener": manifest.get("listener")})
+    remove_legacy_backups(state_dir)
+    log.warning("converted the whole-file manifest of onion-gateway 0.1 in %s into %d records", state_dir,
+                len(changes))
+    return [f"read the manifest of onion-gateway 0.1 (whole-file copies) as {len(changes)} changes: later edits "
+            "are kept; a file it had replaced is restored and your current version kept as "
+            "PATH.onion-gateway-kept"]
+
+
 def _recover_locked(settings: SetupSettings) -> list[str]:
     state_dir = settings.state_dir
+    migrate_legacy(state_dir)
     data = Journal.load(state_dir)
     manifest = _load_manifest(state_dir)
     if data is None:
@@ -257,6 +293,7 @@ def apply_plan(plan: Plan) -> SetupResult:
     check_state_dir(s.state_dir, create=True)
     try:
         with StateLock(s.state_dir):
+            migrate_legacy(s.state_dir)
             if Journal.load(s.state_dir) is not None:
                 raise SetupError(f"an interrupted run left {s.state_dir / Journal.NAME}: run setup again to "
                                  "repair it")
@@ -413,12 +450,19 @@ def rollback_preview(settings: SetupSettings) -> list[str]:
     state_dir = settings.state_dir
     if not check_state_dir(state_dir, create=False):
         return []
+    from onion_gateway.setup.legacy import check_no_legacy_journal, is_legacy, legacy_changes
+
     lines = []
+    check_no_legacy_journal(state_dir)
     journal = Journal.load(state_dir)
     manifest = _load_manifest(state_dir)
     if journal is not None and journal.get("run") not in manifest.get("runs", []):
         lines += [f"repair an interrupted run: {describe(c)}" for c in reversed(journal["changes"])]
-    changes = [change_from_json(c) for c in manifest.get("changes", [])]
+    if is_legacy(manifest):
+        changes = legacy_changes(manifest, state_dir)[0]
+        lines.append("read the manifest of onion-gateway 0.1 (whole-file copies) as the changes below")
+    else:
+        changes = [change_from_json(c) for c in manifest.get("changes", [])]
     lines += [describe(c) for c in reversed(changes)]
     if changes:
         owned = tor_owned(manifest, changes)
@@ -472,7 +516,8 @@ def rollback(settings: SetupSettings) -> RollbackResult:
 
 def _rollback_locked(settings: SetupSettings) -> RollbackResult:
     state_dir = settings.state_dir
-    recovered = _recover_locked(settings)
+    converted = migrate_legacy(state_dir)
+    recovered = converted + _recover_locked(settings)
     manifest = _load_manifest(state_dir)
     changes = [change_from_json(c) for c in manifest.get("changes", [])]
     if not changes:
