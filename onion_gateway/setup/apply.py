@@ -14,7 +14,11 @@ Shaped after certbot's installers (``save`` as the one writing point, ``recovery
 - :func:`recover_interrupted`: a journal left behind means a run was killed; the next start undoes it
   (or, if the manifest already names the run, only removes the journal). Idempotent and crash-safe.
 - :func:`rollback`: undoes every recorded change, newest first, each only if it is still as setup left
-  it: later edits of the postmaster are kept (:func:`onion_gateway.setup.journal.undo`).
+  it: later edits of the postmaster are kept (:func:`onion_gateway.setup.journal.undo`); then
+  :func:`settle_tor` takes what setup put into the running Tor out where its reverted torrc no longer
+  declares it.
+- :func:`migrate_legacy`: a manifest of onion-gateway 0.1 (whole-file copies) becomes the records it
+  stands for (:mod:`.legacy`) before anything else reads it.
 """
 
 from __future__ import annotations
@@ -465,12 +469,10 @@ def rollback_preview(settings: SetupSettings) -> list[str]:
         changes = [change_from_json(c) for c in manifest.get("changes", [])]
     lines += [describe(c) for c in reversed(changes)]
     if changes:
-        owned = tor_owned(manifest, changes)
-        things = [f"the onion service of {d}" for d in owned.hidden_service_dirs]
-        things += [f"MetricsPort {owned.metrics_port}"] if owned.metrics_port else []
+        things = tor_owned(manifest, changes).names()
         if things:
-            lines.append(f"take {' and '.join(things)} out of the running Tor where its reverted torrc no "
-                         "longer declares them (other onion services are kept)")
+            lines.append(f"take {things} out of the running Tor where its reverted torrc no longer declares them "
+                         "(other onion services are kept)")
     return lines
 
 
@@ -550,9 +552,7 @@ def _rollback_locked(settings: SetupSettings) -> RollbackResult:
             tor_problem = str(exc)
     pending = None
     if tor_problem is not None:
-        things = [f"the onion service of {d}" for d in owned.hidden_service_dirs]
-        things += [f"MetricsPort {owned.metrics_port}"] if owned.metrics_port else []
-        pending = (f"{tor_problem}: the running Tor may still serve {' and '.join(things) or 'what setup set'} "
+        pending = (f"{tor_problem}: the running Tor may still serve {owned.names() or 'what setup set'} "
                    "until it re-reads its torrc, which no longer has them: reload Tor (systemctl reload tor, "
                    "or kill -HUP tor's pid)")
     onion = [c for c in changes if isinstance(c, OnionChange)]
@@ -575,6 +575,11 @@ class TorOwned:
 
     hidden_service_dirs: tuple[str, ...]
     metrics_port: str | None
+
+    def names(self) -> str:
+        """``"the onion service of DIR and MetricsPort IP:PORT"`` (``""`` when there is nothing)."""
+        things = [f"the onion service of {d}" for d in self.hidden_service_dirs]
+        return " and ".join(things + ([f"MetricsPort {self.metrics_port}"] if self.metrics_port else []))
 
 
 def tor_owned(manifest: dict[str, Any], changes: list) -> TorOwned:
