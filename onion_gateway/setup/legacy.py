@@ -87,6 +87,11 @@ def legacy_changes(manifest: dict[str, Any], state_dir: Path) -> tuple[list[Chan
     managed = manifest.get("managed") or {}
     if not isinstance(entries, list) or not all(isinstance(e, dict) and e.get("path") for e in entries):
         raise SetupError(f"the onion-gateway 0.1 manifest in {state_dir} is damaged (its \"files\" list)")
+    if any(Path(e["path"]).name == "master.cf" for e in entries) and not managed.get("services"):
+        raise SetupError(f"the onion-gateway 0.1 manifest in {state_dir} does not say which master.cf services "
+                         "setup added (a pre-release manifest without \"managed\"): put back each file it lists "
+                         f"from its \"backup\" (relative to {state_dir}; no backup: delete the file), then remove "
+                         f"{state_dir}; nothing was changed")
     copies = {e["path"]: _copy(state_dir, e) for e in entries}
     recorded = set(copies)
     changes: list[Change] = []

@@ -314,3 +314,12 @@ def test_version_0_1_appended_lines_are_only_setups_include_and_header():
     assert _appended(before, now, {"/etc/tor/onion-gateway.torrc"}) == \
         f"# {MANAGED_BY}\n%include /etc/tor/onion-gateway.torrc\n"
     assert _appended(before, b"whole new file\n", {"/etc/tor/onion-gateway.torrc"}) is None
+
+
+def test_a_version_0_1_manifest_that_does_not_name_setups_services_is_refused(tmp_path):
+    from onion_gateway.errors import SetupError
+    from onion_gateway.setup.legacy import legacy_changes
+
+    manifest = {"files": [{"path": str(tmp_path / "master.cf"), "backup": "backups/0000-master.cf"}], "onion": None}
+    with pytest.raises(SetupError, match="does not say which master.cf services"):
+        legacy_changes(manifest, tmp_path)
