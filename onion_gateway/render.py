@@ -178,9 +178,11 @@ class SystemdUnit:
     """systemd.service(5) unit running ``onion-gateway serve`` as a dynamic, dedicated user.
 
     :param exec_start: the full ExecStart command line.
+    :param socket: the name of its socket unit (:class:`SystemdSocket`), wanted and ordered before it.
     """
 
     exec_start: str
+    socket: str = "onion-gateway.socket"
     template = "systemd/onion-gateway.service.j2"
 
 
@@ -192,11 +194,13 @@ class SystemdSocket:
         ``[::1]:10025`` or a unix socket path.
     :param socket_mode: SocketMode of unix sockets (``"0660"``).
     :param socket_group: SocketGroup of unix sockets (``"postfix"``), or ``None``.
+    :param service: the name of the service unit the sockets are passed to (:class:`SystemdUnit`).
     """
 
     listen_streams: tuple[str, ...]
     socket_mode: str = "0660"
     socket_group: str | None = None
+    service: str = "onion-gateway.service"
     template = "systemd/onion-gateway.socket.j2"
 
 

@@ -116,6 +116,31 @@ class TorControl:
             raise TorError(f"GETINFO config-file failed: {exc}") from exc
         return Path(text) if text else None
 
+    def conf_values(self, name: str) -> list[str]:
+        """The values the running Tor has for the option *name* (``GETCONF NAME``, control-spec §3.3),
+        one per line of a LINELIST option such as ``MetricsPort``; ``[]`` when it is unset.
+
+        :raises TorError: if Tor refuses the GETCONF.
+        """
+        try:
+            return [v for v in self._c.get_conf(name, [], multiple=True) if v]
+        except (stem.ControllerError, stem.SocketError) as exc:
+            raise TorError(f"GETCONF {name} failed: {exc}") from exc
+
+    def set_conf_values(self, name: str, values: Sequence[str]) -> None:
+        """Give the running Tor exactly *values* for the option *name*: ``SETCONF NAME=V1 NAME=V2``, or
+        ``RESETCONF NAME`` (its default) when *values* is empty (control-spec §3.1-3.2; memory only).
+
+        :raises TorError: if Tor refuses the change.
+        """
+        try:
+            if values:
+                self._c.set_options([(name, v) for v in values])
+            else:
+                self._c.reset_conf(name)
+        except (stem.ControllerError, stem.SocketError) as exc:
+            raise TorError(f"Tor refused to set {name}: {exc}") from exc
+
     def _hidden_services(self) -> dict:
         """Every onion service of the running Tor: ``{dir: {"HiddenServicePort": [entry...], option: value}}``.
 

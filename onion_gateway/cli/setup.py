@@ -1,7 +1,8 @@
 """``onion-gateway setup``: options -> :mod:`onion_gateway.setup` -> echo and exit code.
 
 Exit codes: 0 done (or nothing to change, or a dry run), 1 setup refused, failed (and restored) or the
-plan was declined, 69 Tor's control port unavailable, 78 configuration error.
+plan was declined, 69 Tor's control port unavailable (setup changed nothing; ``--rollback`` undid every
+file change but the running Tor must still be reloaded), 78 configuration error.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from onion_gateway.cli.common import ExitCode, cli_overrides, configure_logging, fail_with, log_level_option
+from onion_gateway.cli.common import ExitCode, cli_overrides, configure_logging, fail, fail_with, log_level_option
 
 # option name -> [setup] key; values given as strings so that "" can switch a file off (e.g. --systemd-unit "")
 _PATH_OPTIONS = {
@@ -25,7 +26,7 @@ _PATH_OPTIONS = {
     "tor_defaults_torrc": "--defaults-torrc for tor --verify-config (\"\" = tor's built-in default).",
     "tor_control_password_file": "File with Tor's control password (default: cookie auth).",
     "hidden_service_dir": "The onion service directory. Default: /var/lib/tor/onion-gateway.",
-    "systemd_unit": "Where to write the unit for 'onion-gateway serve' (\"\" = none).",
+    "systemd_unit": "Where to write the unit for 'onion-gateway serve'; its .socket goes beside it (\"\" = none).",
     "serve_config": "Config file the systemd unit passes to 'onion-gateway serve'.",
 }
 
@@ -140,5 +141,7 @@ def _rollback(installer, settings, *, dry_run: bool, yes: bool) -> None:
     if not yes and not click.confirm("Roll back these changes?", default=False):
         click.echo("nothing was changed")
         sys.exit(ExitCode.NO)
-    done = installer.rollback(settings)
-    click.echo("\n".join(done) if done else "nothing to roll back")
+    result = installer.rollback(settings)
+    click.echo("\n".join(result.done) if result.done else "nothing to roll back")
+    if result.tor_pending:
+        fail("setup", ExitCode.UNAVAILABLE, f"rolled back every file, but {result.tor_pending}")

@@ -14,7 +14,11 @@ Shaped after certbot's installers (``save`` as the one writing point, ``recovery
 - :func:`recover_interrupted`: a journal left behind means a run was killed; the next start undoes it
   (or, if the manifest already names the run, only removes the journal). Idempotent and crash-safe.
 - :func:`rollback`: undoes every recorded change, newest first, each only if it is still as setup left
-  it: later edits of the postmaster are kept (:func:`onion_gateway.setup.journal.undo`).
+  it: later edits of the postmaster are kept (:func:`onion_gateway.setup.journal.undo`); then
+  :func:`settle_tor` takes what setup put into the running Tor out where its reverted torrc no longer
+  declares it.
+- :func:`migrate_legacy`: a manifest of onion-gateway 0.1 (whole-file copies) becomes the records it
+  stands for (:mod:`.legacy`) before anything else reads it.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from onion_gateway import postfix
-from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError
+from onion_gateway.errors import ConfigError, OnionGatewayError, SetupError, TorError
 from onion_gateway.setup.journal import (FileWrite, Journal, LineAppend, OnionChange, ParamChange, ServiceChange,
                                          UnitStart, systemctl,
                                          change_from_json, change_to_json, current_parameter, current_service,
@@ -38,7 +43,7 @@ from onion_gateway.setup.plan import (FileChange, OnionAction, Plan, SetupResult
                                       srv_records)
 from onion_gateway.setup.settings import SetupSettings
 from onion_gateway.setup.state import MANIFEST, StateLock, check_state_dir, load_manifest
-from onion_gateway.tor import TorControl, read_onion_address, verify_config
+from onion_gateway.tor import TorControl, dump_config, read_onion_address, verify_config
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +209,44 @@ def recover_interrupted(settings: SetupSettings) -> list[str]:
     return done
 
 
+def migrate_legacy(state_dir: Path) -> list[str]:
+    """Replace a manifest of onion-gateway 0.1 (whole-file copies) by the records it stands for
+    (:func:`onion_gateway.setup.legacy.legacy_changes`), so that rollback keeps later edits.
+
+    Crash-safe: the blobs are stored first, then the manifest is replaced in one atomic write, then 0.1's
+    copies are removed (a kill before that only leaves them to the next run, which removes them).
+    Call with the state lock held.
+
+    :param state_dir: the (checked) state directory.
+    :returns: one line saying what was converted; empty when the manifest is not 0.1's.
+    :raises SetupError: when a 0.1 run was killed and left its journal (one line: what to do; nothing
+        was changed), or a copy the manifest names is missing.
+    """
+    from onion_gateway.setup.legacy import (LEGACY_BACKUPS, LEGACY_RUN, check_no_legacy_journal, is_legacy,
+                                            legacy_changes, remove_legacy_backups)
+
+    check_no_legacy_journal(state_dir)
+    manifest = _load_manifest(state_dir)
+    if not is_legacy(manifest):
+        if manifest.get("changes") is not None and (state_dir / LEGACY_BACKUPS).is_dir():
+            remove_legacy_backups(state_dir)
+        return []
+    changes, blobs = legacy_changes(manifest, state_dir)
+    for data in blobs.values():
+        store_blob(state_dir, data)
+    _write_manifest(state_dir, {"runs": [LEGACY_RUN], "changes": [change_to_json(c) for c in changes],
+                                "managed": manifest.get("managed") or {}, "listener": manifest.get("listener")})
+    remove_legacy_backups(state_dir)
+    log.warning("converted the whole-file manifest of onion-gateway 0.1 in %s into %d records", state_dir,
+                len(changes))
+    return [f"read the manifest of onion-gateway 0.1 (whole-file copies) as {len(changes)} changes: later edits "
+            "are kept; a file it had replaced is restored and your current version kept as "
+            "PATH.onion-gateway-kept"]
+
+
 def _recover_locked(settings: SetupSettings) -> list[str]:
     state_dir = settings.state_dir
+    migrate_legacy(state_dir)
     data = Journal.load(state_dir)
     manifest = _load_manifest(state_dir)
     if data is None:
@@ -256,6 +297,7 @@ def apply_plan(plan: Plan) -> SetupResult:
     check_state_dir(s.state_dir, create=True)
     try:
         with StateLock(s.state_dir):
+            migrate_legacy(s.state_dir)
             if Journal.load(s.state_dir) is not None:
                 raise SetupError(f"an interrupted run left {s.state_dir / Journal.NAME}: run setup again to "
                                  "repair it")
@@ -278,12 +320,13 @@ def _apply_locked(plan: Plan) -> SetupResult:
                 _append_lines(journal, change)
             else:
                 _write_file(s.state_dir, journal, change)
-        if plan.start_unit is not None:
-            step = f"starting {plan.start_unit} (systemctl enable --now) and waiting for it to answer"
-            journal.record(UnitStart(plan.start_unit))
+        if plan.start_units:
+            step = f"starting {' and '.join(plan.start_units)} (systemctl enable --now) and waiting for it to answer"
             systemctl("daemon-reload")
-            systemctl("enable", "--now", plan.start_unit)
-            fault_point("unit started")
+            for unit in plan.start_units:               # the socket first: it holds the daemon's listeners
+                journal.record(UnitStart(unit))
+                systemctl("enable", "--now", unit)
+                fault_point(f"unit {unit} started")
             _wait_for_daemon(plan.daemon_table, cdir, DAEMON_READY_SECONDS)
         for pc in plan.postconf:
             step = f"changing {pc.path} with postconf"
@@ -300,7 +343,7 @@ def _apply_locked(plan: Plan) -> SetupResult:
         address = plan.onion.address
         if plan.onion.action is not OnionAction.REUSE:
             journal.record(OnionChange(str(s.hidden_service_dir), s.hidden_service_dir.exists(),
-                                       plan.onion.current_ports))
+                                       plan.onion.current_ports, plan.onion.current_options))
             with TorControl(s.tor_control, s.tor_control_password_file) as tor:
                 address = tor.set_hidden_service(s.hidden_service_dir, s.onion_port, s.listener.host or "",
                                                  s.listener.port or 0, options=plan.onion.options)
@@ -411,31 +454,61 @@ def rollback_preview(settings: SetupSettings) -> list[str]:
     state_dir = settings.state_dir
     if not check_state_dir(state_dir, create=False):
         return []
+    from onion_gateway.setup.legacy import check_no_legacy_journal, is_legacy, legacy_changes
+
     lines = []
+    check_no_legacy_journal(state_dir)
     journal = Journal.load(state_dir)
     manifest = _load_manifest(state_dir)
     if journal is not None and journal.get("run") not in manifest.get("runs", []):
         lines += [f"repair an interrupted run: {describe(c)}" for c in reversed(journal["changes"])]
-    lines += [describe(change_from_json(c)) for c in reversed(manifest.get("changes", []))]
+    if is_legacy(manifest):
+        changes = legacy_changes(manifest, state_dir)[0]
+        lines.append("read the manifest of onion-gateway 0.1 (whole-file copies) as the changes below")
+    else:
+        changes = [change_from_json(c) for c in manifest.get("changes", [])]
+    lines += [describe(c) for c in reversed(changes)]
+    if changes:
+        things = tor_owned(manifest, changes).names()
+        if things:
+            lines.append(f"take {things} out of the running Tor where its reverted torrc no longer declares them "
+                         "(other onion services are kept)")
     return lines
 
 
-def rollback(settings: SetupSettings) -> list[str]:
+@dataclass(frozen=True)
+class RollbackResult:
+    """What ``setup --rollback`` did.
+
+    :param done: one line per item undone (empty: nothing to roll back).
+    :param tor_pending: when the running Tor could not be brought in line with its reverted torrc (its
+        control port unreachable, or its torrc unreadable), one line saying what it still serves and that
+        it must be reloaded; ``None`` when the running Tor was settled.
+    """
+
+    done: list[str]
+    tor_pending: str | None = None
+
+
+def rollback(settings: SetupSettings) -> RollbackResult:
     """Undo what setup did, newest first, keeping every later edit of the postmaster.
 
     A parameter or service is set back only if it still holds what setup set; a file setup wrote and
     that was edited since is moved aside (``PATH.onion-gateway-kept``), never overwritten; an edited
-    ``transport_maps`` loses only setup's tables. The onion service is dropped from the running Tor;
-    its key directory stays (the address may be published). Postfix is checked and reloaded if running.
+    ``transport_maps`` loses only setup's tables. Postfix is checked and reloaded if running. Then the
+    running Tor is brought in line with its reverted torrc for what setup put there
+    (:func:`settle_tor`); other onion services are never touched. The onion key directory stays (the
+    address may be published). If Tor cannot be reached the file changes are still all undone and
+    :attr:`RollbackResult.tor_pending` says that Tor must be reloaded.
 
     :param settings: the settings (state directory, Postfix directory, Tor control port).
-    :returns: what was done, one line per item; empty if there was nothing to roll back.
+    :returns: a :class:`RollbackResult`.
     :raises SetupError: if the state directory is not trusted, a change cannot be undone, or Postfix
         rejects the result.
     """
     state_dir = settings.state_dir
     if not check_state_dir(state_dir, create=False):
-        return []
+        return RollbackResult([])
     try:
         with StateLock(state_dir):
             return _rollback_locked(settings)
@@ -443,26 +516,45 @@ def rollback(settings: SetupSettings) -> list[str]:
         _tidy(state_dir)
 
 
-def _rollback_locked(settings: SetupSettings) -> list[str]:
+def _rollback_locked(settings: SetupSettings) -> RollbackResult:
     state_dir = settings.state_dir
-    recovered = _recover_locked(settings)
+    converted = migrate_legacy(state_dir)
+    recovered = converted + _recover_locked(settings)
     manifest = _load_manifest(state_dir)
     changes = [change_from_json(c) for c in manifest.get("changes", [])]
     if not changes:
         if (state_dir / MANIFEST).exists():
             (state_dir / MANIFEST).unlink()
-        return recovered
+        return RollbackResult(recovered)
+    owned = tor_owned(manifest, changes)
+    tor_problem: str | None = None
+    try:
+        with _tor(settings)():
+            pass
+    except TorError as exc:
+        tor_problem = f"Tor's control port {settings.tor_control} could not be reached ({exc})"
 
     def forget(index: int) -> None:
         manifest["changes"] = manifest["changes"][:index]
         _write_manifest(state_dir, manifest)
 
     try:
-        done = _undo_all(changes, state_dir, settings, remove_new_key=False, forget=forget)
+        done = _undo_all(changes, state_dir, settings if tor_problem is None else None, remove_new_key=False,
+                         forget=forget)
         postfix.check(settings.postfix_config_dir)
         _reload_if_running(settings.postfix_config_dir, settings.reload)
     except (OnionGatewayError, OSError) as exc:
         raise SetupError(f"rollback failed: {exc}; run it again to continue (what is undone stays undone)") from exc
+    if tor_problem is None:
+        try:
+            done += settle_tor(settings, owned)
+        except TorError as exc:
+            tor_problem = str(exc)
+    pending = None
+    if tor_problem is not None:
+        pending = (f"{tor_problem}: the running Tor may still serve {owned.names() or 'what setup set'} "
+                   "until it re-reads its torrc, which no longer has them: reload Tor (systemctl reload tor, "
+                   "or kill -HUP tor's pid)")
     onion = [c for c in changes if isinstance(c, OnionChange)]
     if onion:
         done.append(f"kept the onion key directory {onion[0].hidden_service_dir} (delete it to forget "
@@ -470,4 +562,76 @@ def _rollback_locked(settings: SetupSettings) -> list[str]:
     fault_point("manifest unlink")
     (state_dir / MANIFEST).unlink()
     _sweep(state_dir, set())
-    return recovered + done
+    return RollbackResult(recovered + done, pending)
+
+
+@dataclass(frozen=True)
+class TorOwned:
+    """What setup put into the running Tor, as its manifest says.
+
+    :param hidden_service_dirs: the onion services setup created (Tor did not serve them before setup).
+    :param metrics_port: the ``MetricsPort`` its torrc piece set (``IP:PORT``), or ``None``.
+    """
+
+    hidden_service_dirs: tuple[str, ...]
+    metrics_port: str | None
+
+    def names(self) -> str:
+        """``"the onion service of DIR and MetricsPort IP:PORT"`` (``""`` when there is nothing)."""
+        things = [f"the onion service of {d}" for d in self.hidden_service_dirs]
+        return " and ".join(things + ([f"MetricsPort {self.metrics_port}"] if self.metrics_port else []))
+
+
+def tor_owned(manifest: dict[str, Any], changes: list) -> TorOwned:
+    """Setup's part of the running Tor, from the manifest: each HiddenServiceDir whose first
+    :class:`~.journal.OnionChange` found Tor not serving it (or, with no such record because the run
+    found Tor already serving it, the recorded ``hidden_service_dir``), and the piece's MetricsPort.
+
+    :param manifest: the manifest (``managed.tor`` and, from older setups, ``listener.hidden_service_dir``).
+    :param changes: its records.
+    :returns: a :class:`TorOwned`.
+    """
+    managed_tor = (manifest.get("managed") or {}).get("tor") or {}
+    first: dict[str, OnionChange] = {}
+    for change in changes:
+        if isinstance(change, OnionChange):
+            first.setdefault(change.hidden_service_dir, change)
+    dirs = [d for d, c in first.items() if not c.ports_before]
+    recorded = managed_tor.get("hidden_service_dir") or (manifest.get("listener") or {}).get("hidden_service_dir")
+    if recorded and recorded not in first:
+        dirs.append(recorded)
+    return TorOwned(tuple(dirs), managed_tor.get("metrics_port") or None)
+
+
+def settle_tor(settings: SetupSettings, owned: TorOwned) -> list[str]:
+    """Make the running Tor drop what setup put there and its reverted torrc no longer declares.
+
+    Tor keeps a ``SETCONF`` (and what it read from the torrc piece at its last start) until it re-reads
+    its torrc. A ``SIGNAL RELOAD`` would do that, but it also drops every service other controllers set
+    with ``SETCONF`` alone (control-spec §3.1: such changes live in memory only) and acts on a torrc we
+    have not checked; so setup changes only its own options, on one control connection: each onion
+    service in *owned* that the torrc Tor reads (``GETINFO config-file``, expanded by
+    ``tor --dump-config``) no longer declares is removed from ``HiddenServiceOptions`` (the other
+    services are written back unchanged), and ``MetricsPort``/``MetricsPortPolicy`` are set to what the
+    torrc declares when setup's MetricsPort is running and no longer declared.
+
+    :param settings: the settings (control address, torrc and defaults file as fallbacks).
+    :param owned: from :func:`tor_owned`.
+    :returns: one line per option taken out.
+    :raises TorError: if Tor cannot be reached or refuses, or its torrc cannot be read.
+    """
+    done = []
+    with _tor(settings)() as tor:
+        torrc = tor.config_file() or settings.torrc
+        declared = dump_config(torrc, settings.tor_defaults_torrc) if torrc is not None else []
+        declared_dirs = {os.path.realpath(v) for k, v in declared if k == "HiddenServiceDir"}
+        for hs_dir in owned.hidden_service_dirs:
+            if os.path.realpath(hs_dir) not in declared_dirs and tor.remove_hidden_service(Path(hs_dir)):
+                done.append(f"tor no longer serves {hs_dir}")
+        if owned.metrics_port and owned.metrics_port in tor.conf_values("MetricsPort"):
+            wanted = [v for k, v in declared if k == "MetricsPort"]
+            if owned.metrics_port not in wanted:
+                tor.set_conf_values("MetricsPortPolicy", [v for k, v in declared if k == "MetricsPortPolicy"])
+                tor.set_conf_values("MetricsPort", wanted)
+                done.append(f"tor no longer has MetricsPort {owned.metrics_port}")
+    return done

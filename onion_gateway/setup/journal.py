@@ -145,11 +145,14 @@ class OnionChange:
     :param hidden_service_dir: the HiddenServiceDir.
     :param dir_existed: whether the directory (the key) existed before.
     :param ports_before: what Tor served from it before (``[[port, host, target_port]]``), ``None``: nothing.
+    :param options_before: the service's other options Tor had before (``{"HiddenServiceMaxStreams": "64"}``),
+        restored with the ports; ``None`` in records written before it was kept (Tor's are then left as they are).
     """
 
     hidden_service_dir: str
     dir_existed: bool
     ports_before: list | None
+    options_before: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,8 @@ def _undo_onion(change: OnionChange, tor, remove_new_key: bool) -> str | None:
             with tor() as control:
                 if change.ports_before:
                     (port, host, target), = change.ports_before[:1]
-                    control.set_hidden_service(hs_dir, port, host, target)
+                    options = None if change.options_before is None else list(change.options_before.items())
+                    control.set_hidden_service(hs_dir, port, host, target, options=options)
                     done = f"tor serves {hs_dir} as before"
                 elif control.remove_hidden_service(hs_dir):
                     done = f"tor no longer serves {hs_dir}"

@@ -3,7 +3,7 @@
 - :func:`plan_setup` (no side effects outside a scratch directory): preflight refusals (Postfix < 3.5,
   torsocks missing, an open-relay listener, a HiddenServiceDir Tor cannot create, Tor's control port
   unreachable), then every change as data: :class:`FileChange` for files written whole (wrapper,
-  torsocks.conf, torrc piece, the torrc ``%include`` line, systemd unit), :class:`PostconfChange` for
+  torsocks.conf, torrc piece, the torrc ``%include`` line, systemd service and socket units), :class:`PostconfChange` for
   main.cf/master.cf (the ``postconf -e``/``-M`` commands, run first on a scratch copy so the plan
   holds the exact bytes they produce), and an :class:`OnionStep`.
 - :func:`check_listener_policy`: the "not an open relay" refusal of the onion-facing listener: the
@@ -36,8 +36,8 @@ from onion_gateway.audit.policy import Severity
 from onion_gateway.config import ServeSettings
 from onion_gateway.errors import ConfigError, SetupError, TorError
 from onion_gateway.postfix_syntax import split_fields, split_list
-from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdUnit, TorrcInclude, TorrcPiece, TorsocksConf,
-                                  Wrapper, render)
+from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdSocket, SystemdUnit, TorrcInclude, TorrcPiece,
+                                  TorsocksConf, Wrapper, render)
 from onion_gateway.setup.onionpath import listener_inspection, torrc_piece
 from onion_gateway.setup.settings import DEFAULT_SOCKS, SetupSettings, default_transport_map
 from onion_gateway.setup.state import JOURNAL, check_state_dir, load_manifest
@@ -111,6 +111,7 @@ class OnionStep:
     :param address: the address if the key already exists, else ``None`` (Tor makes a new one).
     :param current_ports: what Tor serves from that directory now (``None``: nothing).
     :param options: the service's other options setup sets (:func:`.onionpath.service_options`).
+    :param current_options: the other options Tor has for it now (``None``: Tor does not serve it).
     """
 
     action: OnionAction
@@ -118,6 +119,7 @@ class OnionStep:
     address: str | None
     current_ports: list[tuple[int, str, int]] | None
     options: tuple[tuple[str, str], ...] = ()
+    current_options: dict[str, str] | None = None
 
 
 @dataclass
@@ -136,11 +138,14 @@ class Plan:
     :param blocker: why this plan must not be applied yet although it is sound (the lookup daemon does
         not answer at the table setup would put in transport_maps, so switching would defer all mail),
         with the exact command that fixes it; ``None`` when it can be applied.
-    :param start_unit: the systemd unit setup must enable and start (and wait for) before it switches
-        transport_maps, when the daemon does not answer yet and systemd runs; ``None``: nothing to start.
+    :param start_units: the systemd units setup must enable and start, in order (the socket unit, then
+        the service), and wait for before it switches transport_maps, when the daemon does not answer yet
+        and systemd runs; empty: nothing to start.
     :param daemon_table: the daemon's table (``socketmap:inet:127.0.0.1:6014:onion``).
-    :param managed: what setup owns in main.cf/master.cf after this plan: ``{"services": ["name/type",
-        ...], "transport_map": table}``; a later run removes what it no longer wants.
+    :param managed: what setup owns in main.cf/master.cf and the running Tor after this plan:
+        ``{"services": ["name/type", ...], "transport_map": table, "own_table": table,
+        "tor": {"hidden_service_dir": dir, "metrics_port": "IP:PORT" | None}}``; a later run removes what
+        it no longer wants, rollback takes the Tor part out of the running Tor.
     """
 
     settings: SetupSettings
@@ -152,14 +157,14 @@ class Plan:
     managed: dict[str, Any] = field(default_factory=dict)
     listener_record: dict[str, Any] = field(default_factory=dict)
     blocker: str | None = None
-    start_unit: str | None = None
+    start_units: tuple[str, ...] = ()
     daemon_table: str = ""
 
     @property
     def is_empty(self) -> bool:
         """True when nothing would change."""
         return (not self.files and not self.postconf and self.onion.action is OnionAction.REUSE
-                and self.start_unit is None)
+                and not self.start_units)
 
     def describe(self) -> str:
         """The plan as text: unified diffs of every file and postconf change, and the onion step."""
@@ -443,11 +448,18 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         notes.append(f"add '%include {settings.torrc_piece}' to the torrc Tor starts with, or the onion "
                      "service is lost at Tor's next restart")
     unit = packaged_unit(settings)
+    socket_name = None                     # the socket unit that holds the daemon's listening sockets
     if unit is not None:
         notes.append(f"the Debian package's {unit} runs the daemon with {PACKAGED_SERVE_CONFIG}: no unit written")
+        socket_name = unit.with_suffix(".socket").name if unit.with_suffix(".socket").is_file() else None
     elif settings.systemd_unit is not None:
         exec_start = f"{_serve_command(settings)} serve --config {settings.serve_config}"
-        wanted.append(("systemd unit", settings.systemd_unit, render(SystemdUnit(exec_start=exec_start)), 0o644))
+        socket_path = settings.systemd_unit.with_suffix(".socket")
+        socket_name = socket_path.name
+        wanted.append(("systemd unit", settings.systemd_unit,
+                       render(SystemdUnit(exec_start=exec_start, socket=socket_name)), 0o644))
+        wanted.append(("systemd socket unit", socket_path,
+                       render(systemd_socket(serve, settings.systemd_unit.name)), 0o644))
     wanted.append(("own-domains table", own_table_path,
                    render(OwnDomains(_own_domain_entries(settings, (own_table, transport_map), notes))), 0o644))
     for what, path, text, mode in wanted:
@@ -472,28 +484,34 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
     onion = _plan_onion(settings, notes, piece.options)
     if not (daemon_directory / "smtp").exists():
         notes.append(f"{daemon_directory}/smtp does not exist: check daemon_directory")
-    if settings.systemd_unit is not None and any(c.path == settings.systemd_unit for c in files):
-        notes.append(f"the unit {settings.systemd_unit} is new or changed: systemctl daemon-reload && systemctl "
-                     f"enable {settings.systemd_unit.name} (the daemon must already answer before setup switches "
-                     "transport_maps)")
+    if settings.systemd_unit is not None and socket_name is not None and \
+            any(c.path.parent == settings.systemd_unit.parent and c.what.startswith("systemd") for c in files):
+        notes.append(f"the units {settings.systemd_unit.name} and {socket_name} in {settings.systemd_unit.parent} are "
+                     f"new or changed: systemctl daemon-reload && systemctl enable {socket_name} "
+                     f"{settings.systemd_unit.name}; a daemon running without the socket unit moves to it with "
+                     f"systemctl stop {settings.systemd_unit.name} && systemctl start {socket_name} "
+                     f"{settings.systemd_unit.name} (the daemon must already answer before setup switches transport_maps)")
+    # what setup puts into the running Tor beyond the control-port SETCONF: rollback takes it out again
+    managed["tor"] = {"hidden_service_dir": str(settings.hidden_service_dir),
+                      "metrics_port": piece.metrics_port or None}
     record = {"listener": listener, "onion_port": settings.onion_port,
               "hidden_service_dir": str(settings.hidden_service_dir),
               "postfix_config_dir": str(cdir) if cdir is not None else None,
               "tor_control": str(settings.tor_control), "domains": list(settings.domains),
               "transport_map": transport_map, "serve_config": str(settings.serve_config)}
     blocker = None
-    start_unit = None
+    start_units: tuple[str, ...] = ()
     problem = daemon_problem(transport_map, cdir)
     if problem is not None and (unit is not None or settings.systemd_unit is not None) and systemd_running():
-        start_unit = (unit or settings.systemd_unit).name
-        notes.append(f"the lookup daemon does not answer yet: setup installs, enables and starts {start_unit} "
-                     "and waits for it to answer before it switches transport_maps")
+        start_units = tuple(n for n in (socket_name, (unit or settings.systemd_unit).name) if n)
+        notes.append(f"the lookup daemon does not answer yet: setup installs, enables and starts "
+                     f"{' and '.join(start_units)} and waits for it to answer before it switches transport_maps")
     elif problem is not None:
         blocker = (f"the lookup daemon does not answer at {transport_map} ({problem}); switching transport_maps "
                    f"now would defer all mail. Start it first:\n  {_serve_command(settings)} serve --config "
                    f"{settings.serve_config}\nthen run setup again; nothing was changed")
     return Plan(settings, files, postconf_changes, onion, notes, serve.service, managed, record, blocker,
-                start_unit, transport_map)
+                start_units, transport_map)
 
 
 #: Where the Debian package installs its units (systemd.unit(5): the vendor unit directories).
@@ -501,6 +519,21 @@ PACKAGED_UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system
 #: The config file the packaged unit's ExecStart passes (debian/rules, scripts/packaged_units.py).
 PACKAGED_SERVE_CONFIG = Path("/etc/onion-gateway/onion-gateway.toml")
 DEFAULT_UNIT = Path("/etc/systemd/system/onion-gateway.service")
+
+
+def systemd_socket(serve: ServeSettings, service: str = DEFAULT_UNIT.name) -> SystemdSocket:
+    """The socket unit of the daemon's listeners (systemd.socket(5)): one ``ListenStream`` per tcp_table
+    and socketmap listener of *serve*, as the daemon matches passed sockets to them
+    (:func:`onion_gateway.lookup.systemd.match_listeners`), unix sockets with its mode and group.
+
+    :param serve: the daemon's settings (the ``[serve]`` table the unit's config file holds).
+    :param service: the service unit the sockets are passed to.
+    :returns: the :class:`~onion_gateway.render.SystemdSocket` context.
+    """
+    listeners = [*serve.tcp_table, *serve.socketmap]
+    return SystemdSocket(listen_streams=tuple(a.path if a.is_unix else str(a) for a in listeners),
+                         socket_mode=f"{serve.unix_socket_mode:04o}", socket_group=serve.unix_socket_group,
+                         service=service)
 
 
 def packaged_unit(settings: SetupSettings) -> Path | None:
@@ -688,8 +721,9 @@ def _plan_onion(settings: SetupSettings, notes: list[str], options: tuple[tuple[
         address = read_onion_address(hs_dir)
     wanted = [(settings.onion_port, settings.listener.host, settings.listener.port)]
     if ports == wanted and address is not None and current_options == dict(options):
-        return OnionStep(OnionAction.REUSE, hs_dir, address, ports, options)
-    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports, options)
+        return OnionStep(OnionAction.REUSE, hs_dir, address, ports, options, current_options)
+    return OnionStep(OnionAction.CONFIGURE if address else OnionAction.CREATE, hs_dir, address, ports, options,
+                     current_options)
 
 
 def _manifest_or_error(state_dir: Path) -> dict[str, Any]:

@@ -70,7 +70,8 @@ class SetupSettings:
     :param tor_defaults_torrc: the ``--defaults-torrc`` for ``tor --verify-config`` (Debian's service file).
     :param hidden_service_dir: the onion service's directory (keys, ``hostname``); its parent must exist.
     :param onion_port: the virtual port of the onion service (25 for SMTP).
-    :param systemd_unit: where to write the unit for ``onion-gateway serve``; empty = do not write one.
+    :param systemd_unit: where to write the unit for ``onion-gateway serve``; its socket unit (the
+        daemon's listeners, held across restarts) goes beside it as ``NAME.socket``; empty = write neither.
     :param serve_config: the config file the unit passes to ``onion-gateway serve``.
     :param serve_command: the command the unit runs (``onion-gateway`` path); empty = found in PATH.
     :param state_dir: backups, manifest and the journal of an unfinished run.

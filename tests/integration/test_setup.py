@@ -8,6 +8,7 @@ The transport map is the real ``onion-gateway serve`` daemon of the session (DNS
 
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 import sys
@@ -78,6 +79,32 @@ def test_setup_result_reads_back_through_postfix_and_tor(gateway):
     assert verify.returncode == 0, verify.stdout
     assert (gateway.hs_dir / "hostname").read_text().strip() == address
     assert stat.S_IMODE((gateway.hs_dir / "hs_ed25519_secret_key").stat().st_mode) == 0o600
+
+
+def test_setup_writes_the_socket_unit_beside_the_service_and_rollback_removes_both(gateway, tmp_path):
+    """Without the package's units setup writes both: systemd then holds the daemon's listeners while it
+    restarts (Postfix's lookups wait in the accept queue instead of being refused)."""
+    address = gateway.transport_map.split(":", 2)[2].rsplit(":", 1)[0]           # socketmap:inet:IP:PORT:onion
+    config = tmp_path / "og.toml"
+    config.write_text(f'[serve]\ntcp_table = ["127.0.0.1:{free_port()}"]\nsocketmap = ["{address}"]\n')
+    gateway.setup("--config", str(config), "--yes")
+    service, socket_unit = gateway.etc / "onion-gateway.service", gateway.etc / "onion-gateway.socket"
+    service_lines, socket_lines = service.read_text().splitlines(), socket_unit.read_text().splitlines()
+    assert "Wants=onion-gateway.socket" in service_lines
+    assert any(line.startswith("ExecStart=") and line.endswith(f" serve --config {gateway.etc / 'onion-gateway.toml'}")
+               for line in service_lines)
+    streams = [line.split("=", 1)[1] for line in socket_lines if line.startswith("ListenStream=")]
+    assert streams == [config.read_text().split('"')[1], address]           # the [serve] listeners, in order
+    assert "Service=onion-gateway.service" in socket_lines
+    if shutil.which("systemd-analyze"):
+        done = subprocess.run(["systemd-analyze", "verify", str(socket_unit), str(service)], capture_output=True,
+                              text=True, timeout=60)
+        assert [line for line in done.stderr.splitlines() if "onion-gateway." in line] == [], done.stderr
+
+    out = gateway.setup("--config", str(config), "--rollback", "--yes").output
+
+    assert f"removed {socket_unit}" in out and f"removed {service}" in out
+    assert not socket_unit.exists() and not service.exists()
 
 
 def test_private_key_never_appears_in_output_or_state(gateway):

@@ -161,6 +161,24 @@ def test_item1_setup_refuses_while_the_daemon_does_not_answer_and_changes_nothin
         gw.close()
 
 
+def test_under_systemd_setup_plans_to_start_the_socket_unit_before_the_service(monkeypatch):
+    """The lab has no systemd PID 1, so only the plan is checked: systemctl itself is never run here."""
+    require("postfix", "postconf", "tor", "torsocks")
+    from onion_gateway.setup import plan as planning
+    from onion_gateway.setup.settings import setup_settings
+
+    gw = new_gateway(f"socketmap:inet:127.0.0.1:{free_port()}:onion")      # nothing listens there
+    try:
+        monkeypatch.setattr(planning, "systemd_running", lambda: True)
+        made = planning.plan_setup(setup_settings(gw.options()))
+        assert made.blocker is None
+        assert made.start_units == ("onion-gateway.socket", "onion-gateway.service")
+        assert {(c.what, c.path) for c in made.files} >= {("systemd unit", gw.etc / "onion-gateway.service"),
+                                                           ("systemd socket unit", gw.etc / "onion-gateway.socket")}
+    finally:
+        gw.close()
+
+
 def test_items_1_2_first_day_mail_flows_through_setup_daemon_stop_and_rollback(dns_server):
     """An own-domain RCPT every 100 ms sees no 4xx during setup, a daemon stop/start and rollback;
     with the daemon stopped the own domain gets 250 and a domain with an onion SRV record gets 4xx."""

@@ -168,3 +168,23 @@ def test_systemd_socket_unit_passes_systemd_analyze(tmp_path):
     assert problems == [], done.stderr
     text = unit.read_text()
     assert "ListenStream=127.0.0.1:10025" in text and "ListenStream=/run/onion-gateway/map.sock" in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_a_service_and_socket_pair_under_another_name_refer_to_each_other(tmp_path):
+    from onion_gateway.config import ServeSettings, parse_listen_address
+    from onion_gateway.setup.plan import systemd_socket
+
+    serve = ServeSettings(tcp_table=(parse_listen_address("[::1]:6013"),),
+                          socketmap=(parse_listen_address("unix:/run/og-mx/map.sock"),),
+                          unix_socket_mode=0o660, unix_socket_group="postfix")
+    service = tmp_path / "og-mx.service"
+    service.write_text(render(SystemdUnit(exec_start="/bin/true serve", socket="og-mx.socket")))
+    socket_unit = tmp_path / "og-mx.socket"
+    socket_unit.write_text(render(systemd_socket(serve, "og-mx.service")))
+    done = subprocess.run(["systemd-analyze", "verify", str(socket_unit), str(service)], capture_output=True, text=True)
+    assert [line for line in done.stderr.splitlines() if "og-mx" in line] == [], done.stderr
+    unit_lines, socket_lines = service.read_text().splitlines(), socket_unit.read_text().splitlines()
+    assert "Wants=og-mx.socket" in unit_lines and "After=network-online.target og-mx.socket" in unit_lines
+    assert {"Service=og-mx.service", "PartOf=og-mx.service", "ListenStream=[::1]:6013",
+            "ListenStream=/run/og-mx/map.sock", "SocketMode=0660", "SocketGroup=postfix"} <= set(socket_lines)

@@ -284,3 +284,42 @@ def test_setup_writes_its_own_unit_when_the_packaged_one_does_not_fit(tmp_path, 
     if case == "other serve config":
         table["serve_config"] = str(tmp_path / "mine.toml")
     assert plan.packaged_unit(setup_settings(table)) is None
+
+
+@pytest.mark.parametrize("backup", ["../../etc/shadow", "/etc/shadow", "backups/../../x", "elsewhere/0000-main.cf"])
+def test_a_version_0_1_manifest_naming_a_copy_outside_its_backups_is_refused(tmp_path, backup):
+    from onion_gateway.errors import SetupError
+    from onion_gateway.setup.legacy import legacy_changes
+
+    manifest = {"files": [{"path": str(tmp_path / "torrc"), "backup": backup}], "onion": None}
+    with pytest.raises(SetupError, match="names a backup outside"):
+        legacy_changes(manifest, tmp_path)
+
+
+def test_a_version_0_1_copy_that_is_missing_is_refused(tmp_path):
+    from onion_gateway.errors import SetupError
+    from onion_gateway.setup.legacy import legacy_changes
+
+    manifest = {"files": [{"path": str(tmp_path / "torrc"), "backup": "backups/0000-torrc"}], "onion": None}
+    with pytest.raises(SetupError, match="is missing; nothing was changed"):
+        legacy_changes(manifest, tmp_path)
+
+
+def test_version_0_1_appended_lines_are_only_setups_include_and_header():
+    from onion_gateway.render import MANAGED_BY
+    from onion_gateway.setup.legacy import _appended
+
+    before = b"DataDirectory /var/lib/tor\n"
+    now = before + f"# {MANAGED_BY}\n%include /etc/tor/onion-gateway.torrc\n%include /etc/tor/mine\n".encode()
+    assert _appended(before, now, {"/etc/tor/onion-gateway.torrc"}) == \
+        f"# {MANAGED_BY}\n%include /etc/tor/onion-gateway.torrc\n"
+    assert _appended(before, b"whole new file\n", {"/etc/tor/onion-gateway.torrc"}) is None
+
+
+def test_a_version_0_1_manifest_that_does_not_name_setups_services_is_refused(tmp_path):
+    from onion_gateway.errors import SetupError
+    from onion_gateway.setup.legacy import legacy_changes
+
+    manifest = {"files": [{"path": str(tmp_path / "master.cf"), "backup": "backups/0000-master.cf"}], "onion": None}
+    with pytest.raises(SetupError, match="does not say which master.cf services"):
+        legacy_changes(manifest, tmp_path)
