@@ -102,7 +102,7 @@ class ServeSettings:
         (HashedControlPassword), read at each computation; ``None`` = cookie or no authentication.
     :param health_setup_state_dir: setup's state directory, whose record names Tor's control address
         when ``health_tor_control`` is not set; ``None`` = ``[setup] state_dir`` of the same config file,
-        else setup's default (/var/lib/onion-gateway/setup).
+        else setup's default (/var/lib/onion-gateway-setup).
     """
 
     tcp_table: tuple[ListenAddress, ...] = (parse_listen_address(DEFAULT_TCP_TABLE),)

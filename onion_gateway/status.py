@@ -524,10 +524,10 @@ def settings_for_host(serve: ServeSettings | None, setup_table: dict | None, bas
 
     from onion_gateway.config import parse_listen_address
     from onion_gateway.setup.settings import parse_daemon_table, setup_settings
-    from onion_gateway.setup.state import MANIFEST, read_setup_state
+    from onion_gateway.setup.state import DEFAULT_STATE_DIR, MANIFEST, read_setup_state
 
     setup = setup_settings(setup_table or {}, None, base_dir) if setup_table is not None else None
-    state = state_dir or (setup.state_dir if setup else None) or Path("/var/lib/onion-gateway/setup")
+    state = state_dir or (setup.state_dir if setup else None) or DEFAULT_STATE_DIR
     record = read_setup_state(state) if (Path(state) / MANIFEST).exists() else None
     if serve is None and record is not None and record.serve_config is not None \
             and Path(record.serve_config).is_file():

@@ -18,7 +18,7 @@ from onion_gateway.cli.common import ExitCode, cli_overrides, configure_logging,
 # option name -> [setup] key; values given as strings so that "" can switch a file off (e.g. --systemd-unit "")
 _PATH_OPTIONS = {
     "postfix_config_dir": "Postfix configuration directory (postconf -c). Default: /etc/postfix.",
-    "state_dir": "Backups, manifest and journal. Default: /var/lib/onion-gateway/setup.",
+    "state_dir": "Backups, manifest and journal. Default: /var/lib/onion-gateway-setup.",
     "wrapper_path": "Where the smtp_tor wrapper goes. Default: $daemon_directory/smtp_tor.",
     "torsocks_conf": "torsocks.conf written when --socks is not 127.0.0.1:9050.",
     "torrc": "The torrc Tor starts with; gets one %include line (\"\" = leave it alone).",

@@ -58,7 +58,7 @@ def health_settings_from(config_file: Path | None, overrides: dict):
                    "setup's state directory from its [setup] table.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="setup's state directory, whose record names everything to check "
-                   "(default: [setup].state_dir, else /var/lib/onion-gateway/setup).")
+                   "(default: [setup].state_dir, else /var/lib/onion-gateway-setup).")
 @click.option("--dns-server", "dns_servers", multiple=True, metavar="HOST[:PORT]",
               help="DNS server for the SRV checks (repeatable; overrides the config file).")
 @click.option("--tor-control", default=None, metavar="HOST:PORT|unix:PATH",

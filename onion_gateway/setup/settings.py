@@ -8,7 +8,7 @@ point setup at private files instead of ``/etc``::
     listener = "127.0.0.1:2525"
     domains = ["example.org"]
     tor_control = "unix:/run/tor/control"
-    state_dir = "/var/lib/onion-gateway/setup"
+    state_dir = "/var/lib/onion-gateway-setup"
     ...
 
 ``examples/onion-gateway.toml`` documents every key. Command-line flags override the file; both go
@@ -28,6 +28,7 @@ from typing import Any
 from onion_gateway.address import ListenAddress, parse_listen_address
 from onion_gateway.config import ServeSettings
 from onion_gateway.errors import ConfigError
+from onion_gateway.setup.state import DEFAULT_STATE_DIR
 
 DEFAULT_LISTENER = "127.0.0.1:2525"
 DEFAULT_SOCKS = "127.0.0.1:9050"
@@ -119,7 +120,7 @@ class SetupSettings:
     systemd_unit: Path | None = Path("/etc/systemd/system/onion-gateway.service")
     serve_config: Path = Path("/etc/onion-gateway/onion-gateway.toml")
     serve_command: str = ""
-    state_dir: Path = Path("/var/lib/onion-gateway/setup")
+    state_dir: Path = DEFAULT_STATE_DIR
     reload: bool = True
     srv_ttl_seconds: int = 3600
     srv_priority: int = 10

@@ -30,7 +30,36 @@ from onion_gateway.errors import ConfigError
 
 MANIFEST = "manifest.json"
 JOURNAL = "journal.json"
-DEFAULT_STATE_DIR = Path("/var/lib/onion-gateway/setup")
+DEFAULT_STATE_DIR = Path("/var/lib/onion-gateway-setup")
+DAEMON_STATE_DIR = Path("/var/lib/onion-gateway")
+"""The daemon unit's ``StateDirectory=``: systemd chowns it, recursively, to the daemon's (dynamic) user
+at every start (systemd.exec(5)), so root's setup records must never live inside it."""
+OLD_DEFAULT_STATE_DIR = DAEMON_STATE_DIR / "setup"
+"""Where setup kept its records up to 0.1.0: inside :data:`DAEMON_STATE_DIR`."""
+
+
+def check_not_in_daemon_state_dir(state_dir: Path) -> None:
+    """Refuse a state directory inside the daemon's ``StateDirectory=`` (:data:`DAEMON_STATE_DIR`).
+
+    systemd hands that tree to the daemon's user at each start: setup's records there would be the
+    daemon's to change, and the trust check (:func:`check_state_dir`) would refuse them after the
+    daemon's first start. When the state directory is the default and the records are still where
+    setup kept them up to 0.1.0, the error says how to move them.
+
+    :param state_dir: setup's ``state_dir``.
+    :raises ConfigError: naming the directory and what to do; nothing was changed.
+    """
+    path = Path(os.path.abspath(state_dir))
+    if path == DEFAULT_STATE_DIR and not (path / MANIFEST).exists() and (OLD_DEFAULT_STATE_DIR / MANIFEST).exists():
+        raise ConfigError(
+            f"setup's records are in {OLD_DEFAULT_STATE_DIR}, inside the daemon's StateDirectory (systemd gives "
+            f"it to the daemon's user at every start); check them and move them to the new default: "
+            f"mv {OLD_DEFAULT_STATE_DIR} {DEFAULT_STATE_DIR} && chown -R root:root {DEFAULT_STATE_DIR} && "
+            f"chmod 0700 {DEFAULT_STATE_DIR}; nothing was changed")
+    if path == DAEMON_STATE_DIR or DAEMON_STATE_DIR in path.parents:
+        raise ConfigError(f"setup.state_dir: {path} is inside {DAEMON_STATE_DIR}, the daemon's StateDirectory, "
+                          f"which systemd gives to the daemon's user at every start; use another directory "
+                          f"(default {DEFAULT_STATE_DIR})")
 
 
 @dataclass(frozen=True)
@@ -141,8 +170,10 @@ def read_setup_state(state_dir: Path) -> SetupRecord:
     :param state_dir: setup's ``state_dir``.
     :returns: the :class:`SetupRecord`.
     :raises ConfigError: if there is no manifest (setup never ran, or was rolled back), it cannot be
-        read, or it holds no listener record (written by a setup older than this record).
+        read, it holds no listener record (written by a setup older than this record), or *state_dir*
+        lies inside the daemon's StateDirectory (:func:`check_not_in_daemon_state_dir`).
     """
+    check_not_in_daemon_state_dir(state_dir)
     path = Path(state_dir) / MANIFEST
     if not path.exists():
         raise ConfigError(f"{path} does not exist: setup has not run with this state directory "
@@ -169,8 +200,12 @@ def check_state_dir(state_dir: Path, *, create: bool) -> bool:
     :param create: create it (mode 0700, missing parents 0755) when it does not exist.
     :returns: ``True`` if it exists (after creating it), ``False`` if it does not and *create* is off.
     :raises SetupError: naming the first untrusted directory; nothing was changed.
+    :raises ConfigError: for a directory inside the daemon's StateDirectory
+        (:func:`check_not_in_daemon_state_dir`).
     """
     from onion_gateway.errors import SetupError
+
+    check_not_in_daemon_state_dir(state_dir)
 
     euid = os.geteuid()
     path = Path(os.path.realpath(state_dir))

@@ -334,6 +334,15 @@ def test_item6_a_state_dir_others_can_write_is_refused_changing_nothing(gateway)
     assert gateway.snapshot() == before and not (shared / "state").exists()
 
 
+def test_a_state_dir_inside_the_daemons_state_directory_is_refused_changing_nothing(gateway):
+    # systemd chowns the unit's StateDirectory (/var/lib/onion-gateway) to the daemon's dynamic user at
+    # every start: records of root's there would be the daemon's to rewrite
+    before = gateway.snapshot()
+    result = gateway.setup("--yes", "--state-dir", "/var/lib/onion-gateway/setup", expect=78)
+    assert "is inside /var/lib/onion-gateway, the daemon's StateDirectory" in result.output
+    assert gateway.snapshot() == before and not Path("/var/lib/onion-gateway/setup").exists()
+
+
 def test_item6_a_planted_manifest_symlink_is_never_followed(gateway):
     gateway.setup("--yes")
     victim = gateway.root / "victim"

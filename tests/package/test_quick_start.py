@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.package,
 
 PROGRAM = "/usr/bin/onion-gateway"
 CONFFILE = Path("/etc/onion-gateway/onion-gateway.toml")
-DEFAULT_STATE_DIR = "/var/lib/onion-gateway/setup"
+DEFAULT_STATE_DIR = "/var/lib/onion-gateway-setup"
 README = Path(__file__).resolve().parents[2] / "README.md"
 #: What the test must leave as it found it on the machine (content, or None for "absent").
 MACHINE_PATHS = [CONFFILE, Path("/etc/postfix/main.cf"), Path("/etc/postfix/master.cf"), Path("/etc/tor/torrc"),

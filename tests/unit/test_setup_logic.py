@@ -108,6 +108,33 @@ def test_defaults_are_debian_paths():
     assert s.wrapper_path is None     # = $daemon_directory/smtp_tor
 
 
+def test_default_state_dir_is_outside_the_daemons_state_directory():
+    from onion_gateway.setup.state import DAEMON_STATE_DIR, check_not_in_daemon_state_dir
+
+    assert DAEMON_STATE_DIR not in SetupSettings().state_dir.parents
+    check_not_in_daemon_state_dir(SetupSettings().state_dir)          # no error
+
+
+def test_records_left_at_the_old_default_are_named_with_the_move(tmp_path, monkeypatch):
+    # the two defaults are system paths: the test relocates them under tmp_path
+    from onion_gateway.setup import state
+
+    daemon_dir, new_default = tmp_path / "lib" / "onion-gateway", tmp_path / "lib" / "onion-gateway-setup"
+    monkeypatch.setattr(state, "DAEMON_STATE_DIR", daemon_dir)
+    monkeypatch.setattr(state, "OLD_DEFAULT_STATE_DIR", daemon_dir / "setup")
+    monkeypatch.setattr(state, "DEFAULT_STATE_DIR", new_default)
+    (daemon_dir / "setup").mkdir(parents=True)
+    (daemon_dir / "setup" / "manifest.json").write_text("{}")
+    with pytest.raises(ConfigError, match=f"mv {daemon_dir}/setup {new_default} && chown -R root:root"):
+        state.read_setup_state(new_default)
+    with pytest.raises(ConfigError, match="nothing was changed"):
+        state.check_state_dir(new_default, create=True)
+    assert not new_default.exists()
+    new_default.mkdir(mode=0o700)                      # once moved, the new default is used
+    (new_default / "manifest.json").write_text("{}")
+    state.check_not_in_daemon_state_dir(new_default)
+
+
 @pytest.fixture
 def scratch_postfix(tmp_path):
     if shutil.which("postconf") is None:
