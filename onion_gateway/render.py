@@ -32,6 +32,8 @@ from onion_gateway.errors import ConfigError
 
 MANAGED_BY = ("managed by onion-gateway: written by 'onion-gateway setup', "
               "undone by 'onion-gateway setup --rollback'; local edits are overwritten")
+PACKAGED_BY = ("shipped by the onion-gateway Debian package; change it with 'systemctl edit' "
+               "(a drop-in), not here: an upgrade replaces this file")
 
 
 def _load(name: str) -> str:
@@ -179,10 +181,13 @@ class SystemdUnit:
 
     :param exec_start: the full ExecStart command line.
     :param socket: the name of its socket unit (:class:`SystemdSocket`), wanted and ordered before it.
+    :param managed_by: the header comment: who wrote the file and how it is undone
+        (:data:`MANAGED_BY` for setup's, :data:`PACKAGED_BY` for the Debian package's).
     """
 
     exec_start: str
     socket: str = "onion-gateway.socket"
+    managed_by: str = MANAGED_BY
     template = "systemd/onion-gateway.service.j2"
 
 
@@ -195,12 +200,14 @@ class SystemdSocket:
     :param socket_mode: SocketMode of unix sockets (``"0660"``).
     :param socket_group: SocketGroup of unix sockets (``"postfix"``), or ``None``.
     :param service: the name of the service unit the sockets are passed to (:class:`SystemdUnit`).
+    :param managed_by: the header comment, as :class:`SystemdUnit`'s.
     """
 
     listen_streams: tuple[str, ...]
     socket_mode: str = "0660"
     socket_group: str | None = None
     service: str = "onion-gateway.service"
+    managed_by: str = MANAGED_BY
     template = "systemd/onion-gateway.socket.j2"
 
 

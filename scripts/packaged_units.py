@@ -20,14 +20,16 @@ CONFFILE = "/etc/onion-gateway/onion-gateway.toml"
 def write_units(target: Path) -> list[Path]:
     """Write ``onion-gateway.service`` and ``onion-gateway.socket`` into *target*; returns their paths."""
     from onion_gateway.config import ServeSettings
-    from onion_gateway.render import SystemdSocket, SystemdUnit, render
+    from dataclasses import replace
 
-    defaults = ServeSettings()
-    listeners = [*defaults.tcp_table, *defaults.socketmap]
+    from onion_gateway.render import PACKAGED_BY, SystemdUnit, render
+    from onion_gateway.setup.plan import systemd_socket
+
     units = {
-        "onion-gateway.service": render(SystemdUnit(exec_start=f"{PROGRAM} serve --config {CONFFILE}")),
-        "onion-gateway.socket": render(SystemdSocket(listen_streams=tuple(
-            a.path if a.is_unix else str(a) for a in listeners))),
+        "onion-gateway.service": render(SystemdUnit(exec_start=f"{PROGRAM} serve --config {CONFFILE}",
+                                                    managed_by=PACKAGED_BY)),
+        # the conffile's listeners are the defaults (every key commented); the socket as setup writes it
+        "onion-gateway.socket": render(replace(systemd_socket(ServeSettings()), managed_by=PACKAGED_BY)),
     }
     target.mkdir(parents=True, exist_ok=True)
     for name, text in units.items():

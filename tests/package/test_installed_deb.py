@@ -98,6 +98,8 @@ def test_units_are_installed_valid_and_not_enabled(unit):
     path = Path("/lib/systemd/system") / unit
     assert path.is_file(), f"{path} is not installed"
     text = path.read_text()
+    # a packaged unit is changed with a drop-in; it must not claim to be setup's (which rollback removes)
+    assert text.startswith("# shipped by the onion-gateway Debian package") and "setup --rollback" not in text
     if unit.endswith(".service"):
         assert f"ExecStart={PROGRAM} serve --config {CONFFILE}" in text
         assert "Type=notify" in text and "RestartPreventExitStatus=78" in text
