@@ -514,15 +514,19 @@ def settings_for_host(serve: ServeSettings | None, setup_table: dict | None, bas
     :param setup_table: the config file's ``[setup]`` table (``None``: none).
     :param base_dir: the config file's directory (relative paths in it).
     :param state_dir: ``--state-dir`` (``None``: the ``[setup]`` table's, else setup's default).
-    :param flags: ``tor_control`` (text), ``tor_password``, ``postfix_config_dir``, ``domains``, ``onion``,
+    :param flags: ``tor_control`` (text), ``tor_password``, ``tor_control_password_file`` (text; without
+        it and without ``tor_password``, ``[setup] tor_control_password_file`` when setup's settings give
+        the address), ``postfix_config_dir``, ``domains``, ``onion``,
         ``check_tor``, ``check_postfix``, ``audit``, ``torrc``, ``test_domain``, ``timeout_seconds``,
         ``dns_servers``.
     :returns: the :class:`StatusSettings`.
     :raises ConfigError: on a bad flag, table or record.
+    :raises TorError: when a control password file cannot be read.
     """
     from dataclasses import replace
 
     from onion_gateway.config import parse_listen_address
+    from onion_gateway.tor import read_password_file
     from onion_gateway.setup.settings import parse_daemon_table, setup_settings
     from onion_gateway.setup.state import DEFAULT_STATE_DIR, MANIFEST, read_setup_state
 
@@ -546,17 +550,22 @@ def settings_for_host(serve: ServeSettings | None, setup_table: dict | None, bas
         from onion_gateway.config import parse_dns_server
 
         serve = replace(serve, dns_servers=tuple(parse_dns_server(d) for d in flags["dns_servers"]))
-    control = None
+    control = password = None
     if flags.get("check_tor", True):
         text = flags.get("tor_control")
         control = (parse_listen_address(text, "--tor-control") if text else
                    (record.tor_control if record and record.tor_control else
                     (setup.tor_control if setup else DEFAULT_TOR_CONTROL)))
+        password = flags.get("tor_password")
+        if password is None and flags.get("tor_control_password_file"):
+            password = read_password_file(Path(flags["tor_control_password_file"]))
+        elif password is None and not text and setup is not None and setup.tor_control_password_file:
+            password = read_password_file(setup.tor_control_password_file)     # setup's Tor, setup's password
     config_dir = (flags.get("postfix_config_dir") or (record.postfix_config_dir if record else None)
                   or (setup.postfix_config_dir if setup else None) or serve.postfix_config_dir)
     check_postfix = flags.get("check_postfix", True)
     audit = check_postfix and flags.get("audit", True)
-    return StatusSettings(serve=serve, tor_control=control, tor_password=flags.get("tor_password"),
+    return StatusSettings(serve=serve, tor_control=control, tor_password=password,
                           postfix_config_dir=config_dir, check_postfix=check_postfix,
                           domains=tuple(flags.get("domains") or (record.domains if record else ())),
                           onion=flags.get("onion") or (record.onion_address if record else None),

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from onion_gateway.cli.common import (ExitCode, configure_logging, fail, fail_with, log_level_option,
-                                      permission_cause)
+                                      permission_cause, tor_control_options)
 
 
 @click.command("audit-open-relay")
@@ -26,10 +26,7 @@ from onion_gateway.cli.common import (ExitCode, configure_logging, fail, fail_wi
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Audit the listener of this config file's [setup] table (its state directory's record "
                    "if setup ran, else the table's listener).")
-@click.option("--tor-control", metavar="HOST:PORT|unix:PATH",
-              help="Ask this running Tor for its onion services (GETCONF over the control port); no torrc.")
-@click.option("--tor-control-password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="File holding the control port password (default: cookie or no authentication).")
+@tor_control_options("Ask this running Tor for its onion services (GETCONF over the control port); no torrc.")
 @click.option("--postfix-config-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Postfix configuration directory (default: Postfix's own, /etc/postfix).")
 @click.option("--test-domain", default=None, metavar="DOMAIN",
@@ -79,7 +76,8 @@ def audit_command(torrc, listeners, state_dir, config_file, tor_control, tor_con
         elif config_file:
             reports = [audit_setup(setup_record(config_file), options)]
         elif tor_control:
-            reports = audit_running_tor(tor_control, options, tor_control_password_file)
+            reports = audit_running_tor(tor_control, options,
+                                        Path(tor_control_password_file) if tor_control_password_file else None)
             if not reports:
                 _usage(f"no onion service of the Tor at {tor_control} leads to a Postfix smtpd")
         else:

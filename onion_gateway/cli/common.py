@@ -151,6 +151,21 @@ def log_level_option(default: str):
     return click.option("--log-level", default=default, show_default=True, type=click.Choice(LOG_LEVELS))
 
 
+def tor_control_options(control_help: str):
+    """``--tor-control`` and ``--tor-control-password-file``, the same for every command that talks to Tor
+    (one control connection: :func:`onion_gateway.tor.connect`).
+
+    :param control_help: the help of ``--tor-control``: what the command asks Tor, and its default.
+    :returns: a decorator adding both options (values are text; each command converts them).
+    """
+    def decorate(func):
+        func = click.option("--tor-control-password-file", default=None, metavar="PATH",
+                            help="File holding Tor's control password (HashedControlPassword); "
+                                 "default: cookie or no authentication.")(func)
+        return click.option("--tor-control", default=None, metavar="HOST:PORT|unix:PATH", help=control_help)(func)
+    return decorate
+
+
 def cli_overrides(options: dict[str, Any]) -> dict[str, Any]:
     """Command-line values that were given: tuples (multiple options) become lists, unset ones are dropped."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if v is not None and v != ()}

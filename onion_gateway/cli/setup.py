@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from onion_gateway.cli.common import ExitCode, cli_overrides, configure_logging, fail, fail_with, log_level_option
+from onion_gateway.cli.common import (ExitCode, cli_overrides, configure_logging, fail, fail_with, log_level_option,
+                                      tor_control_options)
 
 # option name -> [setup] key; values given as strings so that "" can switch a file off (e.g. --systemd-unit "")
 _PATH_OPTIONS = {
@@ -24,7 +25,6 @@ _PATH_OPTIONS = {
     "torrc": "The torrc Tor starts with; gets one %include line (\"\" = leave it alone).",
     "torrc_piece": "The torrc fragment with HiddenServiceDir/HiddenServicePort.",
     "tor_defaults_torrc": "--defaults-torrc for tor --verify-config (\"\" = tor's built-in default).",
-    "tor_control_password_file": "File with Tor's control password (default: cookie auth).",
     "hidden_service_dir": "The onion service directory. Default: /var/lib/tor/onion-gateway.",
     "systemd_unit": "Where to write the unit for 'onion-gateway serve'; its .socket goes beside it (\"\" = none).",
     "serve_config": "Config file the systemd unit passes to 'onion-gateway serve'.",
@@ -45,8 +45,7 @@ def _path_options(func):
               help="A mail domain to print the _onion-mx._tcp SRV record for (repeatable).")
 @click.option("--listener", default=None, metavar="IP:PORT",
               help="The hardened onion-facing smtpd listener (default 127.0.0.1:2525).")
-@click.option("--tor-control", default=None, metavar="ADDR",
-              help="Tor's control port, IP:PORT or unix:PATH (default unix:/run/tor/control).")
+@tor_control_options("Tor's control port or socket (default unix:/run/tor/control).")
 @click.option("--socks", default=None, metavar="IP:PORT", help="Tor's SocksPort for torsocks (default 127.0.0.1:9050).")
 @click.option("--transport-map", default=None, metavar="TABLE",
               help="Table put first in transport_maps (default: from the [serve] socketmap listener).")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from onion_gateway.cli.common import ExitCode, fail, fail_with, permission_cause, serve_settings_from
+from onion_gateway.cli.common import (ExitCode, fail, fail_with, permission_cause, serve_settings_from,
+                                      tor_control_options)
 
 
 def health_options(func):
@@ -61,8 +62,7 @@ def health_settings_from(config_file: Path | None, overrides: dict):
                    "(default: [setup].state_dir, else /var/lib/onion-gateway-setup).")
 @click.option("--dns-server", "dns_servers", multiple=True, metavar="HOST[:PORT]",
               help="DNS server for the SRV checks (repeatable; overrides the config file).")
-@click.option("--tor-control", default=None, metavar="HOST:PORT|unix:PATH",
-              help="Tor's control port or socket (default: setup's record, else unix:/run/tor/control).")
+@tor_control_options("Tor's control port or socket (default: setup's record, else unix:/run/tor/control).")
 @click.option("--tor-password", envvar="ONION_GATEWAY_TOR_PASSWORD", default=None,
               help="Control-port password (or $ONION_GATEWAY_TOR_PASSWORD); default cookie authentication.")
 @click.option("--no-tor", is_flag=True, help="Skip the Tor check.")
@@ -83,7 +83,7 @@ def health_settings_from(config_file: Path | None, overrides: dict):
 @click.option("--timeout", "timeout_seconds", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="Budget of each network check.")
 @health_options
-def status_command(config_file, state_dir, dns_servers, tor_control, tor_password, no_tor, postfix_config_dir,
+def status_command(config_file, state_dir, dns_servers, tor_control, tor_control_password_file, tor_password, no_tor, postfix_config_dir,
                    no_postfix, torrc, test_domain, no_audit, domains, onion, timeout_seconds, no_health,
                    **health_overrides) -> None:
     """Check every piece of the onion route: Tor and the onion service, the daemon's listeners, SRV
@@ -96,7 +96,8 @@ def status_command(config_file, state_dir, dns_servers, tor_control, tor_passwor
     from onion_gateway.errors import ConfigError, OnionGatewayError
     from onion_gateway.status import format_report, run_status, settings_for_host
 
-    flags = {"tor_control": tor_control, "tor_password": tor_password, "postfix_config_dir": postfix_config_dir,
+    flags = {"tor_control": tor_control, "tor_password": tor_password,
+             "tor_control_password_file": tor_control_password_file, "postfix_config_dir": postfix_config_dir,
              "domains": domains, "onion": onion, "check_tor": not no_tor, "check_postfix": not no_postfix,
              "audit": not no_audit, "torrc": torrc, "test_domain": test_domain,
              "timeout_seconds": timeout_seconds, "dns_servers": dns_servers}

@@ -302,3 +302,39 @@ def test_cli_status_a_failed_check_exits_1(tmp_path, serve, dns_server) -> None:
 def test_cli_status_bad_onion_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["status", "--no-tor", "--no-postfix", "--onion", "nope.onion"])
     assert result.exit_code == 64 and "--onion" in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def password_tor():
+    """A ``DisableNetwork 1`` tor whose control port wants a password (HashedControlPassword)."""
+    from tests.support.tor import TorProcess
+
+    require("tor")
+    tor = TorProcess(public_tempdir("og-status-pwtor-"), password="s3cret pass").write().start()
+    yield tor
+    tor.stop()
+    shutil.rmtree(tor.workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["flag", "setup_table", "none"])
+def test_cli_status_authenticates_with_the_control_password_file(tmp_path, serve, dns_server, password_tor,
+                                                                 where) -> None:
+    """The password comes from --tor-control-password-file, else from the [setup] table that also names
+    Tor's control port (setup's Tor, setup's password); without one, Tor's refusal is the verdict."""
+    secret = tmp_path / "tor-password"
+    secret.write_text("s3cret pass\n")
+    config = _config(tmp_path, serve, dns_server)
+    args = ["status", "--config", str(config), "--state-dir", str(tmp_path / "no-setup-here"),
+            "--no-postfix", "--no-health", "--onion", ONION_A]
+    if where == "flag":
+        args += ["--tor-control", password_tor.control, "--tor-control-password-file", str(secret)]
+    else:
+        with config.open("a") as fh:
+            fh.write(f'[setup]\ntor_control = "{password_tor.control}"\n'
+                     + (f'tor_control_password_file = "{secret}"\n' if where == "setup_table" else ""))
+    result = CliRunner().invoke(main, args)
+    tor_line = next(line for line in result.output.splitlines() if line.split()[1:2] == ["tor_control"])
+    if where == "none":
+        assert "wants a password" in tor_line, result.output
+    else:                                  # authenticated: the verdict is about Tor itself (never bootstraps)
+        assert "bootstrapped 0%" in tor_line, result.output
