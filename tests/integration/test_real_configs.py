@@ -1,0 +1,148 @@
+"""The gateway's lifecycle on Postfix configurations postmasters run, not only the ones we wrote.
+
+Each test lays one widespread shape over Debian's stock "Internet Site" main.cf/master.cf
+(tests/support/realconfigs.py; the master.cf/main.cf text with its source is in
+tests/data/real-configs/), starts the private instance, and drives setup -> audit-open-relay ->
+status -> setup --rollback: setup succeeds (or refuses with a clear message), the audit's verdict is
+right, status is sane and rollback restores every file. tor runs with ``DisableNetwork 1``; the audit
+probes talk to loopback only and never send DATA.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+from dataclasses import dataclass
+
+import pytest
+from click.testing import CliRunner
+
+from onion_gateway.cli import main
+from tests.conftest import require
+from tests.support.gateway import Gateway, changed_paths, new_gateway, same_content
+from tests.support.procs import free_port
+from tests.support.realconfigs import add_main, add_master, debian_with_port25, start_postfix
+
+pytestmark = pytest.mark.integration
+
+# answered NXDOMAIN by the session DNS: the daemon's lookups for it end quickly (tests/integration/conftest.py)
+TEST_DOMAIN = "nosuch.example.test"
+
+
+@pytest.fixture
+def real_gateway(serve):
+    """A lab gateway whose instance is rewritten by the test before it starts."""
+    require("postfix", "postconf", "postalias", "tor", "torsocks")
+    gw = new_gateway(serve.socketmap)
+    yield gw
+    gw.close()
+
+
+def audit(gw: Gateway, *args: str) -> tuple[int, list[dict], str]:
+    """``audit-open-relay --json`` against *gw*'s instance: ``(exit code, reports, output)``."""
+    result = CliRunner().invoke(main, ["audit-open-relay", "--test-domain", TEST_DOMAIN, "--timeout", "10",
+                                       "--postfix-config-dir", str(gw.pf.config_dir), "--json", *args],
+                                catch_exceptions=False)
+    return result.exit_code, json.loads(result.output)["reports"], result.output
+
+
+def findings(report: dict, check: str) -> list[dict]:
+    return [f for f in report["findings"] if f["check"] == check]
+
+
+@dataclass
+class Lifecycle:
+    """What setup, the audit of the torrc, status and rollback said."""
+
+    setup_output: str
+    audit_code: int
+    reports: list[dict]
+    audit_output: str
+    status_lines: list[str]
+    status_output: str
+
+
+def lifecycle(gw: Gateway, dns_server, between=None) -> Lifecycle:
+    """setup --yes -> audit-open-relay --torrc -> status -> (*between*(gw)) -> setup --rollback --yes;
+    asserts that rollback restores every file setup could touch."""
+    before = gw.snapshot()
+    setup_output = gw.setup("--yes").output
+    code, reports, audit_output = audit(gw, "--torrc", str(gw.tor.torrc))
+    status = CliRunner().invoke(main, ["status", "--state-dir", str(gw.state_dir), "--dns-server",
+                                       dns_server.address, "--timeout", "3", "--test-domain", TEST_DOMAIN])
+    if between is not None:
+        between(gw)
+    gw.setup("--rollback", "--yes")
+    assert same_content(gw.snapshot(), before), changed_paths(gw.snapshot(), before)
+    return Lifecycle(setup_output, code, reports, audit_output, status.output.splitlines(), status.output)
+
+
+def assert_sane(run: Lifecycle, gw: Gateway) -> None:
+    """The audit found exactly setup's listener safe; status checked it and found no open relay."""
+    assert run.audit_code == 0, run.audit_output
+    assert [r["target"] for r in run.reports] == [gw.listener], run.audit_output
+    assert not [f for f in run.reports[0]["findings"] if f["severity"] == "critical"], run.audit_output
+    relay = [line for line in run.status_lines if " relay_audit " in line]
+    assert relay and all(line.split()[0] == "ok" and gw.listener in line for line in relay), run.status_output
+    assert any(line.split()[:2] == ["ok", "transport_maps"] for line in run.status_lines), run.status_output
+
+
+def listener_option(gw: Gateway, name: str) -> str:
+    """The listener's own ``-o name=value`` in master.cf (``""`` if it sets none)."""
+    out = gw.pf.postconf("-P", f"{gw.listener}/inet/{name}").strip()
+    return out.split("=", 1)[1].strip() if out else ""
+
+
+# --- 1. postscreen on port 25, milters on main.cf and on the "smtpd pass" service ---------------------------
+
+RSPAMD = "inet:127.0.0.1:11332"        # rspamd's proxy worker in milter mode (rspamd.com/doc/integration.html)
+OPENDKIM = "inet:127.0.0.1:8891"       # Debian's opendkim package, as its README.Debian suggests for postfix
+
+
+def postscreen_gateway(gw: Gateway, pass_options: str = "") -> None:
+    host = debian_with_port25(gw, "postscreen")
+    add_master(gw, "postscreen.master.cf", HOST=host, PASS_OPTIONS=pass_options)
+    add_main(gw, "postscreen.main.cf", MILTER_PORT=RSPAMD.rpartition(":")[2])
+
+
+def test_postscreen_with_milters_on_main_cf_setup_audit_status_rollback(real_gateway, dns_server):
+    """The listener inherits main.cf's milter like the pass smtpd: no parity finding, listener safe."""
+    gw = real_gateway
+    postscreen_gateway(gw)
+    start_postfix(gw)
+    run = lifecycle(gw, dns_server)
+    assert_sane(run, gw)
+    assert findings(run.reports[0], "inspection_parity") == [], run.audit_output
+
+
+def test_an_onion_pointed_at_postscreen_on_port_25_is_an_open_relay(real_gateway):
+    """Debian's port-25 smtpd trusts mynetworks (loopback): through postscreen, Tor's 127.0.0.1 relays."""
+    gw = real_gateway
+    postscreen_gateway(gw)
+    start_postfix(gw)
+    code, reports, out = audit(gw, "--listener", f"{gw.port25_host}:25")
+    assert code == 1, out
+    assert reports[0]["listener"]["via"] == "postscreen -> smtpd/pass", out
+    assert "mynetworks_loopback" in {f["check"] for f in reports[0]["findings"] if f["severity"] == "critical"}
+
+
+def test_postscreen_pass_service_milters_are_copied_to_the_listener(real_gateway, dns_server):
+    """Milters set on ``smtpd pass`` only (where postscreen hands port-25 clients) are the port-25
+    inspection: setup copies them to the listener; without them the audit names ``smtpd/pass``."""
+    gw = real_gateway
+    both = f"{OPENDKIM},{RSPAMD}"
+    postscreen_gateway(gw, f"  -o smtpd_milters={both}")
+    start_postfix(gw)
+
+    def without_the_copy(gw: Gateway) -> None:
+        assert listener_option(gw, "smtpd_milters") == both
+        gw.pf.postconf("-PX", f"{gw.listener}/inet/smtpd_milters")
+        code, reports, out = audit(gw, "--listener", gw.listener, "--static-only")
+        parity = findings(reports[0], "inspection_parity")
+        assert [f["value"] for f in parity] == [f"smtpd_milters: port 25 = {both}; onion listener = {RSPAMD}"], out
+        assert parity[0]["source"] == f"master.cf {gw.listener}/inet vs smtpd/pass", out
+        gw.pf.postconf("-P", f"{gw.listener}/inet/smtpd_milters={both}")
+
+    run = lifecycle(gw, dns_server, without_the_copy)
+    assert_sane(run, gw)
+    assert findings(run.reports[0], "inspection_parity") == [], run.audit_output
