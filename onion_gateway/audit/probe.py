@@ -461,6 +461,8 @@ class ProbeRun:
     """Everything the live part produced.
 
     :param helo: the HELO name the probes finally used (a second one when the first was refused).
+    :param auth_offered: the SASL mechanisms the first EHLO reply offered (``AUTH PLAIN LOGIN`` ->
+        ``"PLAIN LOGIN"``), or ``None`` when it offered no AUTH (RFC 4954 §3).
     """
 
     client_address: str
@@ -468,6 +470,7 @@ class ProbeRun:
     probes: list[ProbeResult]
     xclient_offered: bool = False
     helo: str = ""
+    auth_offered: str | None = None
 
 
 def run_probes(endpoint: ListenAddress, ctx: ProbeContext, *, helo: str = "localhost",
@@ -509,6 +512,8 @@ def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds:
                         helo=helo)
     client_address = session.client_address
     xclient_offered = "xclient" in session.extensions
+    auth = session.extensions.get("auth")
+    auth_offered = auth.strip() if auth is not None else None
     control = None
     try:
         if ctx.control_recipient:
@@ -539,7 +544,7 @@ def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds:
                 results.append(_run_one(session, spec))
     finally:
         session.close()
-    return ProbeRun(client_address, control, results, xclient_offered, helo)
+    return ProbeRun(client_address, control, results, xclient_offered, helo, auth_offered)
 
 
 def proxy_specs(ctx: ProbeContext) -> list[ProbeSpec]:

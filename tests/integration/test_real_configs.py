@@ -146,3 +146,72 @@ def test_postscreen_pass_service_milters_are_copied_to_the_listener(real_gateway
     run = lifecycle(gw, dns_server, without_the_copy)
     assert_sane(run, gw)
     assert findings(run.reports[0], "inspection_parity") == [], run.audit_output
+
+
+# --- 2. submission on its own port, Dovecot SASL enabled globally in main.cf ---------------------------------
+
+def ehlo_auth(host: str, port: int, proxy: bool = False) -> str | None:
+    """The AUTH mechanisms an smtpd offers in its EHLO reply in the clear, or ``None``.
+
+    :param proxy: send the PROXY header Tor sends first (setup's listener expects one).
+    """
+    from onion_gateway.address import ListenAddress
+    from onion_gateway.audit.probe import ListenerSMTP, ProxyHeader
+
+    with ListenerSMTP(ListenAddress.parse(f"{host}:{port}"), ProxyHeader() if proxy else None,
+                      local_hostname="client.lab.test", timeout=15) as client:
+        client.connect(host, port)
+        client.ehlo()
+        auth = client.esmtp_features.get("auth")
+        return auth.strip() if auth is not None else None
+
+
+@pytest.fixture
+def sasl_gateway(real_gateway, tmp_path):
+    """Debian + submission + ``smtpd_sasl_auth_enable = yes`` in main.cf, with a running Dovecot auth."""
+    from tests.support.dovecot import DovecotAuth
+    from tests.support.tlsca import make_test_ca
+
+    require("dovecot")
+    gw = real_gateway
+    (gw.root / "tls").mkdir()
+    ca = make_test_ca(gw.root / "tls", server_name="rx.lab.test")
+    debian_with_port25(gw)
+    add_main(gw, "sasl-submission.main.cf", CERT=str(ca.cert("server")), KEY=str(ca.key("server")))
+    add_master(gw, "sasl-submission.master.cf", SUBMISSION_PORT=str(free_port()))
+    start_postfix(gw)                     # creates queue/private, where Dovecot puts its socket
+    dovecot = DovecotAuth(gw.pf.root / "queue" / "private" / "auth", {"alice@own.example.test": "secret"}).start()
+    yield gw
+    dovecot.stop()
+
+
+def test_sasl_in_main_cf_the_listener_offers_no_auth_and_port_25_still_does(sasl_gateway, dns_server):
+    """Onion clients are anonymous and many (one per circuit): AUTH on the listener would be a password
+    guessing oracle. setup switches it off there; the port-25 smtpd keeps it (the backend answers)."""
+    gw = sasl_gateway
+    assert ehlo_auth(gw.port25_host, 25) == "PLAIN LOGIN"            # Dovecot answers: the control
+
+    def live_listener(gw: Gateway) -> None:
+        assert listener_option(gw, "smtpd_sasl_auth_enable") == "no"
+        assert ehlo_auth("127.0.0.1", gw.listener_port, proxy=True) is None
+
+    run = lifecycle(gw, dns_server, live_listener)
+    assert_sane(run, gw)
+    assert findings(run.reports[0], "sasl_auth_offered") == [], run.audit_output
+
+
+def test_a_listener_offering_auth_is_reported_static_and_live(sasl_gateway):
+    """A listener that inherits ``smtpd_sasl_auth_enable = yes`` is a finding twice: from its effective
+    setting (no connection needed) and from AUTH in its EHLO reply."""
+    gw = sasl_gateway
+    gw.setup("--yes")
+    gw.pf.postconf("-PX", f"{gw.listener}/inet/smtpd_sasl_auth_enable")       # as a hand-made listener has it
+    gw.pf.reload()
+    code, reports, out = audit(gw, "--listener", gw.listener)
+    sasl = findings(reports[0], "sasl_auth_offered")
+    assert sorted(f["value"] for f in sasl) == ["AUTH PLAIN LOGIN", "smtpd_sasl_auth_enable = yes"], out
+    assert all(f["severity"] == "warning" for f in sasl), out
+    assert {f["source"] for f in sasl} == {"main.cf", "EHLO reply"}, out
+    assert code == 0, out                    # a warning: the relay probes are still refused
+    code, reports, out = audit(gw, "--listener", gw.listener, "--static-only")
+    assert [f["value"] for f in findings(reports[0], "sasl_auth_offered")] == ["smtpd_sasl_auth_enable = yes"], out
