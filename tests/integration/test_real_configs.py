@@ -215,3 +215,64 @@ def test_a_listener_offering_auth_is_reported_static_and_live(sasl_gateway):
     assert code == 0, out                    # a warning: the relay probes are still refused
     code, reports, out = audit(gw, "--listener", gw.listener, "--static-only")
     assert [f["value"] for f in findings(reports[0], "sasl_auth_offered")] == ["smtpd_sasl_auth_enable = yes"], out
+
+
+# --- 3. amavisd-new: content_filter on main.cf, the reinjection smtpd on 127.0.0.1:10025 --------------------
+
+def amavis_gateway(gw: Gateway, reinject_port: int) -> str:
+    """Debian + amavisd-new's README.postfix; amavisd itself is not running (no probe sends DATA, so no
+    message is ever queued for it). :returns: the main.cf content_filter."""
+    debian_with_port25(gw)
+    add_main(gw, "amavis.main.cf", AMAVIS_PORT=str(free_port()))
+    add_master(gw, "amavis.master.cf", REINJECT_PORT=str(reinject_port))
+    return gw.pf.postconf("-h", "content_filter").strip()
+
+
+def test_amavis_the_listener_keeps_the_content_filter_and_the_audit_ignores_10025(real_gateway, dns_server):
+    """The listener inherits main.cf's content_filter (onion mail goes through amavis like the rest);
+    the audit of the torrc reports setup's listener only, not the reinjection smtpd that trusts loopback."""
+    gw = real_gateway
+    reinject = free_port()
+    content_filter = amavis_gateway(gw, reinject)
+    start_postfix(gw)
+
+    def filtered(gw: Gateway) -> None:
+        assert listener_option(gw, "content_filter") == ""              # not overridden: inherited
+        assert listener_option(gw, "receive_override_options") == ""
+        policy = audit(gw, "--listener", gw.listener, "--static-only")[1][0]
+        assert findings(policy, "inspection_parity") == []
+
+    run = lifecycle(gw, dns_server, filtered)
+    assert_sane(run, gw)
+    assert content_filter.startswith("smtp-amavis:[127.0.0.1]:")
+    assert f"127.0.0.1:{reinject}" not in run.audit_output
+    assert gw.listener != f"127.0.0.1:{reinject}"
+
+
+def test_amavis_setup_refuses_the_reinjection_port_as_its_listener(real_gateway):
+    """README.postfix's own port, 10025, given as the listener: refused, nothing changed (not started)."""
+    gw = real_gateway
+    amavis_gateway(gw, 10025)
+    before = gw.snapshot()
+    result = gw.setup("--yes", "--listener", "127.0.0.1:10025", expect=1)
+    assert "would share its port with the master.cf service 127.0.0.1:10025/inet (smtpd)" in result.output
+    assert "nothing was changed" in result.output
+    assert gw.snapshot() == before
+
+
+def test_an_onion_pointed_at_the_amavis_reinjection_port_is_an_open_relay(real_gateway):
+    """The reinjection smtpd permits mynetworks = 127.0.0.0/8, where every Tor client comes from."""
+    gw = real_gateway
+    reinject = free_port()
+    amavis_gateway(gw, reinject)
+    start_postfix(gw)
+    torrc = gw.root / "amavis-onion.torrc"
+    (gw.root / "hs").mkdir(mode=0o700)
+    torrc.write_text(f"HiddenServiceDir {gw.root / 'hs'}\nHiddenServicePort 25 127.0.0.1:{reinject}\n")
+    code, reports, out = audit(gw, "--torrc", str(torrc))
+    assert code == 1, out
+    assert [r["target"] for r in reports] == [f"127.0.0.1:{reinject}"], out
+    assert reports[0]["outcome"] == "open_relay", out
+    critical = {f["check"] for f in reports[0]["findings"] if f["severity"] == "critical"}
+    assert "mynetworks_loopback" in critical, out
+    assert gw.pf.queue_ids() == []                                # RCPT only, never DATA
