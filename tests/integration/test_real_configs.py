@@ -276,3 +276,47 @@ def test_an_onion_pointed_at_the_amavis_reinjection_port_is_an_open_relay(real_g
     critical = {f["check"] for f in reports[0]["findings"] if f["severity"] == "critical"}
     assert "mynetworks_loopback" in critical, out
     assert gw.pf.queue_ids() == []                                # RCPT only, never DATA
+
+
+# --- 4. older and terser relay policies ----------------------------------------------------------------------
+
+def port25_audit(gw: Gateway) -> tuple[int, dict, str]:
+    code, reports, out = audit(gw, "--listener", f"{gw.port25_host}:25")
+    return code, reports[0], out
+
+
+def test_postfix_2x_relay_policy_in_recipient_restrictions(real_gateway, dns_server):
+    """No smtpd_relay_restrictions and no compatibility_level: the port-25 smtpd relays for loopback
+    (an onion pointed there is open), setup's listener overrides both lists and is safe."""
+    gw = real_gateway
+    debian_with_port25(gw)
+    gw.pf.postconf("-X", "smtpd_relay_restrictions", "compatibility_level")
+    add_main(gw, "postfix-2.x.main.cf")
+    start_postfix(gw)
+    code, port25, out = port25_audit(gw)
+    assert code == 1, out
+    assert "mynetworks_loopback" in {f["check"] for f in port25["findings"] if f["severity"] == "critical"}, out
+    assert findings(port25, "empty_relay_restrictions"), out
+
+    run = lifecycle(gw, dns_server)
+    assert_sane(run, gw)
+    listener = run.reports[0]
+    assert findings(listener, "empty_relay_restrictions") == [], run.audit_output
+    assert [f["severity"] for f in findings(listener, "compatibility_level")] == ["info"], run.audit_output
+
+
+def test_mynetworks_style_host_with_mynetworks_unset(real_gateway, dns_server):
+    """mynetworks derived from mynetworks_style = host still holds 127.0.0.1: the audit computes it like
+    Postfix does (port 25 open for an onion), and setup's listener, with mynetworks=, is safe."""
+    gw = real_gateway
+    debian_with_port25(gw)
+    gw.pf.postconf("-X", "mynetworks")
+    add_main(gw, "mynetworks-style-host.main.cf")
+    start_postfix(gw)
+    code, port25, out = port25_audit(gw)
+    assert code == 1, out
+    assert port25["effective_policy"]["mynetworks"]["value"] == "127.0.0.1/32", out
+    assert "mynetworks_loopback" in {f["check"] for f in port25["findings"] if f["severity"] == "critical"}, out
+
+    run = lifecycle(gw, dns_server)
+    assert_sane(run, gw)
