@@ -320,3 +320,25 @@ def test_mynetworks_style_host_with_mynetworks_unset(real_gateway, dns_server):
 
     run = lifecycle(gw, dns_server)
     assert_sane(run, gw)
+
+
+# --- 5. greylisting and SPF policy services in main.cf's recipient restrictions -------------------------------
+
+def test_policy_services_of_port_25_are_named_on_the_listener_but_do_not_fail_it(real_gateway, dns_server):
+    """postgrey and policyd-spf after reject_unauth_destination: setup's listener (its own empty
+    recipient list) does not ask them -- SPF would judge every onion client as loopback -- and the
+    audit says so as a parity warning while the verdict stays safe and status ok."""
+    gw = real_gateway
+    postgrey = free_port()
+    debian_with_port25(gw)
+    add_main(gw, "policy-services.main.cf", POSTGREY_PORT=str(postgrey))
+    add_master(gw, "policy-services.master.cf")
+    start_postfix(gw)
+    run = lifecycle(gw, dns_server)
+    assert_sane(run, gw)
+    parity = findings(run.reports[0], "inspection_parity")
+    assert [f["value"] for f in parity] == [f"check_policy_service inet:127.0.0.1:{postgrey}, "
+                                            "unix:private/policyd-spf"], run.audit_output
+    assert parity[0]["severity"] == "warning"
+    note = next(line for line in run.setup_output.splitlines() if line.startswith("note: relay audit"))
+    assert "[inspection_parity: check_policy_service" in note, run.setup_output
