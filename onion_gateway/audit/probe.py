@@ -400,10 +400,22 @@ class Session:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE          # the audit judges the server's policy, not its certificate
-        context.load_cert_chain(self.client_cert.cert_file, self.client_cert.key_file)
+        if self.client_cert is not None:
+            context.load_cert_chain(self.client_cert.cert_file, self.client_cert.key_file)
         self.client._host = self.endpoint.host or "localhost"      # smtplib's SNI name (set only by __init__)
         self.client.starttls(context=context)
         self.client.ehlo()
+
+    def auth_after_starttls(self) -> str | None:
+        """STARTTLS (no client certificate) on this open session and the AUTH mechanisms of the EHLO
+        reply that follows (``smtpd_tls_auth_only = yes`` hides AUTH until then; RFC 3207 §4.2, RFC 4954 §3).
+
+        :returns: the mechanisms (``"PLAIN LOGIN"``), or ``None`` when none are offered.
+        :raises OSError, smtplib.SMTPException, ssl.SSLError: if STARTTLS fails.
+        """
+        self._starttls()
+        auth = self.client.esmtp_features.get("auth")
+        return auth.strip() if auth is not None else None
 
     def command(self, verb: str, args: str = "") -> Reply:
         """Send one command and read its reply (``docmd``: the argument goes out verbatim)."""
@@ -462,7 +474,8 @@ class ProbeRun:
 
     :param helo: the HELO name the probes finally used (a second one when the first was refused).
     :param auth_offered: the SASL mechanisms the first EHLO reply offered (``AUTH PLAIN LOGIN`` ->
-        ``"PLAIN LOGIN"``), or ``None`` when it offered no AUTH (RFC 4954 §3).
+        ``"PLAIN LOGIN"``; ``"PLAIN LOGIN (after STARTTLS)"`` when only the EHLO after STARTTLS offers
+        them), or ``None`` when no AUTH is offered (RFC 4954 §3).
     """
 
     client_address: str
@@ -514,6 +527,8 @@ def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds:
     xclient_offered = "xclient" in session.extensions
     auth = session.extensions.get("auth")
     auth_offered = auth.strip() if auth is not None else None
+    if auth_offered is None and ctx.client_cert is None and "starttls" in session.extensions:
+        auth_offered = _auth_after_starttls(endpoint, ctx, helo, timeout_seconds)
     control = None
     try:
         if ctx.control_recipient:
@@ -545,6 +560,21 @@ def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds:
     finally:
         session.close()
     return ProbeRun(client_address, control, results, xclient_offered, helo, auth_offered)
+
+
+def _auth_after_starttls(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds: float) -> str | None:
+    """AUTH offered after STARTTLS on a connection of its own, as ``"<mechanisms> (after STARTTLS)"``;
+    ``None`` when none is offered or TLS fails (then nothing is known, and nothing is claimed)."""
+    session = Session(endpoint, helo, timeout_seconds, ctx.proxy)
+    try:
+        session.open()
+        auth = session.auth_after_starttls()
+    except (Unreachable, OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+        log.info("%s: STARTTLS for the AUTH check failed: %s", endpoint, exc)
+        return None
+    finally:
+        session.close()
+    return f"{auth} (after STARTTLS)" if auth is not None else None
 
 
 def proxy_specs(ctx: ProbeContext) -> list[ProbeSpec]:

@@ -166,9 +166,12 @@ def ehlo_auth(host: str, port: int, proxy: bool = False) -> str | None:
         return auth.strip() if auth is not None else None
 
 
-@pytest.fixture
-def sasl_gateway(real_gateway, tmp_path):
-    """Debian + submission + ``smtpd_sasl_auth_enable = yes`` in main.cf, with a running Dovecot auth."""
+@pytest.fixture(params=["", "smtpd_tls_auth_only = yes"], ids=["auth-in-clear", "tls-auth-only"])
+def sasl_gateway(real_gateway, request):
+    """Debian + submission + ``smtpd_sasl_auth_enable = yes`` in main.cf, with a running Dovecot auth;
+    once more with ``smtpd_tls_auth_only = yes`` in main.cf too (Linode's "Configure Email with
+    Postfix, Dovecot, and MySQL" sets both there): AUTH then shows only after STARTTLS.
+    ``gw.tls_auth_only`` says which."""
     from tests.support.dovecot import DovecotAuth
     from tests.support.tlsca import make_test_ca
 
@@ -177,8 +180,10 @@ def sasl_gateway(real_gateway, tmp_path):
     (gw.root / "tls").mkdir()
     ca = make_test_ca(gw.root / "tls", server_name="rx.lab.test")
     debian_with_port25(gw)
-    add_main(gw, "sasl-submission.main.cf", CERT=str(ca.cert("server")), KEY=str(ca.key("server")))
+    add_main(gw, "sasl-submission.main.cf", CERT=str(ca.cert("server")), KEY=str(ca.key("server")),
+             TLS_AUTH_ONLY=request.param)
     add_master(gw, "sasl-submission.master.cf", SUBMISSION_PORT=str(free_port()))
+    gw.tls_auth_only = bool(request.param)
     start_postfix(gw)                     # creates queue/private, where Dovecot puts its socket
     dovecot = DovecotAuth(gw.pf.root / "queue" / "private" / "auth", {"alice@own.example.test": "secret"}).start()
     yield gw
@@ -189,7 +194,8 @@ def test_sasl_in_main_cf_the_listener_offers_no_auth_and_port_25_still_does(sasl
     """Onion clients are anonymous and many (one per circuit): AUTH on the listener would be a password
     guessing oracle. setup switches it off there; the port-25 smtpd keeps it (the backend answers)."""
     gw = sasl_gateway
-    assert ehlo_auth(gw.port25_host, 25) == "PLAIN LOGIN"            # Dovecot answers: the control
+    # Dovecot answers (the control): AUTH in the clear, or only after STARTTLS
+    assert ehlo_auth(gw.port25_host, 25) == (None if gw.tls_auth_only else "PLAIN LOGIN")
 
     def live_listener(gw: Gateway) -> None:
         assert listener_option(gw, "smtpd_sasl_auth_enable") == "no"
@@ -209,7 +215,8 @@ def test_a_listener_offering_auth_is_reported_static_and_live(sasl_gateway):
     gw.pf.reload()
     code, reports, out = audit(gw, "--listener", gw.listener)
     sasl = findings(reports[0], "sasl_auth_offered")
-    assert sorted(f["value"] for f in sasl) == ["AUTH PLAIN LOGIN", "smtpd_sasl_auth_enable = yes"], out
+    live = "AUTH PLAIN LOGIN (after STARTTLS)" if gw.tls_auth_only else "AUTH PLAIN LOGIN"
+    assert sorted(f["value"] for f in sasl) == [live, "smtpd_sasl_auth_enable = yes"], out
     assert all(f["severity"] == "warning" for f in sasl), out
     assert {f["source"] for f in sasl} == {"main.cf", "EHLO reply"}, out
     assert code == 0, out                    # a warning: the relay probes are still refused
