@@ -166,6 +166,19 @@ def ehlo_auth(host: str, port: int, proxy: bool = False) -> str | None:
         return auth.strip() if auth is not None else None
 
 
+def sasl_config(gw: Gateway, tls_auth_only: str = "") -> None:
+    """Debian + submission + Dovecot SASL in main.cf (*tls_auth_only*: an extra main.cf line or "")."""
+    from tests.support.tlsca import make_test_ca
+
+    (gw.root / "tls").mkdir()
+    ca = make_test_ca(gw.root / "tls", server_name="rx.lab.test")
+    debian_with_port25(gw)
+    add_main(gw, "sasl-submission.main.cf", CERT=str(ca.cert("server")), KEY=str(ca.key("server")),
+             TLS_AUTH_ONLY=tls_auth_only)
+    add_master(gw, "sasl-submission.master.cf", SUBMISSION_PORT=str(free_port()))
+    gw.tls_auth_only = bool(tls_auth_only)
+
+
 @pytest.fixture(params=["", "smtpd_tls_auth_only = yes"], ids=["auth-in-clear", "tls-auth-only"])
 def sasl_gateway(real_gateway, request):
     """Debian + submission + ``smtpd_sasl_auth_enable = yes`` in main.cf, with a running Dovecot auth;
@@ -173,17 +186,10 @@ def sasl_gateway(real_gateway, request):
     Postfix, Dovecot, and MySQL" sets both there): AUTH then shows only after STARTTLS.
     ``gw.tls_auth_only`` says which."""
     from tests.support.dovecot import DovecotAuth
-    from tests.support.tlsca import make_test_ca
 
     require("dovecot")
     gw = real_gateway
-    (gw.root / "tls").mkdir()
-    ca = make_test_ca(gw.root / "tls", server_name="rx.lab.test")
-    debian_with_port25(gw)
-    add_main(gw, "sasl-submission.main.cf", CERT=str(ca.cert("server")), KEY=str(ca.key("server")),
-             TLS_AUTH_ONLY=request.param)
-    add_master(gw, "sasl-submission.master.cf", SUBMISSION_PORT=str(free_port()))
-    gw.tls_auth_only = bool(request.param)
+    sasl_config(gw, request.param)
     start_postfix(gw)                     # creates queue/private, where Dovecot puts its socket
     dovecot = DovecotAuth(gw.pf.root / "queue" / "private" / "auth", {"alice@own.example.test": "secret"}).start()
     yield gw
@@ -349,3 +355,20 @@ def test_policy_services_of_port_25_are_named_on_the_listener_but_do_not_fail_it
     assert parity[0]["severity"] == "warning"
     note = next(line for line in run.setup_output.splitlines() if line.startswith("note: relay audit"))
     assert "[inspection_parity: check_policy_service" in note, run.setup_output
+
+
+def test_with_dovecot_down_the_listener_still_receives_onion_mail(real_gateway, dns_server):
+    """Every smtpd with SASL on dies at startup when the Dovecot socket is missing ("fatal: no SASL
+    authentication mechanisms"); setup's listener, with SASL off, keeps receiving onion mail."""
+    gw = real_gateway
+    sasl_config(gw)
+    start_postfix(gw)
+
+    def port25_dies_listener_greets(gw: Gateway) -> None:
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            ehlo_auth(gw.port25_host, 25)
+        assert ehlo_auth("127.0.0.1", gw.listener_port, proxy=True) is None
+        assert "fatal: no SASL authentication mechanisms" in gw.pf.log_text()
+
+    run = lifecycle(gw, dns_server, port25_dies_listener_greets)
+    assert_sane(run, gw)                 # the live audit's control recipient was accepted on the listener
