@@ -109,6 +109,7 @@ def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditO
         if policy and uses_proxy_protocol(policy) else None,
         proxy_forge_addr=_trusted_address(policy) if policy and uses_proxy_protocol(policy) else None,
         client_cert=options.client_cert,
+        starttls=bool(policy and policy.value("smtpd_tls_security_level").lower() == "encrypt"),
         rounds=SHARED_LISTENER_ROUNDS if len(report.listener.get("services", [])) > 1 else 1,
     )
     if not options.probe:

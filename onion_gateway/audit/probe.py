@@ -175,6 +175,8 @@ class ProbeContext:
     :param client_cert: a TLS client certificate to present after STARTTLS, or ``None``.
     :param rounds: how many times to run the catalogue, each probe on a fresh connection when more than
         one (several services share the listener's port: the kernel spreads connections among them).
+    :param starttls: start TLS on every connection even without a client certificate (the listener
+        requires it, ``smtpd_tls_security_level = encrypt``: in the clear every command gets 530).
     """
 
     test_domain: str
@@ -189,6 +191,7 @@ class ProbeContext:
     proxy_forge_addr: str | None = None
     client_cert: "ClientCertificate | None" = None
     rounds: int = 1
+    starttls: bool = False
 
 
 def other_onion() -> str:
@@ -347,7 +350,8 @@ class Session:
     """One SMTP connection to the listener; counts error replies so the runner can reconnect early.
 
     :param proxy: PROXY header to send first, or ``None``.
-    :param client_cert: present this certificate after STARTTLS, or ``None`` (no TLS).
+    :param client_cert: present this certificate after STARTTLS, or ``None``.
+    :param starttls: STARTTLS without a certificate too (when offered); :attr:`tls` says it happened.
     """
 
     endpoint: ListenAddress
@@ -355,7 +359,9 @@ class Session:
     timeout_seconds: float
     proxy: ProxyHeader | None = None
     client_cert: ClientCertificate | None = None
+    starttls: bool = False
     client: smtplib.SMTP | None = None
+    tls: bool = False
     errors: int = 0
     extensions: dict = field(default_factory=dict)
     client_address: str = ""
@@ -366,6 +372,7 @@ class Session:
 
         :raises Unreachable: on a connection error or a greeting other than 220.
         """
+        self.tls = False
         try:
             self.client = ListenerSMTP(self.endpoint, self.proxy, local_hostname=self.helo,
                                         timeout=self.timeout_seconds)
@@ -381,12 +388,13 @@ class Session:
             code, _ = self.client.ehlo()
             if code != 250:
                 code, _ = self.client.helo()
-            if self.client_cert is not None:
+            if self.client_cert is not None or self.starttls:
                 if self.client.has_extn("starttls"):
                     self._starttls()
-                    self.client_address += " (TLS client certificate)"
+                    if self.client_cert is not None:
+                        self.client_address += " (TLS client certificate)"
                 else:                                 # no TLS here: nothing to present, probe in the clear
-                    log.info("%s offers no STARTTLS: client certificate not presented", self.endpoint)
+                    log.info("%s offers no STARTTLS: probing in the clear", self.endpoint)
             self.extensions = dict(self.client.esmtp_features)
         except Unreachable:
             self.close()
@@ -404,6 +412,7 @@ class Session:
             context.load_cert_chain(self.client_cert.cert_file, self.client_cert.key_file)
         self.client._host = self.endpoint.host or "localhost"      # smtplib's SNI name (set only by __init__)
         self.client.starttls(context=context)
+        self.tls = True
         self.client.ehlo()
 
     def auth_after_starttls(self) -> str | None:
@@ -515,7 +524,7 @@ def second_helo(ctx: ProbeContext) -> str:
 
 
 def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds: float) -> ProbeRun:
-    session = Session(endpoint, helo, timeout_seconds, ctx.proxy, ctx.client_cert)
+    session = Session(endpoint, helo, timeout_seconds, ctx.proxy, ctx.client_cert, ctx.starttls)
     try:
         session.open()
     except GreetingRefused as exc:            # reachable, but refuses everyone: proves nothing
@@ -527,7 +536,9 @@ def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds:
     xclient_offered = "xclient" in session.extensions
     auth = session.extensions.get("auth")
     auth_offered = auth.strip() if auth is not None else None
-    if auth_offered is None and ctx.client_cert is None and "starttls" in session.extensions:
+    if auth_offered is not None and session.tls:
+        auth_offered += " (after STARTTLS)"
+    if auth_offered is None and not session.tls and "starttls" in session.extensions:
         auth_offered = _auth_after_starttls(endpoint, ctx, helo, timeout_seconds)
     control = None
     try:

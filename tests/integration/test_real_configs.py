@@ -175,7 +175,8 @@ def sasl_config(gw: Gateway, tls_auth_only: str = "") -> None:
     debian_with_port25(gw)
     add_main(gw, "sasl-submission.main.cf", CERT=str(ca.cert("server")), KEY=str(ca.key("server")),
              TLS_AUTH_ONLY=tls_auth_only)
-    add_master(gw, "sasl-submission.master.cf", SUBMISSION_PORT=str(free_port()))
+    gw.submission_port = free_port()
+    add_master(gw, "sasl-submission.master.cf", SUBMISSION_PORT=str(gw.submission_port))
     gw.tls_auth_only = bool(tls_auth_only)
 
 
@@ -372,3 +373,20 @@ def test_with_dovecot_down_the_listener_still_receives_onion_mail(real_gateway, 
 
     run = lifecycle(gw, dns_server, port25_dies_listener_greets)
     assert_sane(run, gw)                 # the live audit's control recipient was accepted on the listener
+
+
+def test_an_onion_pointed_at_submission_is_no_relay_but_offers_auth(sasl_gateway):
+    """An onion for the users' submission port (as some providers publish one). It requires TLS
+    (``smtpd_tls_security_level=encrypt``), so the probes STARTTLS first: every relay attempt is refused,
+    the control too (``permit_sasl_authenticated, reject``: nothing without a login), so the verdict is
+    inconclusive, never safe; and the AUTH it offers after STARTTLS is named."""
+    gw = sasl_gateway
+    code, reports, out = audit(gw, "--listener", f"127.0.0.1:{gw.submission_port}")
+    assert code == 3, out
+    report = reports[0]
+    assert report["control"]["verdict"] == "denied", out
+    verdicts = {p["name"]: p["verdict"] for p in report["probes"]}
+    assert "accepted" not in verdicts.values(), out
+    assert verdicts["third_party_sender"] == verdicts["percent_hack_literal"] == "denied", out      # after STARTTLS
+    assert [f["value"] for f in findings(report, "sasl_auth_offered") if f["source"] == "EHLO reply"] == \
+        ["AUTH PLAIN LOGIN (after STARTTLS)"], out
