@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import smtplib
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from onion_gateway.cli import main
 from tests.conftest import require
-from tests.support.gateway import Gateway, changed_paths, new_gateway, same_content
+from tests.support.gateway import Gateway, age_config, changed_paths, new_gateway, same_content, stock_debian
 from tests.support.procs import free_port
 from tests.support.realconfigs import add_main, add_master, debian_with_port25, start_postfix
 
@@ -390,3 +391,29 @@ def test_an_onion_pointed_at_submission_is_no_relay_but_offers_auth(sasl_gateway
     assert verdicts["third_party_sender"] == verdicts["percent_hack_literal"] == "denied", out      # after STARTTLS
     assert [f["value"] for f in findings(report, "sasl_auth_offered") if f["source"] == "EHLO reply"] == \
         ["AUTH PLAIN LOGIN (after STARTTLS)"], out
+
+
+# --- 6. Debian's real interface defaults: inet_interfaces = all, inet_protocols = all (never started) --------
+
+def test_debian_listening_on_all_interfaces_setup_and_static_audit(real_gateway):
+    """Debian's "Internet Site" as installed: ``inet_interfaces = all``, ``inet_protocols = all`` and a
+    host-less ``smtp inet`` service. Never started (a test binds loopback only), so static analysis:
+    setup's listener is bound to loopback and safe; an onion at 127.0.0.1:25 would reach the port-25
+    smtpd, which also listens beyond loopback and trusts 127.0.0.0/8."""
+    gw = real_gateway
+    stock_debian(gw, free_port())
+    gw.pf.postconf("-e", "inet_interfaces = all", "inet_protocols = all")
+    (gw.pf.config_dir / "master.cf").write_text(Path("/usr/share/postfix/master.cf.dist").read_text())
+    age_config(gw.pf.config_dir)
+    before = gw.snapshot()
+    gw.setup("--yes")
+    code, reports, out = audit(gw, "--torrc", str(gw.tor.torrc), "--static-only")
+    assert code == 3, out                                             # static only: at best inconclusive
+    assert [r["target"] for r in reports] == [gw.listener], out
+    assert not [f for f in reports[0]["findings"] if f["severity"] == "critical" or f["check"] == "all_interfaces"]
+    code, reports, out = audit(gw, "--listener", "127.0.0.1:25", "--static-only")
+    assert code == 2, out                                             # risky
+    checks = {f["check"]: f["severity"] for f in reports[0]["findings"]}
+    assert checks["mynetworks_loopback"] == "critical" and checks["all_interfaces"] == "warning", out
+    gw.setup("--rollback", "--yes")
+    assert same_content(gw.snapshot(), before), changed_paths(gw.snapshot(), before)
