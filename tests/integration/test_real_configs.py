@@ -417,3 +417,18 @@ def test_debian_listening_on_all_interfaces_setup_and_static_audit(real_gateway)
     assert checks["mynetworks_loopback"] == "critical" and checks["all_interfaces"] == "warning", out
     gw.setup("--rollback", "--yes")
     assert same_content(gw.snapshot(), before), changed_paths(gw.snapshot(), before)
+
+
+# --- 7. HELO restrictions in main.cf, inherited by the listener ------------------------------------------------
+
+def test_helo_restrictions_inherited_by_the_listener_do_not_blind_the_audit(real_gateway, dns_server):
+    """The listener inherits ``reject_non_fqdn_helo_hostname`` (mynetworks is empty there): the audit's
+    first HELO, ``localhost``, is refused, and the whole run is repeated with a fully qualified one; the
+    verdict is safe, not inconclusive."""
+    gw = real_gateway
+    debian_with_port25(gw)
+    add_main(gw, "helo-required.main.cf")
+    start_postfix(gw)
+    run = lifecycle(gw, dns_server)
+    assert_sane(run, gw)
+    assert run.reports[0]["listener"]["helo"] == f"probe.{TEST_DOMAIN} (HELO localhost was refused)", run.audit_output
