@@ -48,6 +48,7 @@ def audit(gw: Gateway, *args: str) -> tuple[int, list[dict], str]:
 
 
 def findings(report: dict, check: str) -> list[dict]:
+    """The findings of one *check* (``findings[].check``) in a JSON report."""
     return [f for f in report["findings"] if f["check"] == check]
 
 
@@ -101,6 +102,8 @@ OPENDKIM = "inet:127.0.0.1:8891"       # Debian's opendkim package, as its READM
 
 
 def postscreen_gateway(gw: Gateway, pass_options: str = "") -> None:
+    """Debian + postscreen on port 25 + the rspamd milter on main.cf; *pass_options*: ``-o`` lines of
+    the ``smtpd pass`` service."""
     host = debian_with_port25(gw, "postscreen")
     add_master(gw, "postscreen.master.cf", HOST=host, PASS_OPTIONS=pass_options)
     add_main(gw, "postscreen.main.cf", MILTER_PORT=RSPAMD.rpartition(":")[2])
@@ -232,6 +235,40 @@ def test_a_listener_offering_auth_is_reported_static_and_live(sasl_gateway):
     assert [f["value"] for f in findings(reports[0], "sasl_auth_offered")] == ["smtpd_sasl_auth_enable = yes"], out
 
 
+def test_with_dovecot_down_the_listener_still_receives_onion_mail(real_gateway, dns_server):
+    """Every smtpd with SASL on dies at startup when the Dovecot socket is missing ("fatal: no SASL
+    authentication mechanisms"); setup's listener, with SASL off, keeps receiving onion mail."""
+    gw = real_gateway
+    sasl_config(gw)
+    start_postfix(gw)
+
+    def port25_dies_listener_greets(gw: Gateway) -> None:
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            ehlo_auth(gw.port25_host, 25)
+        assert ehlo_auth("127.0.0.1", gw.listener_port, proxy=True) is None
+        assert "fatal: no SASL authentication mechanisms" in gw.pf.log_text()
+
+    run = lifecycle(gw, dns_server, port25_dies_listener_greets)
+    assert_sane(run, gw)                 # the live audit's control recipient was accepted on the listener
+
+
+def test_an_onion_pointed_at_submission_is_no_relay_but_offers_auth(sasl_gateway):
+    """An onion for the users' submission port (as some providers publish one). It requires TLS
+    (``smtpd_tls_security_level=encrypt``), so the probes STARTTLS first: every relay attempt is refused,
+    the control too (``permit_sasl_authenticated, reject``: nothing without a login), so the verdict is
+    inconclusive, never safe; and the AUTH it offers after STARTTLS is named."""
+    gw = sasl_gateway
+    code, reports, out = audit(gw, "--listener", f"127.0.0.1:{gw.submission_port}")
+    assert code == 3, out
+    report = reports[0]
+    assert report["control"]["verdict"] == "denied", out
+    verdicts = {p["name"]: p["verdict"] for p in report["probes"]}
+    assert "accepted" not in verdicts.values(), out
+    assert verdicts["third_party_sender"] == verdicts["percent_hack_literal"] == "denied", out      # after STARTTLS
+    assert [f["value"] for f in findings(report, "sasl_auth_offered") if f["source"] == "EHLO reply"] == \
+        ["AUTH PLAIN LOGIN (after STARTTLS)"], out
+
+
 # --- 3. amavisd-new: content_filter on main.cf, the reinjection smtpd on 127.0.0.1:10025 --------------------
 
 def amavis_gateway(gw: Gateway, reinject_port: int) -> str:
@@ -296,6 +333,7 @@ def test_an_onion_pointed_at_the_amavis_reinjection_port_is_an_open_relay(real_g
 # --- 4. older and terser relay policies ----------------------------------------------------------------------
 
 def port25_audit(gw: Gateway) -> tuple[int, dict, str]:
+    """The live audit of the port-25 service, as if an onion pointed there: ``(code, report, output)``."""
     code, reports, out = audit(gw, "--listener", f"{gw.port25_host}:25")
     return code, reports[0], out
 
@@ -357,40 +395,6 @@ def test_policy_services_of_port_25_are_named_on_the_listener_but_do_not_fail_it
     assert parity[0]["severity"] == "warning"
     note = next(line for line in run.setup_output.splitlines() if line.startswith("note: relay audit"))
     assert "[inspection_parity: check_policy_service" in note, run.setup_output
-
-
-def test_with_dovecot_down_the_listener_still_receives_onion_mail(real_gateway, dns_server):
-    """Every smtpd with SASL on dies at startup when the Dovecot socket is missing ("fatal: no SASL
-    authentication mechanisms"); setup's listener, with SASL off, keeps receiving onion mail."""
-    gw = real_gateway
-    sasl_config(gw)
-    start_postfix(gw)
-
-    def port25_dies_listener_greets(gw: Gateway) -> None:
-        with pytest.raises(smtplib.SMTPServerDisconnected):
-            ehlo_auth(gw.port25_host, 25)
-        assert ehlo_auth("127.0.0.1", gw.listener_port, proxy=True) is None
-        assert "fatal: no SASL authentication mechanisms" in gw.pf.log_text()
-
-    run = lifecycle(gw, dns_server, port25_dies_listener_greets)
-    assert_sane(run, gw)                 # the live audit's control recipient was accepted on the listener
-
-
-def test_an_onion_pointed_at_submission_is_no_relay_but_offers_auth(sasl_gateway):
-    """An onion for the users' submission port (as some providers publish one). It requires TLS
-    (``smtpd_tls_security_level=encrypt``), so the probes STARTTLS first: every relay attempt is refused,
-    the control too (``permit_sasl_authenticated, reject``: nothing without a login), so the verdict is
-    inconclusive, never safe; and the AUTH it offers after STARTTLS is named."""
-    gw = sasl_gateway
-    code, reports, out = audit(gw, "--listener", f"127.0.0.1:{gw.submission_port}")
-    assert code == 3, out
-    report = reports[0]
-    assert report["control"]["verdict"] == "denied", out
-    verdicts = {p["name"]: p["verdict"] for p in report["probes"]}
-    assert "accepted" not in verdicts.values(), out
-    assert verdicts["third_party_sender"] == verdicts["percent_hack_literal"] == "denied", out      # after STARTTLS
-    assert [f["value"] for f in findings(report, "sasl_auth_offered") if f["source"] == "EHLO reply"] == \
-        ["AUTH PLAIN LOGIN (after STARTTLS)"], out
 
 
 # --- 6. Debian's real interface defaults: inet_interfaces = all, inet_protocols = all (never started) --------
