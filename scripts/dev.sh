@@ -17,7 +17,7 @@ set -eu
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${ONION_GATEWAY_VENV:-$ROOT/.venv}
-PKGS="postfix postfix-pcre tor torsocks dnsmasq swaks unbound knot knot-dnsutils python3-venv ca-certificates iproute2 systemd"
+PKGS="postfix postfix-pcre dovecot-core tor torsocks dnsmasq swaks unbound knot knot-dnsutils python3-venv ca-certificates iproute2 systemd"
 # The Debian job: build dependencies, Debian's Python libraries and test tools for /usr/bin/python3.
 DEB_PKGS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel
  bash-completion lintian man-db python3-click python3-dnspython python3-idna python3-jinja2 python3-stem

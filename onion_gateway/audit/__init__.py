@@ -28,7 +28,8 @@ from onion_gateway.address import ListenAddress
 from onion_gateway.audit.discover import (SETUP_MANIFEST, OnionPort, SetupRecord, find_listener,
                                           find_listeners, onion_ports, read_master, read_setup_state,
                                           running_onion_ports)
-from onion_gateway.audit.policy import (Check, EffectivePolicy, Finding, Setting, Severity, analyse,
+from onion_gateway.audit.policy import (SASL_OFFERED_TITLE, SEVERITY_ORDER, Check, EffectivePolicy, Finding,
+                                        Setting, Severity, analyse,
                                         effective_policy, listener_inspection_findings, sender_keys,
                                         uses_proxy_protocol)
 from onion_gateway.audit.probe import (TOR_PROXY_SOURCE, ClientCertificate, ProbeContext, ProxyHeader,
@@ -108,6 +109,7 @@ def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditO
         if policy and uses_proxy_protocol(policy) else None,
         proxy_forge_addr=_trusted_address(policy) if policy and uses_proxy_protocol(policy) else None,
         client_cert=options.client_cert,
+        starttls=bool(policy and policy.value("smtpd_tls_security_level").lower() == "encrypt"),
         rounds=SHARED_LISTENER_ROUNDS if len(report.listener.get("services", [])) > 1 else 1,
     )
     if not options.probe:
@@ -123,6 +125,10 @@ def audit_listener(endpoint: ListenAddress | str, options: AuditOptions = AuditO
         report.listener["helo"] = f"{run.helo} (HELO {options.helo} was refused)"
     report.control = run.control
     report.probes = run.probes
+    if run.auth_offered is not None:
+        report.findings.append(Finding(Severity.WARNING, Check.SASL_OFFERED, SASL_OFFERED_TITLE,
+                                       f"AUTH {run.auth_offered}".rstrip(), "EHLO reply"))
+        report.findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])
     log.info("audit %s: %s", endpoint, report.outcome.name)
     return report
 
@@ -288,8 +294,7 @@ def _policy_for(endpoint: ListenAddress, config_dir: Path | None, report: AuditR
                                 "hands each connection to any of them"
                                 + (", and one of them may relay" if open_ else ""),
                                 ", ".join(labels), "master.cf"))
-    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
-    report.findings[:0] = sorted(found, key=lambda f: order[f.severity])
+    report.findings[:0] = sorted(found, key=lambda f: SEVERITY_ORDER[f.severity])
     return policy
 
 

@@ -64,6 +64,10 @@ class Severity(enum.Enum):
     INFO = "info"
 
 
+#: Sort key of a finding's severity: most severe first.
+SEVERITY_ORDER = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
 class Check(enum.Enum):
     """Which static check produced a finding (stable identifiers for JSON consumers)."""
 
@@ -89,6 +93,7 @@ class Check(enum.Enum):
     SHARED_LISTENER = "shared_listener"
     PROXY_FORGEABLE = "proxy_header_forgeable"
     INSPECTION_PARITY = "inspection_parity"
+    SASL_OFFERED = "sasl_auth_offered"
 
 
 @dataclass(frozen=True)
@@ -398,8 +403,7 @@ def analyse(policy: EffectivePolicy, *, all_interfaces: bool = False, bound: str
         findings.append(Finding(Severity.WARNING, Check.ALL_INTERFACES,
                                 "the onion listener also listens beyond loopback: clients reach it without Tor",
                                 bound, "master.cf / inet_interfaces"))
-    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
-    return sorted(findings, key=lambda f: order[f.severity])
+    return sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
 
 
 def uses_proxy_protocol(policy: EffectivePolicy) -> bool:
@@ -504,6 +508,15 @@ def _walk(policy: EffectivePolicy, list_name: str, value: str | None = None,
     return Step.NEXT, met
 
 
+#: The :data:`Check.SASL_OFFERED` title, static (effective smtpd_sasl_auth_enable) and live (AUTH in EHLO).
+#: Many guides (the Dovecot wiki's "Postfix and Dovecot SASL" among them) enable SASL in main.cf, so
+#: every smtpd that does not override it offers AUTH; onion clients are anonymous and each circuit is a
+#: fresh client, so the listener becomes a password-guessing oracle for the mailbox accounts, and a
+#: guessed login relays wherever permit_sasl_authenticated comes before the reject.
+SASL_OFFERED_TITLE = ("the onion listener offers SMTP AUTH to anonymous onion clients: unlimited password guessing "
+                      "over Tor (set -o smtpd_sasl_auth_enable=no on the listener)")
+
+
 def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
     findings = []
 
@@ -552,6 +565,8 @@ def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
             add(Severity.INFO, Check.PROXY_FORGEABLE,
                 "smtpd_upstream_proxy_protocol = haproxy: any local process can forge the PROXY header and pose "
                 "as any address; mynetworks is empty, so no address is trusted", "smtpd_upstream_proxy_protocol")
+    if policy.value("smtpd_sasl_auth_enable").lower() == "yes":
+        add(Severity.WARNING, Check.SASL_OFFERED, SASL_OFFERED_TITLE, "smtpd_sasl_auth_enable")
     if policy.value("soft_bounce").lower() == "yes":
         add(Severity.WARNING, Check.SOFT_BOUNCE,
             "soft_bounce = yes: every reject becomes a temporary 4xx reply", "soft_bounce")

@@ -175,6 +175,8 @@ class ProbeContext:
     :param client_cert: a TLS client certificate to present after STARTTLS, or ``None``.
     :param rounds: how many times to run the catalogue, each probe on a fresh connection when more than
         one (several services share the listener's port: the kernel spreads connections among them).
+    :param starttls: start TLS on every connection even without a client certificate (the listener
+        requires it, ``smtpd_tls_security_level = encrypt``: in the clear every command gets 530).
     """
 
     test_domain: str
@@ -189,6 +191,7 @@ class ProbeContext:
     proxy_forge_addr: str | None = None
     client_cert: "ClientCertificate | None" = None
     rounds: int = 1
+    starttls: bool = False
 
 
 def other_onion() -> str:
@@ -347,7 +350,8 @@ class Session:
     """One SMTP connection to the listener; counts error replies so the runner can reconnect early.
 
     :param proxy: PROXY header to send first, or ``None``.
-    :param client_cert: present this certificate after STARTTLS, or ``None`` (no TLS).
+    :param client_cert: present this certificate after STARTTLS, or ``None``.
+    :param starttls: STARTTLS without a certificate too (when offered); :attr:`tls` says it happened.
     """
 
     endpoint: ListenAddress
@@ -355,7 +359,9 @@ class Session:
     timeout_seconds: float
     proxy: ProxyHeader | None = None
     client_cert: ClientCertificate | None = None
+    starttls: bool = False
     client: smtplib.SMTP | None = None
+    tls: bool = False
     errors: int = 0
     extensions: dict = field(default_factory=dict)
     client_address: str = ""
@@ -366,6 +372,7 @@ class Session:
 
         :raises Unreachable: on a connection error or a greeting other than 220.
         """
+        self.tls = False
         try:
             self.client = ListenerSMTP(self.endpoint, self.proxy, local_hostname=self.helo,
                                         timeout=self.timeout_seconds)
@@ -381,12 +388,13 @@ class Session:
             code, _ = self.client.ehlo()
             if code != 250:
                 code, _ = self.client.helo()
-            if self.client_cert is not None:
+            if self.client_cert is not None or self.starttls:
                 if self.client.has_extn("starttls"):
                     self._starttls()
-                    self.client_address += " (TLS client certificate)"
+                    if self.client_cert is not None:
+                        self.client_address += " (TLS client certificate)"
                 else:                                 # no TLS here: nothing to present, probe in the clear
-                    log.info("%s offers no STARTTLS: client certificate not presented", self.endpoint)
+                    log.info("%s offers no STARTTLS: probing in the clear", self.endpoint)
             self.extensions = dict(self.client.esmtp_features)
         except Unreachable:
             self.close()
@@ -400,10 +408,23 @@ class Session:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE          # the audit judges the server's policy, not its certificate
-        context.load_cert_chain(self.client_cert.cert_file, self.client_cert.key_file)
+        if self.client_cert is not None:
+            context.load_cert_chain(self.client_cert.cert_file, self.client_cert.key_file)
         self.client._host = self.endpoint.host or "localhost"      # smtplib's SNI name (set only by __init__)
         self.client.starttls(context=context)
+        self.tls = True
         self.client.ehlo()
+
+    def auth_after_starttls(self) -> str | None:
+        """STARTTLS (no client certificate) on this open session and the AUTH mechanisms of the EHLO
+        reply that follows (``smtpd_tls_auth_only = yes`` hides AUTH until then; RFC 3207 §4.2, RFC 4954 §3).
+
+        :returns: the mechanisms (``"PLAIN LOGIN"``), or ``None`` when none are offered.
+        :raises OSError, smtplib.SMTPException, ssl.SSLError: if STARTTLS fails.
+        """
+        self._starttls()
+        auth = self.client.esmtp_features.get("auth")
+        return auth.strip() if auth is not None else None
 
     def command(self, verb: str, args: str = "") -> Reply:
         """Send one command and read its reply (``docmd``: the argument goes out verbatim)."""
@@ -461,6 +482,9 @@ class ProbeRun:
     """Everything the live part produced.
 
     :param helo: the HELO name the probes finally used (a second one when the first was refused).
+    :param auth_offered: the SASL mechanisms the first EHLO reply offered (``AUTH PLAIN LOGIN`` ->
+        ``"PLAIN LOGIN"``; ``"PLAIN LOGIN (after STARTTLS)"`` when only the EHLO after STARTTLS offers
+        them), or ``None`` when no AUTH is offered (RFC 4954 §3).
     """
 
     client_address: str
@@ -468,6 +492,7 @@ class ProbeRun:
     probes: list[ProbeResult]
     xclient_offered: bool = False
     helo: str = ""
+    auth_offered: str | None = None
 
 
 def run_probes(endpoint: ListenAddress, ctx: ProbeContext, *, helo: str = "localhost",
@@ -499,7 +524,7 @@ def second_helo(ctx: ProbeContext) -> str:
 
 
 def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds: float) -> ProbeRun:
-    session = Session(endpoint, helo, timeout_seconds, ctx.proxy, ctx.client_cert)
+    session = Session(endpoint, helo, timeout_seconds, ctx.proxy, ctx.client_cert, ctx.starttls)
     try:
         session.open()
     except GreetingRefused as exc:            # reachable, but refuses everyone: proves nothing
@@ -509,6 +534,12 @@ def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds:
                         helo=helo)
     client_address = session.client_address
     xclient_offered = "xclient" in session.extensions
+    auth = session.extensions.get("auth")
+    auth_offered = auth.strip() if auth is not None else None
+    if auth_offered is not None and session.tls:
+        auth_offered += " (after STARTTLS)"
+    if auth_offered is None and not session.tls and "starttls" in session.extensions:
+        auth_offered = _auth_after_starttls(endpoint, ctx, helo, timeout_seconds)
     control = None
     try:
         if ctx.control_recipient:
@@ -539,7 +570,22 @@ def _run(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds:
                 results.append(_run_one(session, spec))
     finally:
         session.close()
-    return ProbeRun(client_address, control, results, xclient_offered, helo)
+    return ProbeRun(client_address, control, results, xclient_offered, helo, auth_offered)
+
+
+def _auth_after_starttls(endpoint: ListenAddress, ctx: ProbeContext, helo: str, timeout_seconds: float) -> str | None:
+    """AUTH offered after STARTTLS on a connection of its own, as ``"<mechanisms> (after STARTTLS)"``;
+    ``None`` when none is offered or TLS fails (then nothing is known, and nothing is claimed)."""
+    session = Session(endpoint, helo, timeout_seconds, ctx.proxy)
+    try:
+        session.open()
+        auth = session.auth_after_starttls()
+    except (Unreachable, OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+        log.info("%s: STARTTLS for the AUTH check failed: %s", endpoint, exc)
+        return None
+    finally:
+        session.close()
+    return f"{auth} (after STARTTLS)" if auth is not None else None
 
 
 def proxy_specs(ctx: ProbeContext) -> list[ProbeSpec]:

@@ -163,6 +163,7 @@ def test_relay_domains_naming_one_partner_onion_is_fine():
     ({"allow_untrusted_routing": "yes"}, Check.UNTRUSTED_ROUTING, Severity.WARNING),
     ({"resolve_dequoted_address": "no"}, Check.DEQUOTED, Severity.WARNING),
     ({"soft_bounce": "yes"}, Check.SOFT_BOUNCE, Severity.WARNING),
+    ({"smtpd_sasl_auth_enable": "yes"}, Check.SASL_OFFERED, Severity.WARNING),
     ({"compatibility_level": "2"}, Check.COMPATIBILITY, Severity.INFO),
 ])
 def test_parameter_findings(changes, check, severity):
