@@ -11,11 +11,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+_HANDED_OUT: set[tuple[int, int]] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port on 127.0.0.1 that was free a moment ago (TCP by default; pass SOCK_DGRAM for UDP)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that was free a moment ago (TCP by default; pass SOCK_DGRAM for UDP), and never
+    handed out before in this test run.
+
+    The kernel may give the same ephemeral port to two binds in a row; a fixture that takes a dozen ports
+    before starting Postfix then got two services on one port now and then (Postfix binds both), and an
+    audit probed the wrong one. So each port is returned once per run.
+    """
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if (kind, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((kind, port))
+            return port
+    raise AssertionError("no free port that was not handed out before")
 
 
 def free_tcp_udp_port() -> int:
