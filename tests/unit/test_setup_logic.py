@@ -394,3 +394,14 @@ def test_the_proxy_listener_leaves_out_main_cf_client_address_checks_and_names_e
     assert check_listener_policy(scratch_postfix, "127.0.0.1:2525") == []
     written = postfix.postconf(scratch_postfix, "-P", "127.0.0.1:2525/inet/smtpd_helo_restrictions").strip()
     assert written == "127.0.0.1:2525/inet/smtpd_helo_restrictions = permit_mynetworks, reject_non_fqdn_helo_hostname"
+
+
+def test_rollback_knows_a_braced_option_in_the_form_postconf_stores_it():
+    """setup renders ``-o { name = a, b }``; postconf -M keeps ``-o {name=a, b}``: the same entry for rollback,
+    which would otherwise keep the listener as "edited since setup"."""
+    from onion_gateway.setup.journal import _norm_entry
+
+    rendered = "127.0.0.1:2525 inet n - n - - smtpd -o { smtpd_helo_restrictions = permit_mynetworks,  reject } -o a=b"
+    stored = "127.0.0.1:2525 inet n   -       n       -       -       smtpd -o {smtpd_helo_restrictions=permit_mynetworks, reject} -o a=b"
+    assert _norm_entry(rendered) == _norm_entry(stored)
+    assert _norm_entry(rendered) != _norm_entry(stored.replace("reject}", "reject_all}"))
