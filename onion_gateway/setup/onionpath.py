@@ -23,6 +23,9 @@ from onion_gateway.render import TorrcPiece
 from onion_gateway.setup.settings import SetupSettings
 from onion_gateway.tor import supported_options
 
+#: The parameters that hand received mail to a content filter (FILTER_README, SMTPD_PROXY_README).
+FILTER_PARAMETERS = ("content_filter", "smtpd_proxy_filter")
+
 #: Every option :func:`service_options` may write, in the order it writes them (tor(1), "HIDDEN SERVICE OPTIONS").
 SERVICE_OPTION_NAMES = ("HiddenServiceExportCircuitID", "HiddenServiceMaxStreams", "HiddenServiceMaxStreamsCloseCircuit",
                         "HiddenServiceEnableIntroDoSDefense", "HiddenServicePoWDefensesEnabled")
@@ -74,6 +77,14 @@ def listener_inspection(config_dir: Path | None) -> tuple[tuple[tuple[str, str],
     """Content inspection the port-25 smtpd sets in its own master.cf entry (``-o smtpd_milters=...``),
     to repeat on the onion listener. What it inherits from main.cf the listener inherits too.
 
+    When the port-25 smtpd hands mail to a filter (its effective ``content_filter`` or
+    ``smtpd_proxy_filter`` is set, in its entry or in main.cf) and its entry sets
+    ``receive_override_options``, that is copied too: FILTER_README's advanced content filter (and
+    amavisd-new's README.postfix) pair ``-o content_filter=...`` with
+    ``-o receive_override_options=no_address_mappings`` on the receiving smtpd, because the smtpd that
+    takes the filtered mail back does the address mappings; without it onion mail would have virtual
+    aliases expanded and automatic BCCs added twice.
+
     :param config_dir: the Postfix configuration directory (``None``: the default instance).
     :returns: ``(((parameter, raw value), ...), "smtp/inet")``; ``((), "")`` without a port-25 smtpd.
     :raises PostfixError: if postconf fails.
@@ -85,8 +96,13 @@ def listener_inspection(config_dir: Path | None) -> tuple[tuple[tuple[str, str],
     port25 = port25_smtpd(read_master(config_dir), pass_name)
     if port25 is None:
         return (), ""
-    pairs = tuple((name, port25.overrides[name]) for name in INSPECTION_PARAMETERS if name in port25.overrides)
-    return pairs, port25.label if pairs else ""
+    pairs = [(name, port25.overrides[name]) for name in INSPECTION_PARAMETERS if name in port25.overrides]
+    if "receive_override_options" in port25.overrides:
+        filters = postfix.get_parameters(config_dir, FILTER_PARAMETERS, expand=True,
+                                         overrides=[f"{k}={v}" for k, v in port25.overrides.items()])
+        if any(value.strip() for value in filters.values()):
+            pairs.append(("receive_override_options", port25.overrides["receive_override_options"]))
+    return tuple(pairs), port25.label if pairs else ""
 
 
 def listener_client_checks(config_dir: Path | None) -> tuple[tuple[tuple[str, str], ...], list[str]]:

@@ -482,3 +482,27 @@ def test_client_address_checks_are_left_out_of_the_listener_and_a_hand_made_one_
     [relay] = [line for line in status_output[0].splitlines() if " relay_audit " in line]
     assert relay.split()[0] == "fail" and "no reverse DNS" in relay and \
         "reject_unknown_reverse_client_hostname" in relay, status_output[0]
+
+
+# --- 9. FILTER_README's advanced content filter: content_filter + no_address_mappings on port 25 -----------------
+
+def test_the_listener_takes_the_filter_and_its_receive_override_options_from_port_25(real_gateway, dns_server):
+    """The port-25 smtpd filters with ``receive_override_options=no_address_mappings`` (the after-filter
+    smtpd maps addresses): setup copies both onto the listener, or onion mail would be alias-expanded
+    (and BCC'd) twice; no parity finding, rollback restores everything."""
+    gw = real_gateway
+    host = debian_with_port25(gw)
+    filter_port = free_port()
+    add_master(gw, "filter-readme.master.cf", REINJECT_PORT=str(free_port()))
+    for option in (f"content_filter=scan:[127.0.0.1]:{filter_port}", "receive_override_options=no_address_mappings"):
+        gw.pf.postconf("-P", f"{host}:smtp/inet/{option}")
+    age_config(gw.pf.config_dir)
+    start_postfix(gw)
+
+    def copied(gw: Gateway) -> None:
+        assert listener_option(gw, "content_filter") == f"scan:[127.0.0.1]:{filter_port}"
+        assert listener_option(gw, "receive_override_options") == "no_address_mappings"
+
+    run = lifecycle(gw, dns_server, copied)
+    assert_sane(run, gw)
+    assert findings(run.reports[0], "inspection_parity") == [], run.audit_output

@@ -405,3 +405,25 @@ def test_rollback_knows_a_braced_option_in_the_form_postconf_stores_it():
     stored = "127.0.0.1:2525 inet n   -       n       -       -       smtpd -o {smtpd_helo_restrictions=permit_mynetworks, reject} -o a=b"
     assert _norm_entry(rendered) == _norm_entry(stored)
     assert _norm_entry(rendered) != _norm_entry(stored.replace("reject}", "reject_all}"))
+
+
+@pytest.mark.parametrize("port25, main_cf, expected", [
+    # FILTER_README's advanced content filter: the receiving smtpd skips the address mappings
+    ("-o content_filter=scan:[127.0.0.1]:10025 -o receive_override_options=no_address_mappings", "",
+     (("content_filter", "scan:[127.0.0.1]:10025"), ("receive_override_options", "no_address_mappings"))),
+    # the filter in main.cf (inherited by the listener too), the override on the port-25 entry
+    ("-o receive_override_options=no_address_mappings", "content_filter = smtp-amavis:[127.0.0.1]:10024",
+     (("receive_override_options", "no_address_mappings"),)),
+    # no filter: the override is the port-25 smtpd's own business
+    ("-o smtpd_milters=inet:127.0.0.1:8891 -o receive_override_options=no_address_mappings", "",
+     (("smtpd_milters", "inet:127.0.0.1:8891"),)),
+])
+def test_receive_override_options_go_with_the_content_filter(scratch_postfix, port25, main_cf, expected):
+    from onion_gateway import postfix
+    from onion_gateway.setup.onionpath import listener_inspection
+
+    if main_cf:
+        postfix.postconf(scratch_postfix, "-e", main_cf)
+    postfix.postconf(scratch_postfix, "-M", f"smtp/inet=smtp inet n - n - - smtpd {port25}")
+    _age(scratch_postfix)
+    assert listener_inspection(scratch_postfix) == (expected, "smtp/inet")
