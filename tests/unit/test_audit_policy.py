@@ -356,3 +356,15 @@ def test_without_client_checks(value, kept, removed):
     remaining, gone = without_client_checks(value)
     assert remaining == kept
     assert [name for name, _ in gone] == removed
+
+
+def test_a_refused_control_names_the_reverse_dns_check_as_the_likely_cause():
+    p = policy(smtpd_upstream_proxy_protocol="haproxy",
+               smtpd_client_restrictions="reject_unknown_reverse_client_hostname, reject_rbl_client zen.example")
+    report = AuditReport("127.0.0.1:2526", control=CONTROL_BAD, probes=[DENIED], findings=analyse(p))
+    [reason] = [r for r in report.reasons if r.startswith("control recipient refused")]
+    assert reason.endswith("probes prove nothing -- every onion client is rejected: no reverse DNS for Tor circuit "
+                           "addresses (fc00:dead:beef:4dad::/64), so this defers all onion mail with 450 "
+                           "(smtpd_client_restrictions: reject_unknown_reverse_client_hostname)"), reason
+    plain = AuditReport("127.0.0.1:2526", control=CONTROL_BAD, probes=[DENIED], findings=analyse(policy()))
+    assert [r for r in plain.reasons if r.startswith("control")][0].endswith("probes prove nothing")
