@@ -74,6 +74,8 @@ class MasterCf:
     :param inspection: ``(parameter, value)`` pairs of content inspection the port-25 smtpd sets in its
         own master.cf entry (``smtpd_milters``, ``content_filter``, ...), repeated on the listener.
     :param inspection_source: the service they were copied from (``smtp/inet``), for the comment.
+    :param client_checks: ``(list name, value)`` pairs: main.cf's restriction lists minus their client-address
+        checks (:func:`onion_gateway.setup.onionpath.listener_client_checks`); PROXY listener only.
     """
 
     transport: str
@@ -87,6 +89,7 @@ class MasterCf:
     connection_rate_limit: int = 0
     inspection: tuple[tuple[str, str], ...] = ()
     inspection_source: str = ""
+    client_checks: tuple[tuple[str, str], ...] = ()
     template = "postfix/master.cf.j2"
 
 

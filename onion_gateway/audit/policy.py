@@ -45,7 +45,7 @@ PARAMETERS = (
     "allow_untrusted_routing", "resolve_dequoted_address", "soft_bounce", "smtpd_sasl_auth_enable",
     "myhostname", "mydomain", "myorigin", "queue_directory", "syslog_name", "smtpd_restriction_classes",
     "smtpd_tls_CAfile", "smtpd_tls_CApath", "smtpd_tls_ask_ccert", "relay_clientcerts", "smtpd_tls_security_level",
-    "smtpd_upstream_proxy_protocol",
+    "smtpd_upstream_proxy_protocol", "smtpd_data_restrictions", "smtpd_end_of_data_restrictions",
 )
 MAX_CLASS_DEPTH = 10
 
@@ -94,6 +94,7 @@ class Check(enum.Enum):
     PROXY_FORGEABLE = "proxy_header_forgeable"
     INSPECTION_PARITY = "inspection_parity"
     SASL_OFFERED = "sasl_auth_offered"
+    CLIENT_ADDRESS_CHECK = "client_address_check"
 
 
 @dataclass(frozen=True)
@@ -517,6 +518,111 @@ SASL_OFFERED_TITLE = ("the onion listener offers SMTP AUTH to anonymous onion cl
                       "over Tor (set -o smtpd_sasl_auth_enable=no on the listener)")
 
 
+# --- client-address checks on a PROXY listener -----------------------------------------------------------
+
+#: The restriction lists setup's listener inherits from main.cf (it sets its own relay and recipient lists).
+INHERITED_LISTS = (*EARLY_LISTS, "smtpd_data_restrictions", "smtpd_end_of_data_restrictions")
+
+
+class ClientCheck(enum.Enum):
+    """What a restriction keyed on the client's address or name does to an onion client, which Tor's
+    PROXY header presents as a per-circuit ``fc00:dead:beef:4dad::<circuit>`` address with no name."""
+
+    REVERSE_DNS = "reverse_dns"    # reject_unknown_*client*: no reverse DNS -> 450 for every onion client
+    DNS_LIST = "dns_list"          # DNSBL/DNSWL/RHSBL: a query per circuit address that can never be listed
+    CLIENT_TABLE = "client_table"  # an access table keyed by client address/name: no onion client has its own
+
+
+#: postconf(5) restrictions keyed on the client IP address or its (reverse) hostname, including the
+#: Postfix < 2.3 name ``reject_unknown_client`` and the Postfix 1.x ``reject_maps_rbl``.
+CLIENT_ADDRESS_CHECKS = {
+    "reject_unknown_client_hostname": ClientCheck.REVERSE_DNS,
+    "reject_unknown_reverse_client_hostname": ClientCheck.REVERSE_DNS,
+    "reject_unknown_client": ClientCheck.REVERSE_DNS,
+    "reject_rbl_client": ClientCheck.DNS_LIST,
+    "reject_rhsbl_client": ClientCheck.DNS_LIST,
+    "reject_rhsbl_reverse_client": ClientCheck.DNS_LIST,
+    "permit_dnswl_client": ClientCheck.DNS_LIST,
+    "permit_rhswl_client": ClientCheck.DNS_LIST,
+    "reject_maps_rbl": ClientCheck.DNS_LIST,
+    "check_client_access": ClientCheck.CLIENT_TABLE,
+    "check_reverse_client_hostname_access": ClientCheck.CLIENT_TABLE,
+    "check_client_a_access": ClientCheck.CLIENT_TABLE,
+    "check_client_mx_access": ClientCheck.CLIENT_TABLE,
+    "check_client_ns_access": ClientCheck.CLIENT_TABLE,
+    "check_reverse_client_hostname_a_access": ClientCheck.CLIENT_TABLE,
+    "check_reverse_client_hostname_mx_access": ClientCheck.CLIENT_TABLE,
+    "check_reverse_client_hostname_ns_access": ClientCheck.CLIENT_TABLE,
+}
+
+#: Why each kind of client-address check cannot apply to onion clients (finding titles and setup's notes).
+CLIENT_CHECK_REASONS = {
+    ClientCheck.REVERSE_DNS: "every onion client is rejected: no reverse DNS for Tor circuit addresses "
+                             "(fc00:dead:beef:4dad::/64), so this defers all onion mail with 450",
+    ClientCheck.DNS_LIST: "DNSBL lookups of Tor circuit addresses: a pointless DNS query per onion client, "
+                          "no circuit address is ever listed",
+    ClientCheck.CLIENT_TABLE: "a table keyed by client address or name on Tor circuit addresses: every onion "
+                              "client is a fresh fc00:dead:beef:4dad:: address named unknown",
+}
+#: The severity of each kind on an onion listener: a reverse-DNS check loses all onion mail.
+CLIENT_CHECK_SEVERITY = {ClientCheck.REVERSE_DNS: Severity.WARNING, ClientCheck.DNS_LIST: Severity.WARNING,
+                         ClientCheck.CLIENT_TABLE: Severity.INFO}
+
+
+def restriction_text(name: str, arg: str | None) -> str:
+    """One parsed restriction back as list text: ``name`` or ``name arg``."""
+    return name if arg is None else f"{name} {arg}"
+
+
+def without_client_checks(value: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """A restriction list minus its :data:`CLIENT_ADDRESS_CHECKS` (a ``warn_if_reject`` prefix goes with
+    the restriction it qualifies; restriction classes are not followed).
+
+    >>> without_client_checks("permit_mynetworks, warn_if_reject reject_rbl_client zen.example, reject_non_fqdn_sender")
+    ('permit_mynetworks, reject_non_fqdn_sender', [('reject_rbl_client', 'zen.example')])
+
+    :param value: the list as ``postconf -x`` prints it.
+    :returns: ``(the remaining list, comma-separated; the removed (restriction, argument) pairs)``;
+        the remaining list is *value* stripped, untouched, when nothing was removed.
+    """
+    items = parse_restrictions(value)
+    kept: list[tuple[str, str | None]] = []
+    removed: list[tuple[str, str | None]] = []
+    for name, arg in items:
+        if name in CLIENT_ADDRESS_CHECKS:
+            removed.append((name, arg))
+            if kept and kept[-1][0] == "warn_if_reject":
+                kept.pop()
+        else:
+            kept.append((name, arg))
+    if not removed:
+        return value.strip(), []
+    return ", ".join(restriction_text(n, a) for n, a in kept), removed
+
+
+def client_check_findings(policy: EffectivePolicy) -> list[Finding]:
+    """Client-address checks on a listener that reads Tor's PROXY header (:data:`CLIENT_ADDRESS_CHECKS`
+    in :data:`INHERITED_LISTS` and the relay lists): one finding per restriction, warning for a reverse-DNS
+    check (all onion mail deferred) and a DNS list, info for a client table. None on a listener without
+    the PROXY protocol (its clients are 127.0.0.1, which has a name).
+
+    :returns: :data:`Check.CLIENT_ADDRESS_CHECK` findings.
+    """
+    if not uses_proxy_protocol(policy):
+        return []
+    findings = []
+    for list_name in (*INHERITED_LISTS, *RELAY_LISTS):
+        if list_name not in policy.settings:
+            continue
+        for name, arg in parse_restrictions(policy.value(list_name)):
+            kind = CLIENT_ADDRESS_CHECKS.get(name)
+            if kind is not None:
+                findings.append(Finding(CLIENT_CHECK_SEVERITY[kind], Check.CLIENT_ADDRESS_CHECK,
+                                        CLIENT_CHECK_REASONS[kind], f"{list_name}: {restriction_text(name, arg)}",
+                                        policy.source(list_name)))
+    return findings
+
+
 def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
     findings = []
 
@@ -567,6 +673,7 @@ def _parameter_findings(policy: EffectivePolicy) -> list[Finding]:
                 "as any address; mynetworks is empty, so no address is trusted", "smtpd_upstream_proxy_protocol")
     if policy.value("smtpd_sasl_auth_enable").lower() == "yes":
         add(Severity.WARNING, Check.SASL_OFFERED, SASL_OFFERED_TITLE, "smtpd_sasl_auth_enable")
+    findings += client_check_findings(policy)
     if policy.value("soft_bounce").lower() == "yes":
         add(Severity.WARNING, Check.SOFT_BOUNCE,
             "soft_bounce = yes: every reject becomes a temporary 4xx reply", "soft_bounce")
@@ -588,7 +695,7 @@ INSPECTION_PARAMETERS = ("smtpd_milters", "content_filter", "smtpd_proxy_filter"
 INSPECTION_OVERRIDES = ("no_milters", "no_header_body_checks")
 #: The restriction lists whose ``check_policy_service`` entries count as inspection (policy daemons:
 #: greylisting, rate limits, SPF); restriction classes are followed.
-POLICY_LISTS = (*EARLY_LISTS, *RELAY_LISTS, "smtpd_data_restrictions", "smtpd_end_of_data_restrictions")
+POLICY_LISTS = (*INHERITED_LISTS, *RELAY_LISTS)
 
 
 def port25_smtpd(services: list[MasterService], pass_service_name=None) -> MasterService | None:

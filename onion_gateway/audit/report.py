@@ -11,7 +11,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 
-from onion_gateway.audit.policy import EffectivePolicy, Finding, Severity
+from onion_gateway.audit.policy import CLIENT_CHECK_REASONS, Check, ClientCheck, EffectivePolicy, Finding, Severity
 from onion_gateway.audit.probe import ProbeResult, Verdict
 
 
@@ -109,7 +109,10 @@ class AuditReport:
             if self.control is None:
                 out.append("no control recipient known (use --control-recipient): cannot tell safe from broken")
             elif not self.control_passed:
-                out.append(f"control recipient refused ({self.control.reply}): probes prove nothing")
+                why = [f.value for f in self.findings if f.check is Check.CLIENT_ADDRESS_CHECK
+                       and f.title == CLIENT_CHECK_REASONS[ClientCheck.REVERSE_DNS]]
+                likely = f" -- {CLIENT_CHECK_REASONS[ClientCheck.REVERSE_DNS]} ({'; '.join(why)})" if why else ""
+                out.append(f"control recipient refused ({self.control.reply}): probes prove nothing{likely}")
             unsure = [p.spec.name for p in self.probes if p.verdict is Verdict.INCONCLUSIVE]
             if unsure:
                 out.append("inconclusive probes: " + ", ".join(unsure))

@@ -300,7 +300,16 @@ def _norm(value: str | None) -> str | None:
 
 
 def _norm_entry(value: str | None) -> str | None:
-    return None if value is None else " ".join(split_fields(value))
+    return None if value is None else " ".join(_norm_field(f) for f in split_fields(value))
+
+
+def _norm_field(field: str) -> str:
+    # postconf -M and -P store "-o { name = a, b }" as "-o {name=a, b}" (master.cf(5) since Postfix 3.0):
+    # setup records the entry as it rendered it, so compare both in that form
+    if not (field.startswith("{") and field.endswith("}")):
+        return field
+    name, sep, value = field[1:-1].strip().partition("=")
+    return "{" + (f"{name.strip()}={' '.join(value.split())}" if sep else " ".join(name.split())) + "}"
 
 
 def current_parameter(config_dir: str | None, name: str) -> str | None:

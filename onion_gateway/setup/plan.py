@@ -38,7 +38,7 @@ from onion_gateway.errors import ConfigError, SetupError, TorError
 from onion_gateway.postfix_syntax import split_fields, split_list
 from onion_gateway.render import (MainCf, MasterCf, OwnDomains, SystemdSocket, SystemdUnit, TorrcInclude, TorrcPiece,
                                   TorsocksConf, Wrapper, render)
-from onion_gateway.setup.onionpath import listener_inspection, torrc_piece
+from onion_gateway.setup.onionpath import listener_client_checks, listener_inspection, torrc_piece
 from onion_gateway.setup.settings import DEFAULT_SOCKS, SetupSettings, default_transport_map
 from onion_gateway.setup.state import JOURNAL, check_state_dir, load_manifest
 from onion_gateway.tor import TorControl, check_hidden_service_dir, read_onion_address, verify_config
@@ -476,7 +476,7 @@ def plan_setup(settings: SetupSettings, serve: ServeSettings | None = None) -> P
         check_listener_port(settings.postfix_config_dir, settings.listener, managed_before.get("services", []))
         postconf_changes, managed = _plan_postconf(settings, scratch, serve.transport, command,
                                                    (own_table, transport_map),
-                                                   managed_before)
+                                                   managed_before, notes)
         notes += check_listener_policy(scratch / "postfix", listener)
         if settings.torrc is not None:
             _verify_torrc_in_scratch(settings, scratch, piece)
@@ -611,7 +611,8 @@ def _check_wrapper_syntax(scratch: Path, text: str) -> None:
 
 
 def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, command: str,
-                   ours: tuple[str, str], before: dict[str, Any]) -> tuple[list[PostconfChange], dict[str, Any]]:
+                   ours: tuple[str, str], before: dict[str, Any],
+                   notes: list[str]) -> tuple[list[PostconfChange], dict[str, Any]]:
     cdir = _postfix_dir(settings)
     pdir = scratch / "postfix"
     pdir.mkdir()
@@ -626,6 +627,10 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
     previous = [before.get("own_table"), before.get("transport_map")]
     main_text = render(MainCf(transport_maps=prepend_transport_map(ours, existing, previous)))
     inspection, inspection_source = listener_inspection(settings.postfix_config_dir)
+    client_checks: tuple[tuple[str, str], ...] = ()
+    if settings.export_circuit_id:           # onion clients are circuit addresses only behind the PROXY header
+        client_checks, removed = listener_client_checks(settings.postfix_config_dir)
+        notes += removed
     master_text = render(MasterCf(transport=transport, command=command,
                                   tls_level=settings.smtp_tls_security_level, listener=str(settings.listener),
                                   relay_restrictions=settings.relay_restrictions,
@@ -633,7 +638,8 @@ def _plan_postconf(settings: SetupSettings, scratch: Path, transport: str, comma
                                   proxy_protocol=settings.export_circuit_id,
                                   connection_count_limit=settings.listener_connection_count_limit,
                                   connection_rate_limit=settings.listener_connection_rate_limit,
-                                  inspection=inspection, inspection_source=inspection_source))
+                                  inspection=inspection, inspection_source=inspection_source,
+                                  client_checks=client_checks))
     entries = master_entries(master_text)
     keys = [key for key, _ in entries]
     stale = [key for key in before.get("services", []) if key not in keys]     # e.g. the listener moved

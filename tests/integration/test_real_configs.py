@@ -436,3 +436,73 @@ def test_helo_restrictions_inherited_by_the_listener_do_not_blind_the_audit(real
     run = lifecycle(gw, dns_server)
     assert_sane(run, gw)
     assert run.reports[0]["listener"]["helo"] == f"probe.{TEST_DOMAIN} (HELO localhost was refused)", run.audit_output
+
+
+# --- 8. client-address checks in main.cf: reverse DNS required, a DNSBL ------------------------------------------
+
+def test_client_address_checks_are_left_out_of_the_listener_and_a_hand_made_one_is_named(real_gateway, dns_server):
+    """Onion clients are Tor circuit addresses without reverse DNS. setup's listener repeats main.cf's client
+    and HELO lists without the reverse-DNS and DNSBL checks (a note for each) and the audit's control is
+    accepted. A listener that inherits reject_unknown_reverse_client_hostname (as a hand-made one does)
+    defers the control recipient: the audit names the check as the likely cause, and status shows it.
+    (``smtpd_peername_lookup = no`` stays on it: no test asks the system resolver.)"""
+    gw = real_gateway
+    debian_with_port25(gw)
+    add_main(gw, "client-checks.main.cf")
+    start_postfix(gw)
+    status_output = []
+
+    def hand_made(gw: Gateway) -> None:
+        assert listener_option(gw, "smtpd_client_restrictions") == "permit_mynetworks"
+        assert listener_option(gw, "smtpd_helo_restrictions") == \
+            "permit_mynetworks, reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname"
+        assert listener_option(gw, "smtpd_peername_lookup") == "no"
+        option = f"{gw.listener}/inet/smtpd_client_restrictions"
+        # as a hand-made listener inherits it (without the DNS list: no test asks the system resolver)
+        gw.pf.postconf("-P", f"{option}=permit_mynetworks,reject_unknown_reverse_client_hostname")
+        gw.pf.reload()
+        code, reports, out = audit(gw, "--listener", gw.listener)
+        assert code == 3, out
+        [finding] = findings(reports[0], "client_address_check")
+        assert finding["severity"] == "warning", out
+        assert finding["value"] == "smtpd_client_restrictions: reject_unknown_reverse_client_hostname", out
+        assert reports[0]["control"]["verdict"] == "denied" and "450 4.7.1" in out, out
+        status = CliRunner().invoke(main, ["status", "--state-dir", str(gw.state_dir), "--dns-server",
+                                           dns_server.address, "--timeout", "3", "--test-domain", TEST_DOMAIN])
+        status_output.append(status.output)
+        gw.pf.postconf("-P", f"{option}=permit_mynetworks")
+
+    run = lifecycle(gw, dns_server, hand_made)
+    assert_sane(run, gw)
+    assert findings(run.reports[0], "client_address_check") == [], run.audit_output
+    notes = [line for line in run.setup_output.splitlines() if "does not inherit" in line]
+    assert [n.split("'")[1] for n in notes] == ["reject_unknown_reverse_client_hostname",
+                                                "reject_rbl_client zen.spamhaus.org",
+                                                "reject_unknown_client_hostname"], run.setup_output
+    [relay] = [line for line in status_output[0].splitlines() if " relay_audit " in line]
+    assert relay.split()[0] == "fail" and "no reverse DNS" in relay and \
+        "reject_unknown_reverse_client_hostname" in relay, status_output[0]
+
+
+# --- 9. FILTER_README's advanced content filter: content_filter + no_address_mappings on port 25 -----------------
+
+def test_the_listener_takes_the_filter_and_its_receive_override_options_from_port_25(real_gateway, dns_server):
+    """The port-25 smtpd filters with ``receive_override_options=no_address_mappings`` (the after-filter
+    smtpd maps addresses): setup copies both onto the listener, or onion mail would be alias-expanded
+    (and BCC'd) twice; no parity finding, rollback restores everything."""
+    gw = real_gateway
+    host = debian_with_port25(gw)
+    filter_port = free_port()
+    add_master(gw, "filter-readme.master.cf", REINJECT_PORT=str(free_port()))
+    for option in (f"content_filter=scan:[127.0.0.1]:{filter_port}", "receive_override_options=no_address_mappings"):
+        gw.pf.postconf("-P", f"{host}:smtp/inet/{option}")
+    age_config(gw.pf.config_dir)
+    start_postfix(gw)
+
+    def copied(gw: Gateway) -> None:
+        assert listener_option(gw, "content_filter") == f"scan:[127.0.0.1]:{filter_port}"
+        assert listener_option(gw, "receive_override_options") == "no_address_mappings"
+
+    run = lifecycle(gw, dns_server, copied)
+    assert_sane(run, gw)
+    assert findings(run.reports[0], "inspection_parity") == [], run.audit_output

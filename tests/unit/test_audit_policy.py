@@ -304,3 +304,67 @@ def test_client_restrictions_that_reject_everyone_mask_every_relay_permit():
     p = policy(mynetworks="127.0.0.0/8", smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination",
                smtpd_recipient_restrictions="", smtpd_client_restrictions="permit_mynetworks, reject")
     assert Check.MYNETWORKS_LOOPBACK in checks(p)
+
+
+# --- client-address checks on a PROXY listener (every onion client is a Tor circuit address) ----------------
+
+def client_findings(p: EffectivePolicy) -> list[tuple[str, str, str]]:
+    return [(f.severity.value, f.value, f.title.split(":")[0]) for f in analyse(p) if f.check is Check.CLIENT_ADDRESS_CHECK]
+
+
+def test_reverse_dns_and_dnsbl_checks_inherited_by_a_proxy_listener_are_warnings():
+    p = policy(smtpd_upstream_proxy_protocol="haproxy",
+               smtpd_client_restrictions="permit_mynetworks, reject_unknown_reverse_client_hostname, "
+                                         "reject_rbl_client zen.spamhaus.org",
+               smtpd_helo_restrictions="reject_invalid_helo_hostname, reject_unknown_client",
+               smtpd_data_restrictions="reject_unauth_pipelining, check_client_access cidr:/etc/postfix/c.cidr")
+    assert client_findings(p) == [
+        ("warning", "smtpd_client_restrictions: reject_unknown_reverse_client_hostname",
+         "every onion client is rejected"),
+        ("warning", "smtpd_client_restrictions: reject_rbl_client zen.spamhaus.org",
+         "DNSBL lookups of Tor circuit addresses"),
+        ("warning", "smtpd_helo_restrictions: reject_unknown_client", "every onion client is rejected"),
+        ("info", "smtpd_data_restrictions: check_client_access cidr:/etc/postfix/c.cidr",
+         "a table keyed by client address or name on Tor circuit addresses"),
+    ]
+    [finding] = [f for f in analyse(p) if f.value.endswith("reject_unknown_client")]
+    assert "450" in finding.title and finding.source == "master.cf 127.0.0.1:2526/inet -o smtpd_helo_restrictions"
+
+
+def test_client_address_checks_without_the_proxy_protocol_are_not_reported():
+    """Without Tor's PROXY header every onion client is 127.0.0.1, which has a name (localhost)."""
+    p = policy(smtpd_client_restrictions="reject_unknown_client_hostname, reject_rbl_client zen.spamhaus.org")
+    assert client_findings(p) == []
+
+
+@pytest.mark.parametrize("value, kept, removed", [
+    ("permit_mynetworks, reject_unknown_reverse_client_hostname",
+     "permit_mynetworks", ["reject_unknown_reverse_client_hostname"]),
+    ("reject_unknown_client_hostname", "", ["reject_unknown_client_hostname"]),
+    # a warn_if_reject prefix goes with its restriction, never onto the next one
+    ("warn_if_reject reject_unknown_client, reject_non_fqdn_helo_hostname",
+     "reject_non_fqdn_helo_hostname", ["reject_unknown_client"]),
+    ("permit_dnswl_client list.dnswl.org, reject_rhsbl_reverse_client dbl.example,"
+     "check_policy_service { inet:127.0.0.1:9, timeout=1s }, check_reverse_client_hostname_access pcre:/x",
+     "check_policy_service { inet:127.0.0.1:9, timeout=1s }",
+     ["permit_dnswl_client", "reject_rhsbl_reverse_client", "check_reverse_client_hostname_access"]),
+    ("reject_invalid_helo_hostname reject_non_fqdn_sender", "reject_invalid_helo_hostname reject_non_fqdn_sender", []),
+])
+def test_without_client_checks(value, kept, removed):
+    from onion_gateway.audit.policy import without_client_checks
+
+    remaining, gone = without_client_checks(value)
+    assert remaining == kept
+    assert [name for name, _ in gone] == removed
+
+
+def test_a_refused_control_names_the_reverse_dns_check_as_the_likely_cause():
+    p = policy(smtpd_upstream_proxy_protocol="haproxy",
+               smtpd_client_restrictions="reject_unknown_reverse_client_hostname, reject_rbl_client zen.example")
+    report = AuditReport("127.0.0.1:2526", control=CONTROL_BAD, probes=[DENIED], findings=analyse(p))
+    [reason] = [r for r in report.reasons if r.startswith("control recipient refused")]
+    assert reason.endswith("probes prove nothing -- every onion client is rejected: no reverse DNS for Tor circuit "
+                           "addresses (fc00:dead:beef:4dad::/64), so this defers all onion mail with 450 "
+                           "(smtpd_client_restrictions: reject_unknown_reverse_client_hostname)"), reason
+    plain = AuditReport("127.0.0.1:2526", control=CONTROL_BAD, probes=[DENIED], findings=analyse(policy()))
+    assert [r for r in plain.reasons if r.startswith("control")][0].endswith("probes prove nothing")

@@ -46,6 +46,11 @@ CASES = {
         connection_count_limit=30, connection_rate_limit=3600, inspection_source="smtp/inet",
         inspection=(("smtpd_milters", "inet:127.0.0.1:8891, inet:127.0.0.1:8892"),
                     ("content_filter", "amavis:[127.0.0.1]:10024"))),
+    "master.cf-proxy-client-checks": MasterCf(
+        transport="smtptor", command="smtp_tor", tls_level="none", listener="127.0.0.1:2525", proxy_protocol=True,
+        connection_count_limit=30, connection_rate_limit=3600,
+        client_checks=(("smtpd_client_restrictions", ""),
+                       ("smtpd_helo_restrictions", "permit_mynetworks, reject_invalid_helo_hostname"))),
     "torrc-include": TorrcInclude(piece="/etc/tor/onion-gateway.torrc"),
     "onion-gateway.service": SystemdUnit(exec_start="/usr/local/bin/onion-gateway serve --config "
                                                     "/etc/onion-gateway/onion-gateway.toml"),

@@ -350,3 +350,80 @@ def test_a_version_0_1_manifest_that_does_not_name_setups_services_is_refused(tm
     manifest = {"files": [{"path": str(tmp_path / "master.cf"), "backup": "backups/0000-master.cf"}], "onion": None}
     with pytest.raises(SetupError, match="does not say which master.cf services"):
         legacy_changes(manifest, tmp_path)
+
+
+def test_the_proxy_listener_leaves_out_main_cf_client_address_checks_and_names_each(scratch_postfix):
+    """Every onion client is a Tor circuit address without reverse DNS: main.cf's reject_unknown_* would
+    defer all onion mail. The rendered listener repeats the inherited lists without those checks (HELO and
+    sender checks stay); the policy check of a listener that inherits them warns."""
+    from onion_gateway import postfix
+    from onion_gateway.setup.onionpath import listener_client_checks
+
+    postfix.postconf(scratch_postfix, "-e",
+                     "smtpd_client_restrictions = permit_mynetworks, reject_unknown_reverse_client_hostname, "
+                     "reject_rbl_client zen.spamhaus.org",
+                     "smtpd_helo_restrictions = permit_mynetworks, warn_if_reject reject_unknown_client_hostname, "
+                     "reject_non_fqdn_helo_hostname",
+                     "smtpd_sender_restrictions = reject_non_fqdn_sender")
+    _age(scratch_postfix)
+    overrides, notes = listener_client_checks(scratch_postfix)
+    assert overrides == (("smtpd_client_restrictions", "permit_mynetworks"),
+                         ("smtpd_helo_restrictions", "permit_mynetworks, reject_non_fqdn_helo_hostname"))
+    assert [n.split(":")[0] for n in notes] == [
+        "the onion listener does not inherit 'reject_unknown_reverse_client_hostname' from main.cf's "
+        "smtpd_client_restrictions",
+        "the onion listener does not inherit 'reject_rbl_client zen.spamhaus.org' from main.cf's "
+        "smtpd_client_restrictions",
+        "the onion listener does not inherit 'reject_unknown_client_hostname' from main.cf's smtpd_helo_restrictions"]
+    assert "no reverse DNS" in notes[0] and "DNSBL" in notes[1]
+
+    _add_rendered_listener(scratch_postfix, proxy_protocol=True)                 # inherits main.cf's lists
+    warned = check_listener_policy(scratch_postfix, "127.0.0.1:2525")
+    assert [w for w in warned if "client_address_check" in w] == [
+        "relay audit of the listener 127.0.0.1:2525: every onion client is rejected: no reverse DNS for Tor circuit "
+        "addresses (fc00:dead:beef:4dad::/64), so this defers all onion mail with 450 [client_address_check: "
+        "smtpd_client_restrictions: reject_unknown_reverse_client_hostname (set in main.cf)]",
+        "relay audit of the listener 127.0.0.1:2525: DNSBL lookups of Tor circuit addresses: a pointless DNS query "
+        "per onion client, no circuit address is ever listed [client_address_check: smtpd_client_restrictions: "
+        "reject_rbl_client zen.spamhaus.org (set in main.cf)]",
+        "relay audit of the listener 127.0.0.1:2525: every onion client is rejected: no reverse DNS for Tor circuit "
+        "addresses (fc00:dead:beef:4dad::/64), so this defers all onion mail with 450 [client_address_check: "
+        "smtpd_helo_restrictions: reject_unknown_client_hostname (set in main.cf)]"]
+
+    _add_rendered_listener(scratch_postfix, proxy_protocol=True, client_checks=overrides)
+    assert check_listener_policy(scratch_postfix, "127.0.0.1:2525") == []
+    written = postfix.postconf(scratch_postfix, "-P", "127.0.0.1:2525/inet/smtpd_helo_restrictions").strip()
+    assert written == "127.0.0.1:2525/inet/smtpd_helo_restrictions = permit_mynetworks, reject_non_fqdn_helo_hostname"
+
+
+def test_rollback_knows_a_braced_option_in_the_form_postconf_stores_it():
+    """setup renders ``-o { name = a, b }``; postconf -M keeps ``-o {name=a, b}``: the same entry for rollback,
+    which would otherwise keep the listener as "edited since setup"."""
+    from onion_gateway.setup.journal import _norm_entry
+
+    rendered = "127.0.0.1:2525 inet n - n - - smtpd -o { smtpd_helo_restrictions = permit_mynetworks,  reject } -o a=b"
+    stored = "127.0.0.1:2525 inet n   -       n       -       -       smtpd -o {smtpd_helo_restrictions=permit_mynetworks, reject} -o a=b"
+    assert _norm_entry(rendered) == _norm_entry(stored)
+    assert _norm_entry(rendered) != _norm_entry(stored.replace("reject}", "reject_all}"))
+
+
+@pytest.mark.parametrize("port25, main_cf, expected", [
+    # FILTER_README's advanced content filter: the receiving smtpd skips the address mappings
+    ("-o content_filter=scan:[127.0.0.1]:10025 -o receive_override_options=no_address_mappings", "",
+     (("content_filter", "scan:[127.0.0.1]:10025"), ("receive_override_options", "no_address_mappings"))),
+    # the filter in main.cf (inherited by the listener too), the override on the port-25 entry
+    ("-o receive_override_options=no_address_mappings", "content_filter = smtp-amavis:[127.0.0.1]:10024",
+     (("receive_override_options", "no_address_mappings"),)),
+    # no filter: the override is the port-25 smtpd's own business
+    ("-o smtpd_milters=inet:127.0.0.1:8891 -o receive_override_options=no_address_mappings", "",
+     (("smtpd_milters", "inet:127.0.0.1:8891"),)),
+])
+def test_receive_override_options_go_with_the_content_filter(scratch_postfix, port25, main_cf, expected):
+    from onion_gateway import postfix
+    from onion_gateway.setup.onionpath import listener_inspection
+
+    if main_cf:
+        postfix.postconf(scratch_postfix, "-e", main_cf)
+    postfix.postconf(scratch_postfix, "-M", f"smtp/inet=smtp inet n - n - - smtpd {port25}")
+    _age(scratch_postfix)
+    assert listener_inspection(scratch_postfix) == (expected, "smtp/inet")
