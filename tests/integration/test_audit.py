@@ -473,8 +473,12 @@ def _issue13_listeners(etc: Path, tls: Path) -> dict[str, str]:
                           "reject_unauth_destination"),
         "helo_localhost": f"{HARDENED.replace('postfix/onion', 'postfix/helo')} "
                           f"-o smtpd_helo_restrictions=check_helo_access,texthash:{etc}/helo_access",
-        "proxy": f"{HARDENED.replace('postfix/onion', 'postfix/proxy')} -o smtpd_upstream_proxy_protocol=haproxy",
+        # PROXY listeners look no name up (as setup's does): smtpd would ask the system resolver for the
+        # PTR of the forged fc00:dead:beef:4dad:: addresses, and tests ask only DNS servers on loopback
+        "proxy": (f"{HARDENED.replace('postfix/onion', 'postfix/proxy')} -o smtpd_upstream_proxy_protocol=haproxy "
+                  "-o smtpd_peername_lookup=no"),
         "proxy_trusting": ("-o syslog_name=postfix/proxytrust -o smtpd_upstream_proxy_protocol=haproxy "
+                           "-o smtpd_peername_lookup=no "
                            "-o mynetworks=127.0.0.0/8 "
                            "-o smtpd_relay_restrictions=permit_mynetworks,reject_unauth_destination"),
     }
@@ -538,7 +542,8 @@ def lab13():
               f"127.0.0.1:{ports['proxy_postscreen']} inet n - n - 1 postscreen\n"
               "  -o postscreen_upstream_proxy_protocol=haproxy -o postscreen_greet_wait=1s "
               "-o smtpd_service_name=smtpd13\n"
-              f"smtpd13 pass - - n - - smtpd\n  {HARDENED.replace('postfix/onion', 'postfix/pspass')}\n"
+              f"smtpd13 pass - - n - - smtpd\n  {HARDENED.replace('postfix/onion', 'postfix/pspass')}"
+              " -o smtpd_peername_lookup=no\n"
               "tlsproxy unix - - n - 0 tlsproxy\ndnsblog unix - - n - 0 dnsblog\n"
               "tlsmgr unix - - n 1000? 1 tlsmgr\n")
     pf = PostfixInstance(root=root, hostname="i13.lab.test", master_extra=extra,
