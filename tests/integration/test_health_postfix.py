@@ -33,8 +33,8 @@ from onion_gateway.tor import TorControl
 from tests.conftest import require
 from tests.support.onions import ONION_A
 from tests.support.postfix import new_instance, route_over_smtptor, smtp_sink
-from tests.support.procs import free_port, public_tempdir, wait_for
-from tests.support.tor import TorProcess
+from tests.support.procs import free_port, wait_for
+from tests.support.tor import running_tor
 
 pytestmark = pytest.mark.integration
 
@@ -204,11 +204,8 @@ def test_a_dns_outage_costs_one_timeout_not_one_per_domain(lab):
 
 @pytest.fixture(scope="module")
 def no_network_tor():
-    require("tor")
-    proc = TorProcess(public_tempdir("og-health-pf-tor-")).write().start()
-    yield proc
-    proc.stop()
-    shutil.rmtree(proc.workdir, ignore_errors=True)
+    with running_tor("og-health-pf-tor-") as proc:
+        yield proc
 
 
 def test_assess_names_tor_when_our_tor_cannot_build_circuits(lab, no_network_tor):

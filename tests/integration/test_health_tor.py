@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -13,21 +12,17 @@ from onion_gateway.health.tor_health import FetchOutcome, fetch_descriptor, fetc
 from onion_gateway.health.verdicts import Suggestion, check_partner_onion, check_tor_sending
 from onion_gateway.status import Verdict
 from onion_gateway.tor import TorControl
-from tests.conftest import require
 from tests.support.onions import ONION_A, bad_checksum
-from tests.support.procs import public_tempdir, wait_for
-from tests.support.tor import TorProcess
+from tests.support.procs import wait_for
+from tests.support.tor import running_tor
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def tor():
-    require("tor")
-    proc = TorProcess(public_tempdir("og-health-tor-")).write().start()
-    yield proc
-    proc.stop()
-    shutil.rmtree(proc.workdir, ignore_errors=True)
+    with running_tor("og-health-tor-") as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -118,10 +113,8 @@ def test_status_opens_every_control_address_form(form):
     ControlSocket (cookie) and on a port with a password; each yields a connection tor_health can ask."""
     from onion_gateway.health.report import open_control
 
-    require("tor")
-    proc = TorProcess(public_tempdir("og-health-ctl-"), password="s3cret" if form == "password" else None,
-                      unix_control=form == "unix").write().start()
-    try:
+    with running_tor("og-health-ctl-", password="s3cret" if form == "password" else None,
+                     unix_control=form == "unix") as proc:
         address = {"tuple": ("127.0.0.1", proc.control_port), "text": proc.control, "password": proc.control,
                    "unix": f"unix:{proc.control_socket}"}[form]
         if form == "unix":
@@ -129,21 +122,13 @@ def test_status_opens_every_control_address_form(form):
         with open_control(address, "s3cret" if form == "password" else None, 5.0) as control:
             state = sending_state(control)
         assert (state.circuit_established, state.can_send) == (False, False)
-    finally:
-        proc.stop()
-        shutil.rmtree(proc.workdir, ignore_errors=True)
 
 
 def test_status_names_a_control_port_that_refuses_the_password():
     from onion_gateway.errors import TorError
     from onion_gateway.health.report import open_control
 
-    require("tor")
-    proc = TorProcess(public_tempdir("og-health-ctl-"), password="s3cret").write().start()
-    try:
+    with running_tor("og-health-ctl-", password="s3cret") as proc:
         with pytest.raises(TorError, match="refused authentication"):
             with open_control(proc.control, "wrong", 5.0):
                 pass
-    finally:
-        proc.stop()
-        shutil.rmtree(proc.workdir, ignore_errors=True)

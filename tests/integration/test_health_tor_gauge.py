@@ -10,7 +10,6 @@ so these tests look at the Tor source only; a real ``onion-gateway serve`` shows
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.request
 from dataclasses import replace
@@ -21,10 +20,9 @@ import pytest
 from onion_gateway.config import ServeSettings, parse_dns_server, parse_listen_address
 from onion_gateway.health.metrics import TorTargetFinder, compute_with
 from onion_gateway.setup.state import SetupRecord
-from tests.conftest import require
 from tests.support.daemon import ServeProcess
-from tests.support.procs import free_port, public_tempdir
-from tests.support.tor import TorProcess
+from tests.support.procs import free_port
+from tests.support.tor import running_tor
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +31,14 @@ PASSWORD = "s3cret gauge"
 
 @pytest.fixture(scope="module")
 def password_tor():
-    require("tor")
-    proc = TorProcess(public_tempdir("og-gauge-pw-"), password=PASSWORD).write().start()
-    yield proc
-    proc.stop()
-    shutil.rmtree(proc.workdir, ignore_errors=True)
+    with running_tor("og-gauge-pw-", password=PASSWORD) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def cookie_tor():
-    require("tor")
-    proc = TorProcess(public_tempdir("og-gauge-ck-")).write().start()
-    yield proc
-    proc.stop()
-    shutil.rmtree(proc.workdir, ignore_errors=True)
+    with running_tor("og-gauge-ck-") as proc:
+        yield proc
 
 
 @pytest.fixture

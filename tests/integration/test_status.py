@@ -26,6 +26,7 @@ from tests.conftest import require
 from tests.support.onions import ONION_A, ONION_B
 from tests.support.postfix import new_instance
 from tests.support.procs import free_port, port_accepts, public_tempdir, tail, wait_for
+from tests.support.tor import running_tor
 
 pytestmark = pytest.mark.integration
 
@@ -307,13 +308,8 @@ def test_cli_status_bad_onion_is_a_usage_error() -> None:
 @pytest.fixture(scope="module")
 def password_tor():
     """A ``DisableNetwork 1`` tor whose control port wants a password (HashedControlPassword)."""
-    from tests.support.tor import TorProcess
-
-    require("tor")
-    tor = TorProcess(public_tempdir("og-status-pwtor-"), password="s3cret pass").write().start()
-    yield tor
-    tor.stop()
-    shutil.rmtree(tor.workdir, ignore_errors=True)
+    with running_tor("og-status-pwtor-", password="s3cret pass") as tor:
+        yield tor
 
 
 @pytest.mark.parametrize("where", ["flag", "setup_table", "none"])

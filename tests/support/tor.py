@@ -7,12 +7,15 @@ onion-service keys and ``hostname`` files, which is all setup needs.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import free_port, port_accepts, tail, wait_for
+from tests.support.procs import free_port, port_accepts, public_tempdir, tail, wait_for
 
 
 @dataclass
@@ -101,3 +104,20 @@ class TorProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@contextmanager
+def running_tor(prefix: str, **options) -> Iterator[TorProcess]:
+    """A started :class:`TorProcess` in a fresh public temp dir named *prefix*; stopped and removed after.
+
+    :param options: :class:`TorProcess` fields (``password``, ``unix_control``).
+    """
+    from tests.conftest import require
+
+    require("tor")
+    proc = TorProcess(public_tempdir(prefix), **options).write().start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        shutil.rmtree(proc.workdir, ignore_errors=True)
