@@ -111,10 +111,17 @@ def test_with_dns_down_rcpt_gets_a_temporary_failure_not_a_clearnet_route(routin
     finally:
         dns.start()
         pf.reload()
-    with pf.smtp() as client:             # and the same recipient routes over the onion again
-        client.mail("bob@tx.test")
-        assert client.rcpt("dave@rx2.test")[0] == 250
-        client.rset()
+    # and the same recipient routes over the onion again, once Postfix's processes from before the reload
+    # (postfix reload is asynchronous: an old smtpd may still hold trivial-rewrite's failed answer) are gone
+    def rcpt_code() -> int:
+        with pf.smtp() as client:
+            client.mail("bob@tx.test")
+            code = client.rcpt("dave@rx2.test")[0]
+            client.rset()
+        return code
+
+    wait_for(lambda: rcpt_code() == 250, 20, "RCPT to dave@rx2.test accepted again after DNS came back",
+             diagnostics(pf, daemon), interval=0.5)
 
 
 def _cmdline(pid: str) -> str:
